@@ -1,0 +1,130 @@
+//! Fields Weft reads but does not act on yet. Each gets an Info message at the field, so a
+//! setting is never silently ignored. The list shrinks as features land; it is the one place
+//! to edit when one does.
+
+use crate::codes;
+use crate::message::Message;
+use crate::networking::destination_rule::TrafficPolicy;
+use crate::resource::{Resource, Spec};
+use crate::security::authorization_policy::Action;
+use crate::validate::Report;
+
+pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
+    for resource in resources {
+        let mut found: Vec<(String, &str)> = Vec::new();
+        match &resource.spec {
+            Spec::VirtualService(vs) => {
+                for (i, rule) in vs.http.iter().enumerate() {
+                    let path = format!("spec.http[{i}]");
+                    if rule.delegate.is_some() {
+                        found.push((format!("{path}.delegate"), "VirtualService delegation"));
+                    }
+                    if let Some(fault) = &rule.fault {
+                        if fault
+                            .delay
+                            .as_ref()
+                            .is_some_and(|d| d.exponential_delay.is_some())
+                        {
+                            found.push((
+                                format!("{path}.fault.delay.exponentialDelay"),
+                                "exponential fault delays",
+                            ));
+                        }
+                        if fault
+                            .abort
+                            .as_ref()
+                            .is_some_and(|a| a.http2_error.is_some())
+                        {
+                            found.push((
+                                format!("{path}.fault.abort.http2Error"),
+                                "HTTP/2 error aborts",
+                            ));
+                        }
+                    }
+                }
+            }
+            Spec::DestinationRule(dr) => {
+                if let Some(policy) = &dr.traffic_policy {
+                    policy_fields(policy, "spec.trafficPolicy", &mut found);
+                }
+                for (i, subset) in dr.subsets.iter().enumerate() {
+                    if let Some(policy) = &subset.traffic_policy {
+                        policy_fields(
+                            policy,
+                            &format!("spec.subsets[{i}].trafficPolicy"),
+                            &mut found,
+                        );
+                    }
+                }
+            }
+            Spec::AuthorizationPolicy(ap) => {
+                if ap.action == Some(Action::Custom) {
+                    found.push(("spec.action".to_string(), "CUSTOM (external) authorization"));
+                }
+                for (i, rule) in ap.rules.iter().enumerate() {
+                    for (j, from) in rule.from.iter().enumerate() {
+                        let source = &from.source;
+                        if !source.remote_ip_blocks.is_empty()
+                            || !source.not_remote_ip_blocks.is_empty()
+                        {
+                            found.push((
+                                format!("spec.rules[{i}].from[{j}].source"),
+                                "remoteIpBlocks (client IPs from X-Forwarded-For)",
+                            ));
+                        }
+                    }
+                }
+            }
+            Spec::Sidecar(sidecar) => {
+                let capture = sidecar.ingress.iter().any(|l| l.capture_mode.is_some())
+                    || sidecar.egress.iter().any(|l| l.capture_mode.is_some());
+                if capture {
+                    found.push(("spec".to_string(), "per-listener captureMode"));
+                }
+            }
+            _ => {}
+        }
+        let mut report = Report::new(resource, out);
+        for (path, feature) in found {
+            report.at(
+                &codes::NOT_IMPLEMENTED,
+                &path,
+                format!("Weft does not implement {feature} yet; this setting has no effect"),
+            );
+        }
+    }
+}
+
+fn policy_fields(policy: &TrafficPolicy, path: &str, found: &mut Vec<(String, &str)>) {
+    if policy.tunnel.is_some() {
+        found.push((format!("{path}.tunnel"), "tunnelling through HTTP CONNECT"));
+    }
+    if policy.proxy_protocol.is_some() {
+        found.push((
+            format!("{path}.proxyProtocol"),
+            "the upstream PROXY protocol",
+        ));
+    }
+    if let Some(lb) = &policy.load_balancer {
+        if lb.locality_lb_setting.is_some() {
+            found.push((
+                format!("{path}.loadBalancer.localityLbSetting"),
+                "locality-aware load balancing",
+            ));
+        }
+        if lb.warmup.is_some() || lb.warmup_duration_secs.is_some() {
+            found.push((format!("{path}.loadBalancer"), "slow start (warmup)"));
+        }
+    }
+    if let Some(tls) = &policy.tls {
+        if tls.ca_crl.is_some() {
+            found.push((format!("{path}.tls.caCrl"), "certificate revocation lists"));
+        }
+        if tls.credential_name.is_some() {
+            found.push((
+                format!("{path}.tls.credentialName"),
+                "TLS credentials from Kubernetes secrets",
+            ));
+        }
+    }
+}

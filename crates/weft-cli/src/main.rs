@@ -1,0 +1,36 @@
+//! `weft`: the one binary of the Weft service mesh. Each subcommand lives in [`cmd`] and calls
+//! a library crate; this file only parses the command line.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Weft: a service mesh configured with the Istio API.
+#[derive(Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate and analyse Istio configuration files.
+    Analyze(cmd::analyze::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Analyze(args) => cmd::analyze::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("weft: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
