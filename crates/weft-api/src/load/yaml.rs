@@ -243,6 +243,12 @@ fn describe_scan_error(text: &str, mark: &Marker, info: &str) -> String {
         .take_while(|c| c.is_whitespace())
         .collect();
     let mut message = format!("YAML syntax error at column {}: {info}", mark.col() + 1);
+    if info.contains("flow sequence")
+        || info.contains("flow mapping")
+        || info.contains("placement of ':'")
+    {
+        message.push_str(" (is a [ or { on an earlier line left unclosed?)");
+    }
     if indent.contains('\t') {
         message.push_str("; YAML does not allow tabs for indentation, use spaces");
     }
