@@ -124,18 +124,6 @@ codes! {
     NOT_IMPLEMENTED = "WEFT0301", None, Info, "FieldNotImplemented";
 }
 
-/// Looks a code up by its identifier (`WEFT0201`) or Istio code (`IST0101`, first match).
-pub fn find(id: &str) -> Option<&'static Code> {
-    ALL.iter()
-        .copied()
-        .find(|c| c.id.eq_ignore_ascii_case(id))
-        .or_else(|| {
-            ALL.iter()
-                .copied()
-                .find(|c| c.istio.is_some_and(|i| i.eq_ignore_ascii_case(id)))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -559,6 +559,17 @@ fn a_bad_document_does_not_lose_the_others() {
     loader.load_str("mixed.yaml", &yaml);
     let loaded = loader.finish();
     let kinds: Vec<&str> = loaded.resources.iter().map(|r| r.kind().as_str()).collect();
-    assert_eq!(kinds, ["VirtualService", "PeerAuthentication"]);
-    assert!(loaded.messages.iter().any(|m| m.code.id == "WEFT0002"));
+    // The DestinationRule's two wrongly typed fields are each reported and dropped; the rest
+    // of it still loads, so it can be analysed, and its Errors keep it from being applied.
+    assert_eq!(
+        kinds,
+        ["VirtualService", "DestinationRule", "PeerAuthentication"]
+    );
+    let type_errors: Vec<u32> = loaded
+        .messages
+        .iter()
+        .filter(|m| m.code.id == "WEFT0002")
+        .filter_map(|m| m.origin.as_ref().map(|o| o.line))
+        .collect();
+    assert_eq!(type_errors, [16, 17]);
 }

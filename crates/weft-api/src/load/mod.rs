@@ -50,6 +50,8 @@ pub struct Workload {
 #[derive(Debug, Default)]
 pub struct LoadOutput {
     /// Istio resources, in the order first seen; a later duplicate replaces an earlier one.
+    /// A resource with wrongly typed fields is here without them, and `messages` holds an
+    /// Error for each: whoever applies configuration must skip resources with Errors.
     pub resources: Vec<Resource>,
     /// Kubernetes workloads seen.
     pub workloads: Vec<Workload>,
@@ -365,47 +367,70 @@ impl Loader {
     }
 
     /// Decodes a resource, reporting unknown fields and type errors at their lines.
+    ///
+    /// A field of the wrong type is reported, then dropped, and decoding tried again, so the
+    /// rest of the resource is still validated and analysed (every field is optional, as in
+    /// Istio's protos). The resource still carries an Error, so nothing applies it as is.
     fn decode<S: DeserializeOwned + Default>(
         &mut self,
-        value: Value,
+        mut value: Value,
         spans: &SpanMap,
         reference: &ResourceRef,
         file: &Arc<str>,
         wrap: impl FnOnce(S) -> Spec,
     ) -> Option<(ObjectMeta, Spec)> {
+        /// Enough for any real resource; a bound so hostile input cannot loop for long.
+        const MAX_DROPPED_FIELDS: usize = 32;
         let at = |path: &str| Origin {
             file: file.clone(),
             line: spans.line_of(path).unwrap_or(1),
         };
         let mut unknown = Vec::new();
-        let result: Result<Envelope<S>, _> = serde_path_to_error::deserialize(
-            serde_ignored::Deserializer::new(value, &mut |path: serde_ignored::Path| {
-                unknown.push(ignored_path(&path));
-            }),
-        );
-        for path in unknown {
-            let field = path.rsplit(['.', '[']).next().unwrap_or(&path).to_string();
+        for attempt in 0..MAX_DROPPED_FIELDS {
+            let result: Result<Envelope<S>, _> = serde_path_to_error::deserialize(
+                serde_ignored::Deserializer::new(&value, &mut |path: serde_ignored::Path| {
+                    if attempt == 0 {
+                        unknown.push(ignored_path(&path));
+                    }
+                }),
+            );
+            let err = match result {
+                Ok(envelope) => {
+                    self.report_unknown_fields(&unknown, reference, &at);
+                    return Some((envelope.metadata, wrap(envelope.spec)));
+                }
+                Err(err) => err,
+            };
+            let path = err.path().to_string();
+            let (code, text) = describe_decode_error(&path, &err.inner().to_string());
+            self.out.messages.push(Message::new(
+                code,
+                Some(reference.clone()),
+                Some(at(&path)),
+                text,
+            ));
+            if !remove_at(&mut value, err.path()) {
+                break;
+            }
+        }
+        self.report_unknown_fields(&unknown, reference, &at);
+        None
+    }
+
+    fn report_unknown_fields(
+        &mut self,
+        paths: &[String],
+        reference: &ResourceRef,
+        at: &impl Fn(&str) -> Origin,
+    ) {
+        for path in paths {
+            let field = path.rsplit(['.', '[']).next().unwrap_or(path);
             self.out.messages.push(Message::new(
                 &codes::UNKNOWN_FIELD,
                 Some(reference.clone()),
-                Some(at(&path)),
+                Some(at(path)),
                 format!("unknown field `{field}` at {path}; Weft ignores it (a typo, or a field of another Istio version?)"),
             ));
-        }
-        match result {
-            Ok(envelope) => Some((envelope.metadata, wrap(envelope.spec))),
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner().to_string();
-                let (code, text) = describe_decode_error(&path, &inner);
-                self.out.messages.push(Message::new(
-                    code,
-                    Some(reference.clone()),
-                    Some(at(&path)),
-                    text,
-                ));
-                None
-            }
         }
     }
 
@@ -514,6 +539,37 @@ impl Loader {
                 mib(self.limits.max_input_bytes)
             ),
         );
+    }
+}
+
+/// Removes the field at `path` from `value`; false when there is nothing left to remove.
+fn remove_at(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for segment in parents {
+        current = match (segment, current) {
+            (Segment::Map { key }, Value::Object(map)) => match map.get_mut(key) {
+                Some(next) => next,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Array(items)) => match items.get_mut(*index) {
+                Some(next) => next,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, current) {
+        (Segment::Map { key }, Value::Object(map)) => map.remove(key).is_some(),
+        (Segment::Seq { index }, Value::Array(items)) if *index < items.len() => {
+            items[*index] = Value::Null;
+            true
+        }
+        _ => false,
     }
 }
 
