@@ -101,6 +101,12 @@ static CASES: &[Case] = &[
         Error,
         "apiVersion: networking.istio.io/v2 #<\nkind: VirtualService\nmetadata:\n  name: x\n",
     ),
+    case(
+        "istio kind in the wrong group",
+        "WEFT0007",
+        Error,
+        "apiVersion: v1 #<\nkind: DestinationRule\nmetadata:\n  name: x\n",
+    ),
     case("empty file", "WEFT0009", Error, "#<\n"),
     case(
         "unsupported istio kind",

@@ -306,10 +306,23 @@ impl Loader {
         let (group, version) = api_version
             .rsplit_once('/')
             .unwrap_or(("", api_version.as_str()));
-        let Some(kind) = Kind::from_name(&kind_name).filter(|k| k.group() == group) else {
+        let Some(kind) = Kind::from_name(&kind_name) else {
             self.skip_other_kind(reference, origin, &value, group, version);
             return;
         };
+        if kind.group() != group {
+            self.out.messages.push(Message::new(
+                &codes::UNKNOWN_VERSION,
+                Some(reference),
+                Some(field_origin("apiVersion")),
+                format!(
+                    "{kind_name} belongs to the API group {}; write apiVersion: {}/v1",
+                    kind.group(),
+                    kind.group()
+                ),
+            ));
+            return;
+        }
         if !VERSIONS.contains(&version) {
             self.out.messages.push(Message::new(
                 &codes::UNKNOWN_VERSION,

@@ -113,15 +113,13 @@ pub(crate) fn validate(vs: &VirtualService, report: &mut Report<'_>) {
                     );
                 }
             }
-            check_addresses(
+            check_l4_match(
                 &m.destination_subnets,
-                &format!("{at}.destinationSubnets"),
+                m.port,
+                &m.source_labels,
+                &at,
                 report,
             );
-            if let Some(port) = m.port {
-                check_port(port, &format!("{at}.port"), report);
-            }
-            check_labels(&m.source_labels, &format!("{at}.sourceLabels"), report);
         }
         check_l4_destinations(&route.route, &path, report);
     }
@@ -129,18 +127,31 @@ pub(crate) fn validate(vs: &VirtualService, report: &mut Report<'_>) {
         let path = format!("spec.tcp[{i}]");
         for (j, m) in route.matches.iter().enumerate() {
             let at = format!("{path}.match[{j}]");
-            check_addresses(
+            check_l4_match(
                 &m.destination_subnets,
-                &format!("{at}.destinationSubnets"),
+                m.port,
+                &m.source_labels,
+                &at,
                 report,
             );
-            if let Some(port) = m.port {
-                check_port(port, &format!("{at}.port"), report);
-            }
-            check_labels(&m.source_labels, &format!("{at}.sourceLabels"), report);
         }
         check_l4_destinations(&route.route, &path, report);
     }
+}
+
+/// The connection-level conditions TLS and TCP matches share.
+fn check_l4_match(
+    subnets: &[String],
+    port: Option<u32>,
+    source_labels: &std::collections::BTreeMap<String, String>,
+    path: &str,
+    report: &mut Report<'_>,
+) {
+    check_addresses(subnets, &format!("{path}.destinationSubnets"), report);
+    if let Some(port) = port {
+        check_port(port, &format!("{path}.port"), report);
+    }
+    check_labels(source_labels, &format!("{path}.sourceLabels"), report);
 }
 
 /// Whether `pattern` (possibly `*.suffix` or `*`) covers `host`.
