@@ -1,0 +1,274 @@
+//! One ADS stream: the state machine of state-of-the-world xDS for every resource type the
+//! proxy subscribes to.
+//!
+//! Rules kept here (from the xDS protocol):
+//! * a response carries a version and a fresh nonce; a request whose `response_nonce` is not
+//!   the latest nonce of its type is stale and ignored;
+//! * a request echoing the latest nonce is an ACK, or a NACK when it has `error_detail`: the
+//!   proxy keeps its previous version, the rejection is recorded, and the same content is not
+//!   sent again — only a different one is;
+//! * a change of the subscribed names is answered at once; otherwise a type is re-sent only
+//!   when its content changed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::{Generator, Ledger, NackRecord, TypeStatus};
+use crate::types::{PUSH_ORDER, is_wildcard_type, short_name};
+
+/// What one resource type of the stream is subscribed to and was sent.
+#[derive(Debug, Default)]
+struct Subscription {
+    /// Names asked for; `None` is a wildcard subscription (everything of the type).
+    names: Option<BTreeSet<String>>,
+    sent: Option<Sent>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    version: String,
+    nonce: String,
+    digest: u64,
+}
+
+pub(super) struct AdsStream {
+    id: u64,
+    generator: Arc<dyn Generator>,
+    ledger: Ledger,
+    identifier: String,
+    responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    node: Option<Node>,
+    subscriptions: BTreeMap<String, Subscription>,
+    nonces: u64,
+}
+
+impl AdsStream {
+    pub(super) fn new(
+        id: u64,
+        generator: Arc<dyn Generator>,
+        ledger: Ledger,
+        identifier: String,
+        responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Self {
+        Self {
+            id,
+            generator,
+            ledger,
+            identifier,
+            responses,
+            node: None,
+            subscriptions: BTreeMap::new(),
+            nonces: 0,
+        }
+    }
+
+    /// Serves the stream until the proxy closes it, the connection breaks, or the server
+    /// shuts down (the change channel closes).
+    pub(super) async fn run(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        mut changes: watch::Receiver<u64>,
+    ) {
+        self.ledger
+            .update(self.id, |s| s.connected_at = Some(SystemTime::now()));
+        changes.mark_unchanged();
+        loop {
+            let keep_going = tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => self.on_request(request).await,
+                    Ok(None) => false,
+                    Err(status) => {
+                        tracing::debug!(stream = self.id, %status, "ADS stream ended with an error");
+                        false
+                    }
+                },
+                changed = changes.changed() => match changed {
+                    Ok(()) => self.push_changes().await,
+                    Err(_) => false,
+                },
+            };
+            if !keep_going {
+                break;
+            }
+        }
+        self.ledger.remove(self.id);
+    }
+
+    /// Handles one request; false when the stream must end.
+    async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
+        if self.node.is_none() {
+            let Some(node) = request.node.clone() else {
+                let _ = self
+                    .responses
+                    .send(Err(Status::invalid_argument(
+                        "the first request of a stream must carry a node",
+                    )))
+                    .await;
+                return false;
+            };
+            let node_id = node.id.clone();
+            self.ledger.update(self.id, |s| s.node_id = node_id);
+            self.node = Some(node);
+        }
+        let type_url = request.type_url.clone();
+        if type_url.is_empty() {
+            let _ = self
+                .responses
+                .send(Err(Status::invalid_argument(
+                    "an ADS request must name its type_url",
+                )))
+                .await;
+            return false;
+        }
+        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        let first = subscription.sent.is_none() && subscription.names.is_none();
+        if !request.response_nonce.is_empty() {
+            let latest = subscription.sent.as_ref().map(|s| s.nonce.as_str());
+            if latest != Some(request.response_nonce.as_str()) {
+                tracing::trace!(
+                    stream = self.id,
+                    type_url,
+                    nonce = request.response_nonce,
+                    "stale nonce ignored"
+                );
+                return true;
+            }
+            let (sent_version, short) = (
+                subscription
+                    .sent
+                    .as_ref()
+                    .map(|s| s.version.clone())
+                    .unwrap_or_default(),
+                short_name(&type_url).to_string(),
+            );
+            match &request.error_detail {
+                Some(error) => {
+                    tracing::warn!(
+                        stream = self.id,
+                        node = self.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""),
+                        type_url = short,
+                        rejected = sent_version,
+                        error = error.message,
+                        "proxy rejected configuration (NACK)"
+                    );
+                    let record = NackRecord {
+                        rejected_version: sent_version,
+                        kept_version: request.version_info.clone(),
+                        error: error.message.clone(),
+                        at: SystemTime::now(),
+                    };
+                    self.ledger.update(self.id, |s| {
+                        s.types.entry(short).or_default().last_nack = Some(record);
+                    });
+                }
+                None => {
+                    let acked = request.version_info.clone();
+                    self.ledger.update(self.id, |s| {
+                        s.types.entry(short).or_default().acked_version = acked
+                    });
+                }
+            }
+        }
+        let asked: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        let wildcard = asked.contains("*")
+            || (asked.is_empty()
+                && is_wildcard_type(&type_url)
+                && (first || subscription.names.is_none()));
+        let names = if wildcard { None } else { Some(asked) };
+        let names_changed = first || subscription.names != names;
+        subscription.names = names;
+        if names_changed || subscription.sent.is_none() {
+            return self.respond(&type_url, true).await;
+        }
+        true
+    }
+
+    /// Re-sends every subscribed type whose content changed, in push order.
+    async fn push_changes(&mut self) -> bool {
+        let mut types: Vec<String> = self.subscriptions.keys().cloned().collect();
+        types.sort_by_key(|t| {
+            PUSH_ORDER
+                .iter()
+                .position(|p| p == t)
+                .unwrap_or(PUSH_ORDER.len())
+        });
+        for type_url in types {
+            if !self.respond(&type_url, false).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the current resources of a type, unless `force` is off and they are what was
+    /// sent last. False when the proxy is gone.
+    async fn respond(&mut self, type_url: &str, force: bool) -> bool {
+        let Some(node) = &self.node else { return true };
+        let Some(subscription) = self.subscriptions.get_mut(type_url) else {
+            return true;
+        };
+        let names: Option<Vec<String>> = subscription
+            .names
+            .as_ref()
+            .map(|n| n.iter().cloned().collect());
+        let resources = self.generator.generate(node, type_url, names.as_deref());
+        let digest = digest(type_url, &resources);
+        if !force
+            && subscription
+                .sent
+                .as_ref()
+                .is_some_and(|s| s.digest == digest)
+        {
+            return true;
+        }
+        self.nonces += 1;
+        let version = format!("{digest:016x}");
+        let nonce = self.nonces.to_string();
+        let count = resources.len();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources.into_iter().map(|r| r.body).collect(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            control_plane: Some(ControlPlane {
+                identifier: self.identifier.clone(),
+            }),
+            ..DiscoveryResponse::default()
+        };
+        subscription.sent = Some(Sent {
+            version: version.clone(),
+            nonce: nonce.clone(),
+            digest,
+        });
+        let short = short_name(type_url).to_string();
+        self.ledger.update(self.id, |s| {
+            let status = s.types.entry(short).or_insert_with(TypeStatus::default);
+            status.sent_version = version;
+            status.sent_nonce = nonce;
+            status.sent_resources = count;
+        });
+        self.responses.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// A digest of a type's resources: equal content, equal digest, in any order of generation.
+fn digest(type_url: &str, resources: &[super::Resource]) -> u64 {
+    let mut sorted: Vec<&super::Resource> = resources.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hasher = DefaultHasher::new();
+    type_url.hash(&mut hasher);
+    for resource in sorted {
+        resource.name.hash(&mut hasher);
+        resource.body.type_url.hash(&mut hasher);
+        resource.body.value.hash(&mut hasher);
+    }
+    hasher.finish()
+}
