@@ -15,6 +15,15 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+# Python with grpcio: a real, unmodified xDS client (gRPC C-core) for the control-plane tests.
+GRPCIO_VERSION=1.85.3
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
+  echo "== installing Python test clients into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
+fi
+export WEFT_TEST_PYTHON="$PWD/.venv/bin/python"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

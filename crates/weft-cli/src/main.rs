@@ -19,12 +19,15 @@ struct Cli {
 enum Command {
     /// Validate and analyse Istio configuration files.
     Analyze(cmd::analyze::Args),
+    /// Run the control plane: serve a folder of Istio YAML over xDS.
+    Control(cmd::control::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Analyze(args) => cmd::analyze::run(args),
+        Command::Control(args) => cmd::control::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,3 +1,4 @@
 //! The subcommands.
 
 pub mod analyze;
+pub mod control;

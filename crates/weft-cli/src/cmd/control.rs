@@ -1,0 +1,80 @@
+//! `weft control`: the control plane, serving a folder of Istio YAML over xDS until
+//! interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use weft_control::app::{Config, ControlPlane};
+
+/// Arguments of `weft control`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder of Istio YAML to serve; watched for changes.
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// Address for plaintext xDS (ADS over gRPC). Loopback by default: plaintext xDS is for
+    /// proxies on this host.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_addr: SocketAddr,
+    /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// Runs `weft control` until Ctrl-C or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let config = Config {
+            config_dir: args.config_dir.clone(),
+            xds_addr: args.xds_addr,
+        };
+        let control = ControlPlane::start(config)
+            .await
+            .context("starting the control plane")?;
+        let state = control.state();
+        tracing::info!(
+            config_dir = %args.config_dir.display(),
+            resources = state.resources.len(),
+            "loaded configuration"
+        );
+        tracing::info!("serving xDS on {}", control.xds_addr()?);
+        control
+            .serve(shutdown_signal())
+            .await
+            .context("serving xDS")?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,318 @@
+//! A real, unmodified xDS client obeys `weft control`: Python's grpcio (gRPC C-core's xDS
+//! client) dials `xds:///echo.test.svc.cluster.local:9000` with a bootstrap pointing at the
+//! control plane, and calls two gRPC servers registered as subsets v1 and v2 of one service.
+//! Each test edits the YAML while the same client keeps running, and asserts on what reached
+//! the servers.
+//!
+//! Needs the Python venv `scripts/test.sh` installs (grpcio); set `WEFT_TEST_PYTHON` to its
+//! interpreter to run this file alone.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly when its own setup fails"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TARGET: &str = "echo.test.svc.cluster.local:9000";
+
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("WEFT_TEST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs Python with grpcio: run `bash scripts/test.sh` (it creates .venv), or set WEFT_TEST_PYTHON"
+    );
+    venv
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/grpc_xds.py")
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    _servers: Process,
+    _control: Process,
+    client: Process,
+    client_in: ChildStdin,
+    client_out: BufReader<ChildStdout>,
+}
+
+const SERVICE: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: echo
+  namespace: test
+spec:
+  hosts: [echo.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - {number: 9000, name: grpc, protocol: GRPC}
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: echo}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo
+  namespace: test
+spec:
+  host: echo
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+"#;
+
+fn workload(name: &str, version: &str, port: u64) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  namespace: test\nspec:\n  address: 127.0.0.1\n  ports: {{grpc: {port}}}\n  labels: {{app: echo, version: {version}}}\n  serviceAccount: echo\n"
+    )
+}
+
+impl Mesh {
+    fn start(virtual_service: &str) -> Self {
+        let python = python();
+        let mut servers = Command::new(&python)
+            .arg(script())
+            .args(["servers", "v1", "v2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python starts");
+        let mut line = String::new();
+        BufReader::new(servers.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: BTreeMap<String, u64> =
+            serde_json::from_str(&line).expect("servers print their ports");
+        let servers = Process(servers);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
+        std::fs::write(
+            dir.path().join("v1.yaml"),
+            workload("echo-v1", "v1", ports["v1"]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("v2.yaml"),
+            workload("echo-v2", "v2", ports["v2"]),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("routes.yaml"), virtual_service).unwrap();
+
+        let mut control = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["control", "--xds-addr", "127.0.0.1:0", "--config-dir"])
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weft control starts");
+        let xds_addr = wait_for_xds_addr(&mut control);
+        let control = Process(control);
+
+        let bootstrap = dir.path().join("bootstrap.json");
+        std::fs::write(
+            &bootstrap,
+            serde_json::json!({
+                "xds_servers": [{"server_uri": xds_addr, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+                "node": {"id": "sidecar~127.0.0.1~client.test~test.svc.cluster.local", "locality": {"zone": "z1"}},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let mut client = Command::new(&python)
+            .arg(script())
+            .args(["client", TARGET])
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the client starts");
+        let client_in = client.stdin.take().unwrap();
+        let client_out = BufReader::new(client.stdout.take().unwrap());
+        Self {
+            dir,
+            _servers: servers,
+            _control: control,
+            client: Process(client),
+            client_in,
+            client_out,
+        }
+    }
+
+    fn calls(&mut self, calls: usize, method: &str, metadata: &[(&str, &str)]) -> Outcome {
+        let command = serde_json::json!({"calls": calls, "method": method, "metadata": metadata, "details": true});
+        writeln!(self.client_in, "{command}").unwrap();
+        let mut line = String::new();
+        self.client_out.read_line(&mut line).unwrap();
+        assert!(
+            !line.is_empty(),
+            "the client exited: {:?}",
+            self.client.0.try_wait()
+        );
+        let result: Value = serde_json::from_str(&line).unwrap();
+        let counts = |key: &str| -> BTreeMap<String, u64> {
+            result[key]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        };
+        Outcome {
+            replies: counts("replies"),
+            errors: counts("errors"),
+            raw: result,
+        }
+    }
+
+    fn edit_routes(&self, virtual_service: &str) {
+        // Write then rename, as editors do.
+        let temporary = self.dir.path().join(".routes.yaml.tmp");
+        std::fs::write(&temporary, virtual_service).unwrap();
+        std::fs::rename(&temporary, self.dir.path().join("routes.yaml")).unwrap();
+    }
+
+    /// Calls in small batches until `done` holds: the client sees a pushed change without a
+    /// restart, and the wait ends as soon as it does.
+    fn until(&mut self, method: &str, metadata: &[(&str, &str)], done: impl Fn(&Outcome) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let outcome = self.calls(20, method, metadata);
+            if done(&outcome) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the change never reached the client; last: {}",
+                outcome.raw
+            );
+        }
+    }
+}
+
+fn wait_for_xds_addr(control: &mut Child) -> String {
+    let stderr = control.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && let Some(addr) = line.split("serving xDS on ").nth(1) {
+                let _ = tx.send(addr.trim().to_string());
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("weft control reports its xDS address")
+}
+
+struct Outcome {
+    replies: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    raw: Value,
+}
+
+impl Outcome {
+    fn count(&self, name: &str) -> u64 {
+        self.replies.get(name).copied().unwrap_or(0)
+    }
+
+    fn failed(&self, code: &str) -> u64 {
+        self.errors.get(code).copied().unwrap_or(0)
+    }
+}
+
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: echo\n  namespace: test\nspec:\n  hosts: [echo]\n  http:\n  - route:\n    - destination: {{host: echo, subset: v1}}\n      weight: {v1}\n    - destination: {{host: echo, subset: v2}}\n      weight: {v2}\n"
+    )
+}
+
+const HEADER_ROUTE: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: echo\n  namespace: test\nspec:\n  hosts: [echo]\n  http:\n  - match:\n    - headers:\n        x-canary: {exact: \"yes\"}\n    route:\n    - destination: {host: echo, subset: v2}\n  - route:\n    - destination: {host: echo, subset: v1}\n";
+
+#[test]
+fn weighted_split_and_header_routing_follow_the_yaml() {
+    let mut mesh = Mesh::start(&split(80, 20));
+    let outcome = mesh.calls(1000, "/test.Echo/Echo", &[]);
+    assert!(outcome.errors.is_empty(), "{}", outcome.raw);
+    let v2 = outcome.count("v2");
+    assert_eq!(outcome.count("v1") + v2, 1000);
+    assert!(
+        (150..=250).contains(&v2),
+        "80/20 split: v2 got {v2} of 1000"
+    );
+
+    // Edit the file: the running client follows, no restart.
+    mesh.edit_routes(HEADER_ROUTE);
+    mesh.until("/test.Echo/Echo", &[], |o| o.count("v1") == 20);
+    let with_header = mesh.calls(200, "/test.Echo/Echo", &[("x-canary", "yes")]);
+    assert_eq!(with_header.count("v2"), 200, "{}", with_header.raw);
+    let without = mesh.calls(200, "/test.Echo/Echo", &[]);
+    assert_eq!(without.count("v1"), 200, "{}", without.raw);
+
+    // Back to a split, the other way round.
+    mesh.edit_routes(&split(0, 100));
+    mesh.until("/test.Echo/Echo", &[], |o| o.count("v2") == 20);
+}
+
+#[test]
+fn retries_and_fault_aborts_show_in_the_client_results() {
+    let no_retries = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: echo\n  namespace: test\nspec:\n  hosts: [echo]\n  http:\n  - route:\n    - destination: {host: echo, subset: v1}\n    retries: {attempts: 0}\n";
+    let mut mesh = Mesh::start(no_retries);
+    // Every other call to Flaky fails, and nothing retries it.
+    let without = mesh.calls(200, "/test.Echo/Flaky", &[]);
+    assert_eq!(without.failed("UNAVAILABLE"), 100, "{}", without.raw);
+
+    let retries = no_retries.replace(
+        "retries: {attempts: 0}",
+        "retries: {attempts: 3, retryOn: unavailable}",
+    );
+    mesh.edit_routes(&retries);
+    mesh.until("/test.Echo/Flaky", &[], |o| o.errors.is_empty());
+    let with = mesh.calls(200, "/test.Echo/Flaky", &[]);
+    assert!(
+        with.errors.is_empty() && with.count("v1") == 200,
+        "{}",
+        with.raw
+    );
+
+    let abort = no_retries.replace(
+        "retries: {attempts: 0}",
+        "fault:\n      abort:\n        grpcStatus: PERMISSION_DENIED\n        percentage: {value: 50}",
+    );
+    mesh.edit_routes(&abort);
+    mesh.until("/test.Echo/Echo", &[], |o| {
+        o.failed("PERMISSION_DENIED") > 0
+    });
+    let aborted = mesh.calls(1000, "/test.Echo/Echo", &[]);
+    let denied = aborted.failed("PERMISSION_DENIED");
+    assert!(
+        (400..=600).contains(&denied),
+        "50% abort: {denied} of 1000 denied: {}",
+        aborted.raw
+    );
+    assert_eq!(aborted.count("v1") + denied, 1000, "{}", aborted.raw);
+}

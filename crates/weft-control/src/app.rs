@@ -1,0 +1,115 @@
+//! Wiring: the config store feeds mesh snapshots to the translator, and each new snapshot
+//! tells the ADS server's streams to recompute what they serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_xds::server::{AdsServer, Ledger};
+
+use crate::model::MeshSnapshot;
+use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
+use crate::translate::MeshGenerator;
+
+/// What `weft control` needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The folder of Istio YAML to serve.
+    pub config_dir: PathBuf,
+    /// Where to serve plaintext xDS.
+    pub xds_addr: SocketAddr,
+}
+
+/// Errors starting the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config store could not start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The xDS port could not be bound.
+    #[error("cannot listen for xDS on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane, bound and loaded, not yet serving.
+pub struct ControlPlane {
+    listener: TcpListener,
+    ads: AdsServer,
+    ledger: Ledger,
+    state: watch::Receiver<Arc<ConfigState>>,
+    _store: FileStore,
+}
+
+impl ControlPlane {
+    /// Loads the configuration, starts watching it and binds the xDS port.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let store = FileStore::start(config.config_dir.clone())?;
+        let mut state = store.subscribe();
+        let generator = Arc::new(MeshGenerator::default());
+        generator.set(Arc::new(MeshSnapshot::build(&state.borrow_and_update())));
+        let (changes, watcher) = watch::channel(0u64);
+        let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
+        let ledger = ads.ledger();
+        let listener =
+            TcpListener::bind(config.xds_addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.xds_addr,
+                    source,
+                })?;
+        let mut updates = state.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let snapshot = MeshSnapshot::build(&updates.borrow_and_update());
+                let generation = snapshot.generation;
+                generator.set(Arc::new(snapshot));
+                if changes.send(generation).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            listener,
+            ads,
+            ledger,
+            state,
+            _store: store,
+        })
+    }
+
+    /// The address xDS is served on.
+    pub fn xds_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// What each connected proxy was sent and acknowledged.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger.clone()
+    }
+
+    /// The configuration in force and the messages about it.
+    pub fn state(&self) -> Arc<ConfigState> {
+        self.state.borrow().clone()
+    }
+
+    /// Serves until `shutdown` completes; streams are closed cleanly.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let Self {
+            listener,
+            ads,
+            _store,
+            ..
+        } = self;
+        ads.serve(listener, shutdown).await
+    }
+}

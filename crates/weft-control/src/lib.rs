@@ -1,0 +1,21 @@
+//! The Weft control plane: Istio YAML in, xDS out.
+//!
+//! ```text
+//!   config dir ──► store (last good version of each resource) ──► model (registry + rules)
+//!                                                                      │
+//!                             ADS streams ◄── translate (per proxy) ◄───┘
+//! ```
+//!
+//! * [`store`] loads a directory with `weft-api`, watches it, and keeps the last valid
+//!   version of every resource when an edit breaks it;
+//! * [`registry`] turns ServiceEntries and WorkloadEntries into services and endpoints;
+//! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed;
+//! * [`translate`] turns a snapshot into the listeners, routes, clusters and endpoints one
+//!   proxy needs — an Envoy, a Weft proxy, or a proxyless gRPC client;
+//! * [`app`] wires them to the ADS server of `weft-xds`.
+
+pub mod app;
+pub mod model;
+pub mod registry;
+pub mod store;
+pub mod translate;

@@ -1,0 +1,82 @@
+//! One immutable snapshot of the mesh: the resources in force, the registry built from them,
+//! and indexes the translation needs. Built once per configuration change, shared by every
+//! stream through an `Arc`.
+
+use std::collections::BTreeMap;
+
+use weft_api::Resource;
+use weft_api::networking::destination_rule::DestinationRule;
+use weft_api::networking::virtual_service::VirtualService;
+use weft_api::resource::Spec;
+
+use crate::registry::{self, Service, fqdn};
+use crate::store::ConfigState;
+
+/// The mesh at one moment.
+#[derive(Debug, Default)]
+pub struct MeshSnapshot {
+    /// Which configuration generation this was built from.
+    pub generation: u64,
+    /// Services by fully qualified host.
+    pub services: BTreeMap<String, Service>,
+    /// VirtualServices that apply to sidecars, by the hosts they route (first one wins, as
+    /// sidecars do not merge them).
+    pub virtual_services: BTreeMap<String, (Resource, VirtualService)>,
+    /// DestinationRules by host; several for one host are merged in load order.
+    pub destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>>,
+}
+
+impl MeshSnapshot {
+    /// Builds a snapshot from the configuration in force.
+    pub fn build(state: &ConfigState) -> Self {
+        let mut resources: Vec<&Resource> = state.resources.values().collect();
+        // Load order (file, then line) decides which of two conflicting resources wins.
+        resources.sort_by(|a, b| a.origin.cmp(&b.origin));
+        let services = registry::build(&resources);
+        let mut virtual_services = BTreeMap::new();
+        let mut destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>> =
+            BTreeMap::new();
+        for resource in resources {
+            match &resource.spec {
+                Spec::VirtualService(vs)
+                    if vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh") =>
+                {
+                    for host in &vs.hosts {
+                        virtual_services
+                            .entry(fqdn(host, resource.namespace()))
+                            .or_insert_with(|| (resource.clone(), vs.clone()));
+                    }
+                }
+                Spec::DestinationRule(dr) => {
+                    destination_rules
+                        .entry(fqdn(&dr.host, resource.namespace()))
+                        .or_default()
+                        .push((resource.clone(), (**dr).clone()));
+                }
+                _ => {}
+            }
+        }
+        Self {
+            generation: state.generation,
+            services,
+            virtual_services,
+            destination_rules,
+        }
+    }
+
+    /// The labels of a subset of a host, from the first DestinationRule that defines it.
+    pub fn subset_labels(&self, host: &str, subset: &str) -> Option<&BTreeMap<String, String>> {
+        self.destination_rules
+            .get(host)?
+            .iter()
+            .flat_map(|(_, dr)| &dr.subsets)
+            .find(|s| s.name == subset)
+            .map(|s| &s.labels)
+    }
+
+    /// The first DestinationRule for a host: its top-level traffic policy is the one that
+    /// applies when several exist.
+    pub fn destination_rule(&self, host: &str) -> Option<&DestinationRule> {
+        self.destination_rules.get(host)?.first().map(|(_, dr)| dr)
+    }
+}

@@ -1,0 +1,178 @@
+//! The service registry: services and their endpoints, from ServiceEntries (hosts, ports,
+//! resolution, inline endpoints or a workloadSelector over WorkloadEntries).
+//!
+//! Hosts are fully qualified the way Istio does it: a short name in a resource in namespace
+//! `ns` is `<name>.<ns>.svc.cluster.local`.
+
+use std::collections::BTreeMap;
+
+use weft_api::Resource;
+use weft_api::meta::labels_match;
+use weft_api::networking::service_entry::{Location, Resolution, ServiceEntry};
+use weft_api::networking::workload_entry::WorkloadEntry;
+use weft_api::resource::Spec;
+
+/// The Kubernetes cluster domain short names expand into.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Expands a host written in `namespace` to its fully qualified name.
+pub fn fqdn(host: &str, namespace: &str) -> String {
+    if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_ascii_lowercase()
+    } else {
+        format!(
+            "{}.{namespace}.svc.{CLUSTER_DOMAIN}",
+            host.to_ascii_lowercase()
+        )
+    }
+}
+
+/// A port of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The service port.
+    pub number: u32,
+    /// Its name, which endpoints use to give their own port number.
+    pub name: String,
+    /// `HTTP`, `GRPC`, `TCP`, … upper case; empty when not declared.
+    pub protocol: String,
+    /// The endpoints' port when it differs and an endpoint names none.
+    pub target_port: Option<u32>,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// IP address or host name.
+    pub address: String,
+    /// Port name to the endpoint's own port number.
+    pub ports: BTreeMap<String, u32>,
+    /// The workload's labels (subsets select by them).
+    pub labels: BTreeMap<String, String>,
+    /// The workload's namespace.
+    pub namespace: String,
+    /// The workload's service account, its identity.
+    pub service_account: String,
+    /// `region/zone/subzone`.
+    pub locality: String,
+    /// Relative weight; 1 when not given.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    fn from_entry(entry: &WorkloadEntry, namespace: &str) -> Self {
+        Self {
+            address: entry.address.clone(),
+            ports: entry.ports.clone(),
+            labels: entry.labels.clone(),
+            namespace: namespace.to_string(),
+            service_account: if entry.service_account.is_empty() {
+                "default".to_string()
+            } else {
+                entry.service_account.clone()
+            },
+            locality: entry.locality.clone(),
+            weight: entry.weight.filter(|w| *w > 0).unwrap_or(1),
+        }
+    }
+
+    /// The endpoint's port for a service port: the one it names, else the service's target
+    /// port, else the service port itself.
+    pub fn port_for(&self, port: &ServicePort) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Fully qualified host.
+    pub host: String,
+    /// Namespace of the resource that defines it.
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// Inside or outside the mesh.
+    pub location: Location,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Service {
+    /// The port with this number, or the only port when `number` is `None`.
+    pub fn port(&self, number: Option<u32>) -> Option<&ServicePort> {
+        match number {
+            Some(n) => self.ports.iter().find(|p| p.number == n),
+            None if self.ports.len() == 1 => self.ports.first(),
+            None => None,
+        }
+    }
+}
+
+/// Builds the registry from the resources in force. The first ServiceEntry for a host (in
+/// load order) defines it.
+pub fn build(resources: &[&Resource]) -> BTreeMap<String, Service> {
+    let entries: Vec<(&Resource, &WorkloadEntry)> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::WorkloadEntry(we) => Some((*r, we)),
+            _ => None,
+        })
+        .collect();
+    let mut services = BTreeMap::new();
+    for resource in resources {
+        let Spec::ServiceEntry(se) = &resource.spec else {
+            continue;
+        };
+        let namespace = resource.namespace();
+        let endpoints = endpoints_of(se, namespace, &entries);
+        for host in &se.hosts {
+            let host = fqdn(host, namespace);
+            services.entry(host.clone()).or_insert_with(|| Service {
+                host,
+                namespace: namespace.to_string(),
+                ports: se
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        number: p.number,
+                        name: p.name.clone(),
+                        protocol: p.protocol.to_ascii_uppercase(),
+                        target_port: p.target_port,
+                    })
+                    .collect(),
+                resolution: se.resolution.unwrap_or(Resolution::None),
+                location: se.location.unwrap_or(Location::MeshExternal),
+                endpoints: endpoints.clone(),
+            });
+        }
+    }
+    services
+}
+
+fn endpoints_of(
+    se: &ServiceEntry,
+    namespace: &str,
+    entries: &[(&Resource, &WorkloadEntry)],
+) -> Vec<Endpoint> {
+    if let Some(selector) = &se.workload_selector {
+        entries
+            .iter()
+            .filter(|(r, we)| {
+                r.namespace() == namespace && labels_match(&selector.match_labels, &we.labels)
+            })
+            .map(|(r, we)| Endpoint::from_entry(we, r.namespace()))
+            .collect()
+    } else {
+        se.endpoints
+            .iter()
+            .map(|we| Endpoint::from_entry(we, namespace))
+            .collect()
+    }
+}

@@ -1,0 +1,218 @@
+//! Clusters: one per service port and subset, `outbound|<port>|<subset>|<host>`, with
+//! endpoints over EDS and the DestinationRule's policy (subset policy over the top level,
+//! field by field, as in Istio).
+
+use weft_api::networking::destination_rule::{
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier, SimpleLb,
+    TrafficPolicy,
+};
+use weft_xds::envoy::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection,
+    circuit_breakers::Thresholds,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use weft_xds::envoy::google::protobuf::UInt32Value;
+use weft_xds::server::Resource;
+use weft_xds::types::pack;
+
+use super::listener::ads;
+use super::{Client, cluster_name, duration, parse_cluster_name};
+use crate::model::MeshSnapshot;
+
+/// Istio's TCP connect timeout when none is set.
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(crate) fn clusters(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    names: Option<&[String]>,
+) -> Vec<Resource> {
+    let names: Vec<String> = match names {
+        Some(names) => names.to_vec(),
+        None => snapshot
+            .services
+            .values()
+            .flat_map(|service| {
+                let subsets: Vec<String> = snapshot
+                    .destination_rules
+                    .get(&service.host)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|(_, dr)| dr.subsets.iter().map(|s| s.name.clone()))
+                    .collect();
+                service.ports.iter().flat_map(move |port| {
+                    std::iter::once(cluster_name(port.number, "", &service.host)).chain(
+                        subsets
+                            .iter()
+                            .map(move |subset| cluster_name(port.number, subset, &service.host))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+            })
+            .collect(),
+    };
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let cluster = cluster(snapshot, client, &name)?;
+            Some(Resource {
+                body: pack(&cluster),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// The effective policy for a subset: the subset's fields over the top level's.
+fn effective_policy(snapshot: &MeshSnapshot, host: &str, subset: &str, port: u32) -> TrafficPolicy {
+    let Some(dr) = snapshot.destination_rule(host) else {
+        return TrafficPolicy::default();
+    };
+    let mut policy = dr.traffic_policy.clone().unwrap_or_default();
+    // A port-level policy replaces the top-level one for its port; unset fields take defaults.
+    if let Some(port_policy) = policy
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|p| p.number == port))
+    {
+        policy = TrafficPolicy {
+            load_balancer: port_policy.load_balancer.clone(),
+            connection_pool: port_policy.connection_pool.clone(),
+            outlier_detection: port_policy.outlier_detection.clone(),
+            tls: port_policy.tls.clone(),
+            ..TrafficPolicy::default()
+        };
+    }
+    if let Some(sub) = snapshot
+        .destination_rules
+        .get(host)
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, dr)| &dr.subsets)
+        .find(|s| s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+    {
+        if sub.load_balancer.is_some() {
+            policy.load_balancer = sub.load_balancer.clone();
+        }
+        if sub.connection_pool.is_some() {
+            policy.connection_pool = sub.connection_pool.clone();
+        }
+        if sub.outlier_detection.is_some() {
+            policy.outlier_detection = sub.outlier_detection.clone();
+        }
+        if sub.tls.is_some() {
+            policy.tls = sub.tls.clone();
+        }
+    }
+    policy
+}
+
+fn cluster(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Cluster> {
+    let (port, subset, host) = parse_cluster_name(name)?;
+    let service = snapshot.services.get(host)?;
+    service.port(Some(port))?;
+    if !subset.is_empty() {
+        snapshot.subset_labels(host, subset)?;
+    }
+    let policy = effective_policy(snapshot, host, subset, port);
+    let connect_timeout = policy
+        .connection_pool
+        .as_ref()
+        .and_then(|p| p.tcp.as_ref())
+        .and_then(|t| t.connect_timeout.as_ref())
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.get());
+    Some(Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
+        connect_timeout: Some(duration(connect_timeout)),
+        lb_policy: lb_policy(policy.load_balancer.as_ref(), client) as i32,
+        circuit_breakers: policy.connection_pool.as_ref().map(circuit_breakers),
+        outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
+        ..Cluster::default()
+    })
+}
+
+/// Istio's default is LEAST_REQUEST; proxyless gRPC clients get ROUND_ROBIN, the policy every
+/// gRPC version supports.
+fn lb_policy(settings: Option<&LoadBalancerSettings>, client: &Client) -> LbPolicy {
+    match settings.and_then(|s| s.simple) {
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
+        Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None
+            if !client.proxyless_grpc =>
+        {
+            LbPolicy::LeastRequest
+        }
+        _ => LbPolicy::RoundRobin,
+    }
+}
+
+/// Istio's circuit-breaker defaults are "unlimited"; only what the user sets is bounded.
+fn circuit_breakers(pool: &ConnectionPoolSettings) -> CircuitBreakers {
+    const UNLIMITED: u32 = u32::MAX;
+    let limit = |value: Option<i64>| UInt32Value {
+        value: value
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(UNLIMITED),
+    };
+    let http = pool.http.as_ref();
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: Some(limit(pool.tcp.as_ref().and_then(|t| t.max_connections))),
+            max_pending_requests: Some(limit(http.and_then(|h| h.http1_max_pending_requests))),
+            max_requests: Some(limit(http.and_then(|h| h.http2_max_requests))),
+            max_retries: Some(limit(http.and_then(|h| h.max_retries))),
+            ..Thresholds::default()
+        }],
+        ..CircuitBreakers::default()
+    }
+}
+
+/// Istio's outlier detection defaults: 5 consecutive 5xx, 10s interval, 30s base ejection,
+/// 10% max ejection, panic threshold off.
+fn outlier_detection(outlier: &IstioOutlier) -> OutlierDetection {
+    let u32_value = |value: u32| Some(UInt32Value { value });
+    let percent = |value: Option<i64>, default: u32| {
+        u32_value(value.and_then(|v| u32::try_from(v).ok()).unwrap_or(default))
+    };
+    let consecutive_5xx = outlier
+        .consecutive_5xx_errors
+        .or(outlier
+            .consecutive_errors
+            .and_then(|e| u32::try_from(e).ok()))
+        .unwrap_or(5);
+    OutlierDetection {
+        consecutive_5xx: u32_value(consecutive_5xx),
+        enforcing_consecutive_5xx: u32_value(if consecutive_5xx > 0 { 100 } else { 0 }),
+        consecutive_gateway_failure: outlier.consecutive_gateway_errors.and_then(u32_value),
+        enforcing_consecutive_gateway_failure: u32_value(
+            if outlier.consecutive_gateway_errors.is_some() {
+                100
+            } else {
+                0
+            },
+        ),
+        interval: Some(duration(
+            outlier
+                .interval
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |d| d.get()),
+        )),
+        base_ejection_time: Some(duration(
+            outlier
+                .base_ejection_time
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(30), |d| d.get()),
+        )),
+        max_ejection_percent: percent(outlier.max_ejection_percent, 10),
+        enforcing_success_rate: u32_value(0),
+        ..OutlierDetection::default()
+    }
+}

@@ -1,0 +1,173 @@
+//! Translation: a [`MeshSnapshot`] into the xDS resources one proxy needs.
+//!
+//! Names follow Istio so tools and habits carry over: clusters are
+//! `outbound|<port>|<subset>|<host>`, and a proxyless gRPC client dialling
+//! `xds:///<host>:<port>` asks for a listener of that name, whose route configuration has the
+//! same name. [`MeshGenerator`] is what the ADS server calls; each `generate` call reads the
+//! current snapshot and builds only the resources asked for.
+//!
+//! Scope: proxies ask by name for what they use (proxyless gRPC always does, and RDS and EDS
+//! always are by name). A wildcard request for listeners or clusters gets those of every
+//! service — fine for a mesh of hundreds of services; narrowing by the Sidecar resource comes
+//! with the sidecar proxy.
+
+mod cluster;
+mod endpoint;
+mod listener;
+mod route;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use weft_xds::envoy::envoy::config::core::v3::Node;
+use weft_xds::envoy::google::protobuf::{Duration as PbDuration, value::Kind as ValueKind};
+use weft_xds::server::{Generator, Resource};
+use weft_xds::types;
+
+use crate::model::MeshSnapshot;
+use crate::registry::fqdn;
+
+/// The name of the cluster for a port and subset of a host, Istio's way.
+pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Splits an Istio cluster name into port, subset and host.
+pub fn parse_cluster_name(name: &str) -> Option<(u32, &str, &str)> {
+    let mut parts = name.splitn(4, '|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    Some((port, parts.next()?, parts.next()?))
+}
+
+/// Who is asking: the namespace short names resolve in, the labels `sourceLabels` match, and
+/// whether it is a proxyless gRPC client (which supports fewer load balancers).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Client {
+    /// The client's namespace.
+    pub namespace: String,
+    /// The client workload's labels.
+    pub labels: BTreeMap<String, String>,
+    /// A gRPC library rather than a proxy.
+    pub proxyless_grpc: bool,
+}
+
+impl Client {
+    /// Reads the client from its node: metadata `NAMESPACE` and `LABELS` (as Istio's agent
+    /// sends them), else an Istio-format node id `sidecar~IP~name.ns~ns.svc.cluster.local`,
+    /// else `default`.
+    pub fn from_node(node: &Node) -> Self {
+        let metadata = node.metadata.as_ref().map(|m| &m.fields);
+        let text = |key: &str| match metadata?.get(key)?.kind.as_ref()? {
+            ValueKind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        };
+        let namespace = text("NAMESPACE")
+            .or_else(|| {
+                let mut parts = node.id.split('~');
+                let (_kind, _ip, workload) = (parts.next()?, parts.next()?, parts.next()?);
+                workload.split_once('.').map(|(_, ns)| ns.to_string())
+            })
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let labels = match metadata
+            .and_then(|m| m.get("LABELS"))
+            .and_then(|v| v.kind.as_ref())
+        {
+            Some(ValueKind::StructValue(s)) => s
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match v.kind.as_ref()? {
+                    ValueKind::StringValue(s) => Some((k.clone(), s.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let proxyless_grpc = node.user_agent_name.starts_with("gRPC")
+            || text("GENERATOR").is_some_and(|g| g == "grpc");
+        Self {
+            namespace,
+            labels,
+            proxyless_grpc,
+        }
+    }
+
+    /// Resolves a host as written by this client (`reviews` → `reviews.<ns>.svc.cluster.local`).
+    pub fn resolve(&self, host: &str) -> String {
+        fqdn(host, &self.namespace)
+    }
+}
+
+/// Serves xDS from the current mesh snapshot.
+#[derive(Debug, Default)]
+pub struct MeshGenerator {
+    snapshot: RwLock<Arc<MeshSnapshot>>,
+}
+
+impl MeshGenerator {
+    /// Makes `snapshot` the one served from now on.
+    pub fn set(&self, snapshot: Arc<MeshSnapshot>) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+
+    /// The snapshot being served.
+    pub fn current(&self) -> Arc<MeshSnapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Generator for MeshGenerator {
+    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Vec<Resource> {
+        let snapshot = self.current();
+        let client = Client::from_node(node);
+        match type_url {
+            types::LISTENER => listener::listeners(&snapshot, &client, names),
+            types::ROUTE => {
+                route::route_configurations(&snapshot, &client, names.unwrap_or_default())
+            }
+            types::CLUSTER => cluster::clusters(&snapshot, &client, names),
+            types::ENDPOINT => endpoint::load_assignments(&snapshot, names.unwrap_or_default()),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A protobuf duration.
+pub(crate) fn duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Splits `host:port` (a listener or route configuration name) into its parts.
+pub(crate) fn split_host_port(name: &str) -> (&str, Option<u32>) {
+    match name.rsplit_once(':') {
+        Some((host, port)) => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (name, None),
+        },
+        None => (name, None),
+    }
+}
+
+/// The service and port a `host[:port]` name refers to, for this client.
+pub(crate) fn resolve_target<'a>(
+    snapshot: &'a MeshSnapshot,
+    client: &Client,
+    name: &str,
+) -> Option<(&'a crate::registry::Service, u32)> {
+    let (host, port) = split_host_port(name);
+    let service = snapshot.services.get(&client.resolve(host))?;
+    let port = service.port(port)?.number;
+    Some((service, port))
+}
+
+#[cfg(test)]
+mod tests;

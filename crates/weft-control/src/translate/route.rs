@@ -1,0 +1,416 @@
+//! Route configurations: a VirtualService's HTTP rules, in order, as Envoy routes.
+//!
+//! Each `match` entry of a rule becomes one route with the rule's action, so Envoy's
+//! first-match over routes is Istio's first-match over rules with OR'ed matches. With no
+//! VirtualService a host gets one catch-all route with Istio's default retry policy.
+
+use std::collections::HashMap;
+
+use weft_api::networking::virtual_service::{
+    HttpFaultInjection, HttpMatchRequest, HttpRetry, HttpRoute, StringMatch, VirtualService,
+};
+use weft_xds::envoy::envoy::config::route::v3::{
+    HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
+};
+use weft_xds::envoy::envoy::extensions::filters::common::fault::v3::{
+    FaultDelay, fault_delay::FaultDelaySecifier,
+};
+use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort::ErrorType,
+};
+use weft_xds::envoy::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use weft_xds::envoy::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+use weft_xds::envoy::google::protobuf::{Any, BoolValue, UInt32Value};
+use weft_xds::server::Resource;
+use weft_xds::types::pack;
+
+use super::listener::FAULT_FILTER;
+use super::{Client, cluster_name, duration, resolve_target};
+use crate::model::MeshSnapshot;
+use crate::registry::Service;
+
+/// Istio's retry policy for a route that has none (Istio ≥ 1.24: 503 is no longer retried).
+const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+pub(crate) fn route_configurations(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    names: &[String],
+) -> Vec<Resource> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let (service, port) = resolve_target(snapshot, client, name)?;
+            let config = route_configuration(snapshot, client, name, service, port);
+            Some(Resource {
+                name: name.clone(),
+                body: pack(&config),
+            })
+        })
+        .collect()
+}
+
+fn route_configuration(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    name: &str,
+    service: &Service,
+    port: u32,
+) -> RouteConfiguration {
+    let routes = match snapshot.virtual_services.get(&service.host) {
+        Some((resource, vs)) => {
+            virtual_service_routes(vs, resource.namespace(), client, service, port)
+        }
+        None => vec![Route {
+            r#match: Some(prefix_match("")),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(
+                    port,
+                    "",
+                    &service.host,
+                ))),
+                timeout: Some(duration(std::time::Duration::ZERO)),
+                retry_policy: Some(default_retry_policy()),
+                ..RouteAction::default()
+            })),
+            ..Route::default()
+        }],
+    };
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("{}:{port}", service.host),
+            // The route configuration is this service's alone, so any authority the client
+            // dials it by is accepted.
+            domains: vec!["*".to_string()],
+            routes,
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    }
+}
+
+fn virtual_service_routes(
+    vs: &VirtualService,
+    namespace: &str,
+    client: &Client,
+    service: &Service,
+    port: u32,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for (index, rule) in vs.http.iter().enumerate() {
+        let Some(action) = route_action(rule, namespace, service, port) else {
+            continue;
+        };
+        let per_filter = fault_config(rule.fault.as_ref());
+        let matches: Vec<Option<&HttpMatchRequest>> = if rule.matches.is_empty() {
+            vec![None]
+        } else {
+            rule.matches.iter().map(Some).collect()
+        };
+        for m in matches {
+            let route_match = match m {
+                None => prefix_match(""),
+                Some(m) => match route_match(m, client, port) {
+                    Some(route_match) => route_match,
+                    None => continue,
+                },
+            };
+            let name = match (rule.name.as_str(), m.map(|m| m.name.as_str()).unwrap_or("")) {
+                ("", "") => format!("rule-{index}"),
+                (rule_name, "") => rule_name.to_string(),
+                (rule_name, match_name) => format!("{rule_name}.{match_name}"),
+            };
+            routes.push(Route {
+                name,
+                r#match: Some(route_match),
+                action: Some(Action::Route(action.clone())),
+                typed_per_filter_config: per_filter.clone(),
+                ..Route::default()
+            });
+        }
+    }
+    routes
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix(prefix.to_string())),
+        ..RouteMatch::default()
+    }
+}
+
+/// One `match` entry as an Envoy match; `None` when it cannot apply to this client or port
+/// (`sourceLabels`, `sourceNamespace` and `port` are decided here, at configuration time).
+fn route_match(m: &HttpMatchRequest, client: &Client, port: u32) -> Option<RouteMatch> {
+    if m.port.is_some_and(|p| p != port)
+        || !weft_api::meta::labels_match(&m.source_labels, &client.labels)
+        || m.source_namespace
+            .as_ref()
+            .is_some_and(|ns| *ns != client.namespace)
+    {
+        return None;
+    }
+    let path_specifier = match &m.uri {
+        None => PathSpecifier::Prefix(String::new()),
+        Some(uri) => match (&uri.exact, &uri.prefix, &uri.regex) {
+            (Some(exact), _, _) => PathSpecifier::Path(exact.clone()),
+            (_, Some(prefix), _) => PathSpecifier::Prefix(prefix.clone()),
+            (_, _, Some(regex)) => PathSpecifier::SafeRegex(regex_matcher(regex)),
+            _ => PathSpecifier::Prefix(String::new()),
+        },
+    };
+    let mut headers = Vec::new();
+    for (name, value) in [
+        (":method", &m.method),
+        (":scheme", &m.scheme),
+        (":authority", &m.authority),
+    ] {
+        if let Some(value) = value {
+            headers.push(header_matcher(name, value, false));
+        }
+    }
+    for (name, value) in &m.headers {
+        headers.push(header_matcher(name, value, false));
+    }
+    for (name, value) in &m.without_headers {
+        headers.push(header_matcher(name, value, true));
+    }
+    let query_parameters = m
+        .query_params
+        .iter()
+        .map(|(name, value)| QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(match string_matcher(value) {
+                Some(matcher) => QueryParameterMatchSpecifier::StringMatch(matcher),
+                None => QueryParameterMatchSpecifier::PresentMatch(true),
+            }),
+        })
+        .collect();
+    Some(RouteMatch {
+        path_specifier: Some(path_specifier),
+        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        headers,
+        query_parameters,
+        ..RouteMatch::default()
+    })
+}
+
+fn regex_matcher(regex: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: regex.to_string(),
+        ..RegexMatcher::default()
+    }
+}
+
+fn string_matcher(value: &StringMatch) -> Option<StringMatcher> {
+    let pattern = match (&value.exact, &value.prefix, &value.regex) {
+        (Some(exact), _, _) => MatchPattern::Exact(exact.clone()),
+        (_, Some(prefix), _) => MatchPattern::Prefix(prefix.clone()),
+        (_, _, Some(regex)) => MatchPattern::SafeRegex(regex_matcher(regex)),
+        _ => return None,
+    };
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ..StringMatcher::default()
+    })
+}
+
+/// A header condition; an empty match (`{}`) means "present".
+fn header_matcher(name: &str, value: &StringMatch, invert: bool) -> HeaderMatcher {
+    let specifier = match string_matcher(value) {
+        Some(matcher) => HeaderMatchSpecifier::StringMatch(matcher),
+        None => HeaderMatchSpecifier::PresentMatch(true),
+    };
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(specifier),
+        invert_match: invert,
+        // Istio treats a missing header as empty for `withoutHeaders`.
+        treat_missing_header_as_empty: invert,
+    }
+}
+
+/// The forwarding action of a rule; `None` for rules that do not forward (redirects and
+/// direct responses are not translated yet).
+fn route_action(
+    rule: &HttpRoute,
+    namespace: &str,
+    service: &Service,
+    port: u32,
+) -> Option<RouteAction> {
+    if rule.route.is_empty() {
+        return None;
+    }
+    let clusters: Vec<(String, u32)> = rule
+        .route
+        .iter()
+        .map(|d| {
+            let host = crate::registry::fqdn(&d.destination.host, namespace);
+            let destination_port = d
+                .destination
+                .port
+                .as_ref()
+                .map(|p| p.number)
+                .unwrap_or(if host == service.host { port } else { 0 });
+            let subset = d.destination.subset.as_deref().unwrap_or("");
+            let weight = u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0);
+            (cluster_name(destination_port, subset, &host), weight)
+        })
+        .collect();
+    let cluster_specifier = if clusters.len() == 1 {
+        // A single destination takes all traffic whatever its weight.
+        ClusterSpecifier::Cluster(clusters[0].0.clone())
+    } else {
+        ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .into_iter()
+                .filter(|(_, weight)| *weight > 0)
+                .map(|(name, weight)| ClusterWeight {
+                    name,
+                    weight: Some(UInt32Value { value: weight }),
+                    ..ClusterWeight::default()
+                })
+                .collect(),
+            ..WeightedCluster::default()
+        })
+    };
+    // Istio: no timeout unless one is set; faults switch retries off on the route.
+    let retry_policy = match (&rule.retries, &rule.fault) {
+        (_, Some(_)) => None,
+        (Some(retries), None) => retry_policy(retries),
+        (None, None) => Some(default_retry_policy()),
+    };
+    Some(RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: Some(duration(
+            rule.timeout.as_ref().map(|t| t.get()).unwrap_or_default(),
+        )),
+        retry_policy,
+        ..RouteAction::default()
+    })
+}
+
+fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.to_string(),
+        num_retries: Some(UInt32Value {
+            value: DEFAULT_RETRY_ATTEMPTS,
+        }),
+        host_selection_retry_max_attempts: 5,
+        ..RetryPolicy::default()
+    }
+}
+
+fn retry_policy(retries: &HttpRetry) -> Option<RetryPolicy> {
+    if retries.attempts <= 0 {
+        return None;
+    }
+    let mut retry_on = Vec::new();
+    let mut status_codes = Vec::new();
+    for condition in retries
+        .retry_on
+        .as_deref()
+        .unwrap_or(DEFAULT_RETRY_ON)
+        .split(',')
+        .map(str::trim)
+    {
+        match condition.parse::<u32>() {
+            Ok(code) => status_codes.push(code),
+            Err(_) if !condition.is_empty() => retry_on.push(condition.to_string()),
+            Err(_) => {}
+        }
+    }
+    if !status_codes.is_empty() && !retry_on.iter().any(|c| c == "retriable-status-codes") {
+        retry_on.push("retriable-status-codes".to_string());
+    }
+    Some(RetryPolicy {
+        retry_on: retry_on.join(","),
+        num_retries: Some(UInt32Value {
+            value: u32::try_from(retries.attempts).unwrap_or(u32::MAX),
+        }),
+        per_try_timeout: retries.per_try_timeout.as_ref().map(|t| duration(t.get())),
+        retriable_status_codes: status_codes,
+        host_selection_retry_max_attempts: 5,
+        ..RetryPolicy::default()
+    })
+}
+
+/// A percentage as Envoy's fraction per million.
+fn per_million(percent: Option<f64>) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (percent.unwrap_or(0.0).clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+/// gRPC status names as numbers, for `fault.abort.grpcStatus`.
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u32::try_from(i).ok())
+}
+
+/// The fault filter's per-route configuration. Istio: with no percentage, nothing is
+/// delayed or aborted.
+fn fault_config(fault: Option<&HttpFaultInjection>) -> HashMap<String, Any> {
+    let Some(fault) = fault else {
+        return HashMap::new();
+    };
+    let delay = fault.delay.as_ref().and_then(|d| {
+        let fixed = d.fixed_delay.as_ref()?;
+        let percent = d
+            .percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(d.percent.map(|p| p as f64));
+        Some(FaultDelay {
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(fixed.get()))),
+            percentage: Some(per_million(percent)),
+        })
+    });
+    let abort = fault.abort.as_ref().and_then(|a| {
+        let error_type = match (&a.http_status, &a.grpc_status) {
+            (Some(status), _) => ErrorType::HttpStatus(u32::try_from(*status).ok()?),
+            (None, Some(name)) => ErrorType::GrpcStatus(grpc_code(name)?),
+            _ => return None,
+        };
+        Some(FaultAbort {
+            error_type: Some(error_type),
+            percentage: Some(per_million(a.percentage.as_ref().map(|p| p.value))),
+        })
+    });
+    let config = HttpFault {
+        delay,
+        abort,
+        ..HttpFault::default()
+    };
+    HashMap::from([(FAULT_FILTER.to_string(), pack(&config))])
+}

@@ -1,0 +1,213 @@
+//! Translation of small meshes, checked field by field.
+
+use std::sync::Arc;
+
+use prost::Message;
+use weft_api::load::{Limits, Loader};
+use weft_xds::envoy::envoy::config::cluster::v3::{Cluster, cluster::LbPolicy};
+use weft_xds::envoy::envoy::config::core::v3::Node;
+use weft_xds::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use weft_xds::envoy::envoy::config::route::v3::{
+    RouteConfiguration, route::Action, route_action::ClusterSpecifier,
+};
+use weft_xds::server::Generator;
+use weft_xds::types;
+
+use super::*;
+use crate::store::{ConfigState, merge};
+
+const MESH: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}, ports: {http: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+    - uri: {prefix: /beta}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 75
+    - destination: {host: reviews, subset: v2}
+      weight: 25
+    timeout: 3s
+"#;
+
+fn generator() -> MeshGenerator {
+    let mut loader = Loader::new(Limits::default());
+    loader.load_str("mesh.yaml", MESH);
+    let state = merge(&ConfigState::default(), loader.finish());
+    let generator = MeshGenerator::default();
+    generator.set(Arc::new(MeshSnapshot::build(&state)));
+    generator
+}
+
+fn node() -> Node {
+    Node {
+        id: "sidecar~10.0.0.9~productpage-v1.shop~shop.svc.cluster.local".into(),
+        user_agent_name: "gRPC C-core linux Python".into(),
+        ..Node::default()
+    }
+}
+
+fn one<M: Message + Default>(generator: &MeshGenerator, type_url: &str, name: &str) -> M {
+    let resources = generator.generate(&node(), type_url, Some(&[name.to_string()]));
+    assert_eq!(resources.len(), 1, "{name}");
+    M::decode(resources[0].body.value.as_slice()).unwrap()
+}
+
+#[test]
+fn the_client_namespace_comes_from_the_istio_node_id() {
+    assert_eq!(Client::from_node(&node()).namespace, "shop");
+    assert!(Client::from_node(&node()).proxyless_grpc);
+    assert_eq!(
+        Client::from_node(&Node {
+            id: "anything".into(),
+            ..Node::default()
+        })
+        .namespace,
+        "default"
+    );
+    assert_eq!(
+        parse_cluster_name("outbound|9080|v1|reviews.shop.svc.cluster.local"),
+        Some((9080, "v1", "reviews.shop.svc.cluster.local"))
+    );
+}
+
+#[test]
+fn rules_become_routes_in_order_with_one_route_per_match() {
+    let generator = generator();
+    // A short name resolves in the client's namespace.
+    let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
+    let routes = &config.virtual_hosts[0].routes;
+    assert_eq!(
+        routes.len(),
+        3,
+        "two matches of the first rule, then the catch-all"
+    );
+    let cluster_of = |i: usize| match &routes[i].action {
+        Some(Action::Route(action)) => action.cluster_specifier.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        cluster_of(0),
+        Some(ClusterSpecifier::Cluster(
+            "outbound|9080|v2|reviews.shop.svc.cluster.local".into()
+        ))
+    );
+    assert_eq!(
+        routes[0].r#match.as_ref().unwrap().headers[0].name,
+        "end-user"
+    );
+    let Some(ClusterSpecifier::WeightedClusters(weighted)) = cluster_of(2) else {
+        panic!("weighted")
+    };
+    let weights: Vec<(String, u32)> = weighted
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.as_ref().unwrap().value))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            (
+                "outbound|9080|v1|reviews.shop.svc.cluster.local".to_string(),
+                75
+            ),
+            (
+                "outbound|9080|v2|reviews.shop.svc.cluster.local".to_string(),
+                25
+            )
+        ]
+    );
+    let Some(Action::Route(action)) = &routes[2].action else {
+        panic!()
+    };
+    assert_eq!(action.timeout.as_ref().unwrap().seconds, 3);
+    assert_eq!(
+        action
+            .retry_policy
+            .as_ref()
+            .unwrap()
+            .num_retries
+            .as_ref()
+            .unwrap()
+            .value,
+        2,
+        "Istio's default retries"
+    );
+}
+
+#[test]
+fn subset_policy_overrides_the_top_level_and_endpoints_follow_labels() {
+    let generator = generator();
+    let v1: Cluster = one(
+        &generator,
+        types::CLUSTER,
+        "outbound|9080|v1|reviews.shop.svc.cluster.local",
+    );
+    assert_eq!(v1.lb_policy, LbPolicy::Random as i32);
+    let v2: Cluster = one(
+        &generator,
+        types::CLUSTER,
+        "outbound|9080|v2|reviews.shop.svc.cluster.local",
+    );
+    assert_eq!(v2.lb_policy, LbPolicy::RoundRobin as i32);
+    let missing = generator.generate(
+        &node(),
+        types::CLUSTER,
+        Some(&["outbound|9080|v9|reviews.shop.svc.cluster.local".into()]),
+    );
+    assert!(missing.is_empty(), "an undefined subset has no cluster");
+
+    let endpoints: ClusterLoadAssignment = one(
+        &generator,
+        types::ENDPOINT,
+        "outbound|9080|v2|reviews.shop.svc.cluster.local",
+    );
+    let addresses: Vec<String> = endpoints.endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_eq!(addresses.len(), 1);
+    assert!(
+        addresses[0].contains("10.0.0.2") && addresses[0].contains("8080"),
+        "{addresses:?}"
+    );
+    let all: ClusterLoadAssignment = one(
+        &generator,
+        types::ENDPOINT,
+        "outbound|9080||reviews.shop.svc.cluster.local",
+    );
+    assert_eq!(all.endpoints[0].lb_endpoints.len(), 2);
+}
