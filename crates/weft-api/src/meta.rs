@@ -69,6 +69,16 @@ impl WorkloadSelector {
     }
 }
 
+/// `workloadSelector` of a ServiceEntry or a Sidecar. These two `networking.istio.io` kinds
+/// write their selector as `labels:`, where the security kinds and DestinationRule write
+/// `matchLabels:` ([`WorkloadSelector`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkloadLabels {
+    /// Every label must be present with this value.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Whether every `(key, value)` of `selector` is among `labels`.
 pub fn labels_match(
     selector: &BTreeMap<String, String>,

@@ -351,6 +351,18 @@ static CASES: &[Case] = &[
         Error,
         "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: default\nspec:\n  egress:\n  - hosts:\n    - reviews #<\n",
     ),
+    case(
+        "service entry selector written as matchLabels",
+        "WEFT0003",
+        Warning,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: db\nspec:\n  hosts: [db.internal]\n  location: MESH_INTERNAL\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n  workloadSelector:\n    matchLabels: {app: db} #<\n",
+    ),
+    case(
+        "service entry selector matches no workload entry",
+        "WEFT0206",
+        Warning,
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: vm\nspec:\n  address: 10.0.0.1\n  labels: {app: web}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: db\nspec:\n  hosts: [db.internal]\n  location: MESH_INTERNAL\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n  workloadSelector: #<\n    labels: {app: db}\n",
+    ),
     // --- security ---
     case(
         "port-level mtls without selector",

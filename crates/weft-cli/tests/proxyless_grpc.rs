@@ -50,6 +50,7 @@ impl Drop for Process {
 
 struct Mesh {
     dir: tempfile::TempDir,
+    debug_addr: String,
     _servers: Process,
     _control: Process,
     client: Process,
@@ -110,26 +111,35 @@ impl Mesh {
         let servers = Process(servers);
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        std::fs::write(config.join("service.yaml"), SERVICE).unwrap();
         std::fs::write(
-            dir.path().join("v1.yaml"),
+            config.join("v1.yaml"),
             workload("echo-v1", "v1", ports["v1"]),
         )
         .unwrap();
         std::fs::write(
-            dir.path().join("v2.yaml"),
+            config.join("v2.yaml"),
             workload("echo-v2", "v2", ports["v2"]),
         )
         .unwrap();
-        std::fs::write(dir.path().join("routes.yaml"), virtual_service).unwrap();
+        std::fs::write(config.join("routes.yaml"), virtual_service).unwrap();
 
         let mut control = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["control", "--xds-addr", "127.0.0.1:0", "--config-dir"])
-            .arg(dir.path())
+            .args([
+                "control",
+                "--xds-addr",
+                "127.0.0.1:0",
+                "--debug-addr",
+                "127.0.0.1:0",
+                "--config-dir",
+            ])
+            .arg(&config)
             .stderr(Stdio::piped())
             .spawn()
             .expect("weft control starts");
-        let xds_addr = wait_for_xds_addr(&mut control);
+        let (debug_addr, xds_addr) = wait_for_addresses(&mut control);
         let control = Process(control);
 
         let bootstrap = dir.path().join("bootstrap.json");
@@ -154,6 +164,7 @@ impl Mesh {
         let client_out = BufReader::new(client.stdout.take().unwrap());
         Self {
             dir,
+            debug_addr,
             _servers: servers,
             _control: control,
             client: Process(client),
@@ -190,9 +201,10 @@ impl Mesh {
 
     fn edit_routes(&self, virtual_service: &str) {
         // Write then rename, as editors do.
-        let temporary = self.dir.path().join(".routes.yaml.tmp");
+        let config = self.dir.path().join("config");
+        let temporary = config.join(".routes.yaml.tmp");
         std::fs::write(&temporary, virtual_service).unwrap();
-        std::fs::rename(&temporary, self.dir.path().join("routes.yaml")).unwrap();
+        std::fs::rename(&temporary, config.join("routes.yaml")).unwrap();
     }
 
     /// Calls in small batches until `done` holds: the client sees a pushed change without a
@@ -213,20 +225,40 @@ impl Mesh {
     }
 }
 
-fn wait_for_xds_addr(control: &mut Child) -> String {
+/// Reads the debug and xDS addresses `weft control` logs, in that order.
+fn wait_for_addresses(control: &mut Child) -> (String, String) {
     let stderr = control.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && let Some(addr) = line.split("serving xDS on ").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-                sent = true;
+            for marker in ["serving debug pages on ", "serving xDS on "] {
+                if let Some(addr) = line.split(marker).nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("weft control reports its xDS address")
+    let wait = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("weft control reports its addresses")
+    };
+    (wait(), wait())
+}
+
+/// GETs a debug page and parses its JSON.
+fn get_json(addr: &str, path: &str) -> Value {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
 }
 
 struct Outcome {
@@ -265,9 +297,51 @@ fn weighted_split_and_header_routing_follow_the_yaml() {
         "80/20 split: v2 got {v2} of 1000"
     );
 
+    // The control plane shows the client, with every type sent and acknowledged.
+    let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
+    let proxy = &syncz["proxies"][0];
+    assert_eq!(
+        proxy["nodeId"], "sidecar~127.0.0.1~client.test~test.svc.cluster.local",
+        "{syncz}"
+    );
+    for kind in [
+        "Listener",
+        "RouteConfiguration",
+        "Cluster",
+        "ClusterLoadAssignment",
+    ] {
+        let status = &proxy["types"][kind];
+        assert!(
+            !status["sentVersion"].as_str().unwrap().is_empty(),
+            "{kind}: {syncz}"
+        );
+        assert_eq!(
+            status["ackedVersion"], status["sentVersion"],
+            "{kind}: {syncz}"
+        );
+        assert!(status["lastNack"].is_null(), "{kind}: {syncz}");
+    }
+    let registry = get_json(&mesh.debug_addr, "/debug/registry");
+    assert_eq!(
+        registry["services"][0]["host"],
+        "echo.test.svc.cluster.local"
+    );
+    assert_eq!(
+        registry["services"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        get_json(&mesh.debug_addr, "/debug/analysis")["messages"],
+        serde_json::json!([])
+    );
+
     // Edit the file: the running client follows, no restart.
     mesh.edit_routes(HEADER_ROUTE);
-    mesh.until("/test.Echo/Echo", &[], |o| o.count("v1") == 20);
+    // (Wait on the header: under 80/20, twenty calls all reaching v2 would take odds of 1e-14.)
+    mesh.until("/test.Echo/Echo", &[("x-canary", "yes")], |o| o.count("v2") == 20);
     let with_header = mesh.calls(200, "/test.Echo/Echo", &[("x-canary", "yes")]);
     assert_eq!(with_header.count("v2"), 200, "{}", with_header.raw);
     let without = mesh.calls(200, "/test.Echo/Echo", &[]);

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_xds::server::{AdsServer, Ledger};
 
+use crate::admin::{self, DebugState};
 use crate::model::MeshSnapshot;
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
 use crate::translate::MeshGenerator;
@@ -20,6 +21,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// Where to serve plaintext xDS.
     pub xds_addr: SocketAddr,
+    /// Where to serve the debug pages.
+    pub debug_addr: SocketAddr,
 }
 
 /// Errors starting the control plane.
@@ -41,6 +44,8 @@ pub enum StartError {
 /// A running control plane, bound and loaded, not yet serving.
 pub struct ControlPlane {
     listener: TcpListener,
+    debug_listener: TcpListener,
+    generator: Arc<MeshGenerator>,
     ads: AdsServer,
     ledger: Ledger,
     state: watch::Receiver<Arc<ConfigState>>,
@@ -64,12 +69,19 @@ impl ControlPlane {
                     addr: config.xds_addr,
                     source,
                 })?;
+        let debug_listener = TcpListener::bind(config.debug_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.debug_addr,
+                source,
+            })?;
         let mut updates = state.clone();
+        let serving = generator.clone();
         tokio::spawn(async move {
             while updates.changed().await.is_ok() {
                 let snapshot = MeshSnapshot::build(&updates.borrow_and_update());
                 let generation = snapshot.generation;
-                generator.set(Arc::new(snapshot));
+                serving.set(Arc::new(snapshot));
                 if changes.send(generation).is_err() {
                     break;
                 }
@@ -77,11 +89,18 @@ impl ControlPlane {
         });
         Ok(Self {
             listener,
+            debug_listener,
+            generator,
             ads,
             ledger,
             state,
             _store: store,
         })
+    }
+
+    /// The address the debug pages are served on.
+    pub fn debug_addr(&self) -> std::io::Result<SocketAddr> {
+        self.debug_listener.local_addr()
     }
 
     /// The address xDS is served on.
@@ -99,17 +118,33 @@ impl ControlPlane {
         self.state.borrow().clone()
     }
 
-    /// Serves until `shutdown` completes; streams are closed cleanly.
+    /// Serves xDS and the debug pages until `shutdown` completes; streams are closed
+    /// cleanly.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let Self {
             listener,
+            debug_listener,
+            generator,
             ads,
+            ledger,
+            state,
             _store,
-            ..
         } = self;
-        ads.serve(listener, shutdown).await
+        let (stop_debug, debug_stopped) = tokio::sync::oneshot::channel::<()>();
+        let debug = DebugState {
+            ledger,
+            config: state,
+            generator,
+        };
+        let debug_task = tokio::spawn(admin::serve(debug_listener, debug, async {
+            let _ = debug_stopped.await;
+        }));
+        let result = ads.serve(listener, shutdown).await;
+        let _ = stop_debug.send(());
+        let _ = debug_task.await;
+        result
     }
 }

@@ -12,8 +12,10 @@
 //! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed;
 //! * [`translate`] turns a snapshot into the listeners, routes, clusters and endpoints one
 //!   proxy needs — an Envoy, a Weft proxy, or a proxyless gRPC client;
-//! * [`app`] wires them to the ADS server of `weft-xds`.
+//! * [`app`] wires them to the ADS server of `weft-xds`, and [`admin`] serves the debug
+//!   pages.
 
+pub mod admin;
 pub mod app;
 pub mod model;
 pub mod registry;

@@ -165,7 +165,7 @@ fn endpoints_of(
         entries
             .iter()
             .filter(|(r, we)| {
-                r.namespace() == namespace && labels_match(&selector.match_labels, &we.labels)
+                r.namespace() == namespace && labels_match(&selector.labels, &we.labels)
             })
             .map(|(r, we)| Endpoint::from_entry(we, r.namespace()))
             .collect()

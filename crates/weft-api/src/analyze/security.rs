@@ -1,7 +1,7 @@
 //! Checks across security and workload selection: STRICT mTLS against DestinationRules that
 //! turn TLS off, selectors that select nothing, and scopes defined twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::hosts::{fqdn, service_namespace};
 use super::{ROOT_NAMESPACE, Workloads, describe};
@@ -121,27 +121,26 @@ fn disabled_places(policy: &TrafficPolicy, path: &str, places: &mut Vec<String>)
 /// Selectors and subsets whose labels match no known workload.
 fn check_selectors(resources: &[Resource], workloads: &Workloads, out: &mut Vec<Message>) {
     for resource in resources {
-        let selector: Option<(&WorkloadSelector, &str)> = match &resource.spec {
-            Spec::PeerAuthentication(s) => s.selector.as_ref().map(|x| (x, "spec.selector")),
-            Spec::AuthorizationPolicy(s) => s.selector.as_ref().map(|x| (x, "spec.selector")),
-            Spec::RequestAuthentication(s) => s.selector.as_ref().map(|x| (x, "spec.selector")),
+        let selector: Option<(&BTreeMap<String, String>, &str)> = match &resource.spec {
+            Spec::PeerAuthentication(s) => selected(&s.selector).map(|x| (x, "spec.selector")),
+            Spec::AuthorizationPolicy(s) => selected(&s.selector).map(|x| (x, "spec.selector")),
+            Spec::RequestAuthentication(s) => selected(&s.selector).map(|x| (x, "spec.selector")),
+            Spec::DestinationRule(s) => {
+                selected(&s.workload_selector).map(|x| (x, "spec.workloadSelector"))
+            }
             Spec::Sidecar(s) => s
                 .workload_selector
                 .as_ref()
-                .map(|x| (x, "spec.workloadSelector")),
-            Spec::DestinationRule(s) => s
-                .workload_selector
-                .as_ref()
-                .map(|x| (x, "spec.workloadSelector")),
+                .map(|x| (&x.labels, "spec.workloadSelector")),
             Spec::ServiceEntry(s) => s
                 .workload_selector
                 .as_ref()
-                .map(|x| (x, "spec.workloadSelector")),
+                .map(|x| (&x.labels, "spec.workloadSelector")),
             _ => None,
         };
-        if let Some((selector, path)) = selector
-            && !selector.match_labels.is_empty()
-            && workloads.any_match(resource.namespace(), &selector.match_labels) == Some(false)
+        if let Some((labels, path)) = selector
+            && !labels.is_empty()
+            && workloads.any_match(resource.namespace(), labels) == Some(false)
         {
             Report::new(resource, out).at(
                 &codes::SELECTOR_MATCHES_NOTHING,
@@ -149,7 +148,7 @@ fn check_selectors(resources: &[Resource], workloads: &Workloads, out: &mut Vec<
                 format!(
                     "no workload in namespace {} has the labels {}; the resource applies to nothing",
                     resource.namespace(),
-                    labels_text(&selector.match_labels)
+                    labels_text(labels)
                 ),
             );
         }
@@ -175,6 +174,10 @@ fn check_selectors(resources: &[Resource], workloads: &Workloads, out: &mut Vec<
     }
 }
 
+fn selected(selector: &Option<WorkloadSelector>) -> Option<&BTreeMap<String, String>> {
+    selector.as_ref().map(|s| &s.match_labels)
+}
+
 fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels
         .iter()
@@ -193,7 +196,7 @@ fn check_single_default(resources: &[Resource], out: &mut Vec<Message>) {
             Spec::Sidecar(s)
                 if s.workload_selector
                     .as_ref()
-                    .is_none_or(|w| w.match_labels.is_empty()) =>
+                    .is_none_or(|w| w.labels.is_empty()) =>
             {
                 (
                     &mut sidecars,

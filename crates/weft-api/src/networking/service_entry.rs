@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::Port;
 use super::workload_entry::WorkloadEntry;
-use crate::meta::WorkloadSelector;
+use crate::meta::WorkloadLabels;
 
 /// The `spec` of a ServiceEntry.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -25,7 +25,7 @@ pub struct ServiceEntry {
     /// Inline endpoints.
     pub endpoints: Vec<WorkloadEntry>,
     /// Endpoints selected by label among WorkloadEntries and pods (`MESH_INTERNAL` only).
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<WorkloadLabels>,
     /// Namespaces the service is visible to; empty means all.
     pub export_to: Vec<String>,
     /// Identities the endpoints may present.

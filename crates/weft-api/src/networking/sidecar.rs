@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::virtual_service::Destination;
 use super::{Port, ServerTlsSettings};
-use crate::meta::WorkloadSelector;
+use crate::meta::WorkloadLabels;
 use crate::networking::destination_rule::ConnectionPoolSettings;
 
 /// The `spec` of a Sidecar.
@@ -13,7 +13,7 @@ use crate::networking::destination_rule::ConnectionPoolSettings;
 #[serde(rename_all = "camelCase", default)]
 pub struct Sidecar {
     /// Workloads this applies to; every workload of the namespace when absent.
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<WorkloadLabels>,
     /// Inbound listeners.
     pub ingress: Vec<IstioIngressListener>,
     /// Outbound scope.

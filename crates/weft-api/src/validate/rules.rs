@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::Report;
 use crate::Duration;
 use crate::codes;
-use crate::meta::WorkloadSelector;
+use crate::meta::{WorkloadLabels, WorkloadSelector};
 use crate::networking::Percent;
 use crate::networking::virtual_service::StringMatch;
 
@@ -102,7 +102,7 @@ pub(crate) fn check_labels(labels: &BTreeMap<String, String>, path: &str, report
     }
 }
 
-/// Checks a workload selector's labels.
+/// Checks a `selector` / `workloadSelector` written with `matchLabels`.
 pub(crate) fn check_selector(
     selector: &Option<WorkloadSelector>,
     path: &str,
@@ -114,6 +114,17 @@ pub(crate) fn check_selector(
             &format!("{path}.matchLabels"),
             report,
         );
+    }
+}
+
+/// Checks a ServiceEntry's or Sidecar's `workloadSelector`, written with `labels`.
+pub(crate) fn check_workload_labels(
+    selector: &Option<WorkloadLabels>,
+    path: &str,
+    report: &mut Report<'_>,
+) {
+    if let Some(selector) = selector {
+        check_labels(&selector.labels, &format!("{path}.labels"), report);
     }
 }
 

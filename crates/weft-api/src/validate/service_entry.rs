@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::Report;
 use super::rules::{
-    check_addresses, check_export_to, check_hosts, check_labels, check_port, check_selector,
+    check_addresses, check_export_to, check_hosts, check_labels, check_port, check_workload_labels,
     is_dns_subdomain,
 };
 use crate::codes;
@@ -24,7 +24,7 @@ pub(crate) fn validate(se: &ServiceEntry, report: &mut Report<'_>) {
     check_hosts(&se.hosts, "spec.hosts", false, report);
     check_addresses(&se.addresses, "spec.addresses", report);
     check_export_to(&se.export_to, "spec.exportTo", report);
-    check_selector(&se.workload_selector, "spec.workloadSelector", report);
+    check_workload_labels(&se.workload_selector, "spec.workloadSelector", report);
     let mut numbers = HashSet::new();
     let mut names = HashSet::new();
     for (i, port) in se.ports.iter().enumerate() {

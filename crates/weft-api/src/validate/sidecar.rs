@@ -2,13 +2,13 @@
 
 use super::Report;
 use super::gateway::check_server_tls;
-use super::rules::{check_port, check_selector, is_dns_label, is_wildcard_host};
+use super::rules::{check_port, check_workload_labels, is_dns_label, is_wildcard_host};
 use super::service_entry::check_protocol;
 use crate::codes;
 use crate::networking::sidecar::{OutboundMode, Sidecar};
 
 pub(crate) fn validate(sidecar: &Sidecar, report: &mut Report<'_>) {
-    check_selector(&sidecar.workload_selector, "spec.workloadSelector", report);
+    check_workload_labels(&sidecar.workload_selector, "spec.workloadSelector", report);
     if sidecar.egress.is_empty() {
         report.at(&codes::REQUIRED, "spec.egress", "a Sidecar needs at least one egress listener (hosts: [\"./*\"] keeps the namespace reachable)");
     }

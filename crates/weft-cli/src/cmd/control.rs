@@ -18,6 +18,9 @@ pub struct Args {
     /// proxies on this host.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
+    /// Address for the debug pages (/ready, /debug/syncz, /debug/analysis, /debug/registry).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_addr: SocketAddr,
     /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
     #[arg(long, default_value = "info")]
     log: String,
@@ -36,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let config = Config {
             config_dir: args.config_dir.clone(),
             xds_addr: args.xds_addr,
+            debug_addr: args.debug_addr,
         };
         let control = ControlPlane::start(config)
             .await
@@ -46,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             resources = state.resources.len(),
             "loaded configuration"
         );
+        tracing::info!("serving debug pages on {}", control.debug_addr()?);
         tracing::info!("serving xDS on {}", control.xds_addr()?);
         control
             .serve(shutdown_signal())

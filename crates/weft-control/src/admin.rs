@@ -1,0 +1,137 @@
+//! The debug server (`--debug-addr`, loopback by default): read-only JSON views of what the
+//! control plane knows, for people and for `weft proxy-status`.
+//!
+//! * `/ready` — 200 once the configuration is loaded;
+//! * `/debug/syncz` — each connected proxy: node id, per type the version sent and ACKed,
+//!   the last NACK and its error;
+//! * `/debug/analysis` — the messages about the configuration, as `weft analyze -o json`;
+//! * `/debug/registry` — services, ports and endpoints.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_xds::server::Ledger;
+
+use crate::model::MeshSnapshot;
+use crate::store::ConfigState;
+use crate::translate::MeshGenerator;
+
+/// What the debug pages read.
+#[derive(Clone)]
+pub struct DebugState {
+    /// Stream status.
+    pub ledger: Ledger,
+    /// The configuration in force.
+    pub config: watch::Receiver<Arc<ConfigState>>,
+    /// The snapshot being served.
+    pub generator: Arc<MeshGenerator>,
+}
+
+/// Serves the debug pages on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, state: DebugState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(state: &DebugState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
+    }
+    match request.uri().path() {
+        "/ready" => text(StatusCode::OK, "ready\n"),
+        "/debug/syncz" => json_response(syncz(&state.ledger)),
+        "/debug/analysis" => json_response(analysis(&state.config.borrow())),
+        "/debug/registry" => json_response(registry(&state.generator.current())),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /ready, /debug/syncz, /debug/analysis or /debug/registry\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn json_response(value: Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(content_type) = "application/json".parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+fn syncz(ledger: &Ledger) -> Value {
+    let streams: Vec<Value> = ledger
+        .snapshot()
+        .into_iter()
+        .map(|(id, status)| {
+            let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut value {
+                map.insert("stream".to_string(), json!(id));
+            }
+            value
+        })
+        .collect();
+    json!({ "proxies": streams })
+}
+
+fn analysis(state: &ConfigState) -> Value {
+    json!({
+        "generation": state.generation,
+        "resources": state.resources.len(),
+        "messages": state.messages.iter().map(|m| m.to_json()).collect::<Vec<_>>(),
+    })
+}
+
+fn registry(snapshot: &MeshSnapshot) -> Value {
+    let services: Vec<Value> = snapshot
+        .services
+        .values()
+        .map(|service| {
+            json!({
+                "host": service.host,
+                "namespace": service.namespace,
+                "ports": service.ports.iter().map(|p| json!({"number": p.number, "name": p.name, "protocol": p.protocol})).collect::<Vec<_>>(),
+                "endpoints": service.endpoints.iter().map(|e| json!({
+                    "address": e.address,
+                    "ports": e.ports,
+                    "labels": e.labels,
+                    "serviceAccount": e.service_account,
+                    "locality": e.locality,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "generation": snapshot.generation, "services": services })
+}
