@@ -21,6 +21,8 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Run the control plane: serve a folder of Istio YAML over xDS.
     Control(cmd::control::Args),
+    /// Print a join token: what a workload presents to get certificates for one identity.
+    JoinToken(cmd::join_token::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
+        Command::JoinToken(args) => cmd::join_token::run(args),
     };
     match result {
         Ok(code) => code,

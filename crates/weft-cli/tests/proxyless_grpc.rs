@@ -341,7 +341,9 @@ fn weighted_split_and_header_routing_follow_the_yaml() {
     // Edit the file: the running client follows, no restart.
     mesh.edit_routes(HEADER_ROUTE);
     // (Wait on the header: under 80/20, twenty calls all reaching v2 would take odds of 1e-14.)
-    mesh.until("/test.Echo/Echo", &[("x-canary", "yes")], |o| o.count("v2") == 20);
+    mesh.until("/test.Echo/Echo", &[("x-canary", "yes")], |o| {
+        o.count("v2") == 20
+    });
     let with_header = mesh.calls(200, "/test.Echo/Echo", &[("x-canary", "yes")]);
     assert_eq!(with_header.count("v2"), 200, "{}", with_header.raw);
     let without = mesh.calls(200, "/test.Echo/Echo", &[]);

@@ -9,7 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_xds::server::{AdsServer, Ledger};
 
+use tokio_stream::wrappers::TcpListenerStream;
+
 use crate::admin::{self, DebugState};
+use crate::ca::token::JoinTokens;
+use crate::ca::{CaError, CaService, CertificateAuthority};
 use crate::model::MeshSnapshot;
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
 use crate::translate::MeshGenerator;
@@ -23,6 +27,12 @@ pub struct Config {
     pub xds_addr: SocketAddr,
     /// Where to serve the debug pages.
     pub debug_addr: SocketAddr,
+    /// Where the CA keys and join-token key live.
+    pub state_dir: PathBuf,
+    /// The trust domain of issued identities.
+    pub trust_domain: String,
+    /// Lifetime of workload certificates.
+    pub cert_ttl: std::time::Duration,
 }
 
 /// Errors starting the control plane.
@@ -31,6 +41,17 @@ pub enum StartError {
     /// The config store could not start.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The certificate authority could not start.
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+    /// The join-token key could not be read or created.
+    #[error("join tokens in {path}: {source}")]
+    Tokens {
+        /// The state dir.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The xDS port could not be bound.
     #[error("cannot listen for xDS on {addr}: {source}")]
     Bind {
@@ -47,6 +68,7 @@ pub struct ControlPlane {
     debug_listener: TcpListener,
     generator: Arc<MeshGenerator>,
     ads: AdsServer,
+    ca: CaService,
     ledger: Ledger,
     state: watch::Receiver<Arc<ConfigState>>,
     _store: FileStore,
@@ -61,6 +83,17 @@ impl ControlPlane {
         generator.set(Arc::new(MeshSnapshot::build(&state.borrow_and_update())));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
+        let authority = CertificateAuthority::load_or_create(
+            &config.state_dir,
+            &config.trust_domain,
+            config.cert_ttl,
+        )?;
+        let tokens =
+            JoinTokens::load_or_create(&config.state_dir).map_err(|source| StartError::Tokens {
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let ca = CaService::new(Arc::new(authority), Arc::new(tokens));
         let ledger = ads.ledger();
         let listener =
             TcpListener::bind(config.xds_addr)
@@ -92,6 +125,7 @@ impl ControlPlane {
             debug_listener,
             generator,
             ads,
+            ca,
             ledger,
             state,
             _store: store,
@@ -118,7 +152,7 @@ impl ControlPlane {
         self.state.borrow().clone()
     }
 
-    /// Serves xDS and the debug pages until `shutdown` completes; streams are closed
+    /// Serves xDS, the certificate API (on the xDS port) and the debug pages until `shutdown` completes; streams are closed
     /// cleanly.
     pub async fn serve(
         self,
@@ -129,6 +163,7 @@ impl ControlPlane {
             debug_listener,
             generator,
             ads,
+            ca,
             ledger,
             state,
             _store,
@@ -142,7 +177,13 @@ impl ControlPlane {
         let debug_task = tokio::spawn(admin::serve(debug_listener, debug, async {
             let _ = debug_stopped.await;
         }));
-        let result = ads.serve(listener, shutdown).await;
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(ads.into_service())
+            .add_service(ca.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
         let _ = stop_debug.send(());
         let _ = debug_task.await;
         result

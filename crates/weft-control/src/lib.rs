@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca;
 pub mod model;
 pub mod registry;
 pub mod store;

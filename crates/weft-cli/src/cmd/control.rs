@@ -21,6 +21,15 @@ pub struct Args {
     /// Address for the debug pages (/ready, /debug/syncz, /debug/analysis, /debug/registry).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_addr: SocketAddr,
+    /// Where the CA keys and the join-token key live; `<config-dir>/.weft` by default.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Trust domain of workload identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates, written like Istio durations (`24h`, `90m`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: std::time::Duration,
     /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
     #[arg(long, default_value = "info")]
     log: String,
@@ -40,6 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             config_dir: args.config_dir.clone(),
             xds_addr: args.xds_addr,
             debug_addr: args.debug_addr,
+            state_dir: state_dir(args.state_dir.as_deref(), &args.config_dir),
+            trust_domain: args.trust_domain.clone(),
+            cert_ttl: args.cert_ttl,
         };
         let control = ControlPlane::start(config)
             .await
@@ -59,6 +71,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `--state-dir`, or `.weft` inside the config dir (hidden, so the config loader skips it).
+pub fn state_dir(given: Option<&std::path::Path>, config_dir: &std::path::Path) -> PathBuf {
+    given.map_or_else(|| config_dir.join(".weft"), std::path::Path::to_path_buf)
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = weft_api::Duration::parse(text)?.get();
+    if duration.is_zero() {
+        return Err("the duration must be positive".to_string());
+    }
+    Ok(duration)
 }
 
 async fn shutdown_signal() {

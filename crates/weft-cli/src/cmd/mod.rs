@@ -2,3 +2,4 @@
 
 pub mod analyze;
 pub mod control;
+pub mod join_token;

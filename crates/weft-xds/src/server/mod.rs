@@ -80,6 +80,11 @@ impl AdsServer {
         self.ledger.clone()
     }
 
+    /// The server as a tonic service, to serve beside others on one port.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
     /// Serves ADS on `listener` until `shutdown` completes. HTTP/2 keepalive pings detect dead
     /// peers.
     pub async fn serve(
