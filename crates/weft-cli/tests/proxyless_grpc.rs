@@ -200,11 +200,15 @@ impl Mesh {
     }
 
     fn edit_routes(&self, virtual_service: &str) {
+        self.edit("routes.yaml", virtual_service);
+    }
+
+    fn edit(&self, file: &str, contents: &str) {
         // Write then rename, as editors do.
         let config = self.dir.path().join("config");
-        let temporary = config.join(".routes.yaml.tmp");
-        std::fs::write(&temporary, virtual_service).unwrap();
-        std::fs::rename(&temporary, config.join("routes.yaml")).unwrap();
+        let temporary = config.join(format!(".{file}.tmp"));
+        std::fs::write(&temporary, contents).unwrap();
+        std::fs::rename(&temporary, config.join(file)).unwrap();
     }
 
     /// Calls in small batches until `done` holds: the client sees a pushed change without a
@@ -391,4 +395,59 @@ fn retries_and_fault_aborts_show_in_the_client_results() {
         aborted.raw
     );
     assert_eq!(aborted.count("v1") + denied, 1000, "{}", aborted.raw);
+}
+
+#[test]
+fn a_nack_keeps_the_client_on_its_last_good_config_and_shows_in_syncz() {
+    let mut mesh = Mesh::start(&split(100, 0));
+    assert_eq!(mesh.calls(50, "/test.Echo/Echo", &[]).count("v1"), 50);
+
+    // gRPC has no RANDOM load balancer: the client rejects the new clusters.
+    let random = SERVICE.replace(
+        "  host: echo\n",
+        "  host: echo\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n",
+    );
+    mesh.edit("service.yaml", &random);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let nack = loop {
+        let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
+        let nack = syncz["proxies"][0]["types"]["Cluster"]["lastNack"].clone();
+        if !nack.is_null() {
+            break nack;
+        }
+        assert!(Instant::now() < deadline, "no NACK recorded: {syncz}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        nack["error"].as_str().unwrap().contains("LB policy"),
+        "{nack}"
+    );
+    assert_ne!(nack["rejectedVersion"], nack["keptVersion"]);
+    // Still served by the version it kept.
+    let outcome = mesh.calls(50, "/test.Echo/Echo", &[]);
+    assert_eq!(outcome.count("v1"), 50, "{}", outcome.raw);
+
+    // Fixing the YAML is accepted again.
+    mesh.edit(
+        "service.yaml",
+        &SERVICE.replace(
+            "  host: echo\n",
+            "  host: echo\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n",
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
+        let cluster = &syncz["proxies"][0]["types"]["Cluster"];
+        if cluster["ackedVersion"] == cluster["sentVersion"]
+            && cluster["sentVersion"] != nack["rejectedVersion"]
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fix was never acknowledged: {syncz}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
