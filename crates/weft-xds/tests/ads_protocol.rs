@@ -27,7 +27,12 @@ use weft_xds::types::{self, CLUSTER, ENDPOINT};
 struct Fixed(Mutex<BTreeMap<&'static str, Vec<String>>>);
 
 impl Generator for Fixed {
-    fn generate(&self, _node: &Node, type_url: &str, names: Option<&[String]>) -> Vec<Resource> {
+    fn generate(
+        &self,
+        _node: &Node,
+        type_url: &str,
+        names: Option<&[String]>,
+    ) -> Vec<Arc<Resource>> {
         let all = self.0.lock().unwrap();
         let key = if type_url == CLUSTER {
             CLUSTER
@@ -37,13 +42,22 @@ impl Generator for Fixed {
         all.get(key)
             .into_iter()
             .flatten()
-            .filter(|n| names.is_none_or(|names| names.contains(n)))
-            .map(|name| Resource {
-                name: name.clone(),
-                body: types::pack(&Cluster {
-                    name: name.clone(),
+            .filter(|n| {
+                names.is_none_or(|names| {
+                    names
+                        .iter()
+                        .any(|w| n.split('=').next() == Some(w.as_str()))
+                })
+            })
+            .map(|name| {
+                // `name` or `name=content`: the content lets a test change a resource.
+                let (name, content) = name.split_once('=').unwrap_or((name, ""));
+                let body = types::pack(&Cluster {
+                    name: name.to_string(),
+                    alt_stat_name: content.to_string(),
                     ..Cluster::default()
-                }),
+                });
+                Arc::new(Resource::new(name, body))
             })
             .collect()
     }
@@ -338,4 +352,39 @@ async fn many_concurrent_streams() {
         assert_eq!(names(&client.next().await), ["x"]);
     }
     assert_eq!(h.ledger.snapshot().len(), 200);
+}
+
+#[tokio::test]
+async fn pushes_of_named_types_carry_only_what_changed() {
+    let h = Harness::start().await;
+    let mut client = h.connect().await;
+    client.send(ENDPOINT, &["a", "b"], "", "", None).await;
+    let first = client.next().await;
+    assert_eq!(names(&first), ["a", "b"]);
+    client
+        .send(
+            ENDPOINT,
+            &["a", "b"],
+            &first.version_info,
+            &first.nonce,
+            None,
+        )
+        .await;
+    h.set(ENDPOINT, &["a", "b=v2"]);
+    let push = client.next().await;
+    assert_eq!(
+        names(&push),
+        ["b"],
+        "only the changed endpoint set is re-sent"
+    );
+    assert_ne!(push.version_info, first.version_info);
+
+    // Wildcard types always carry the full set.
+    client.send(CLUSTER, &[], "", "", None).await;
+    let clusters = client.next().await;
+    client
+        .send(CLUSTER, &[], &clusters.version_info, &clusters.nonce, None)
+        .await;
+    h.set(CLUSTER, &["a", "b=v2"]);
+    assert_eq!(names(&client.next().await), ["a", "b"]);
 }

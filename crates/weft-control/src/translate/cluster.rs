@@ -22,45 +22,37 @@ use crate::model::MeshSnapshot;
 /// Istio's TCP connect timeout when none is set.
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(crate) fn clusters(
+/// Every cluster name, for a wildcard subscription: each service port, plain and per subset.
+pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
+    let mut names = Vec::new();
+    for service in snapshot.services.values() {
+        let subsets: Vec<&str> = snapshot
+            .destination_rules
+            .get(&service.host)
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, dr)| dr.subsets.iter().map(|s| s.name.as_str()))
+            .collect();
+        for port in &service.ports {
+            names.push(cluster_name(port.number, "", &service.host));
+            names.extend(
+                subsets
+                    .iter()
+                    .map(|subset| cluster_name(port.number, subset, &service.host)),
+            );
+        }
+    }
+    names
+}
+
+/// The cluster called `name`, if its service, port and subset exist.
+pub(crate) fn cluster_resource(
     snapshot: &MeshSnapshot,
     client: &Client,
-    names: Option<&[String]>,
-) -> Vec<Resource> {
-    let names: Vec<String> = match names {
-        Some(names) => names.to_vec(),
-        None => snapshot
-            .services
-            .values()
-            .flat_map(|service| {
-                let subsets: Vec<String> = snapshot
-                    .destination_rules
-                    .get(&service.host)
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|(_, dr)| dr.subsets.iter().map(|s| s.name.clone()))
-                    .collect();
-                service.ports.iter().flat_map(move |port| {
-                    std::iter::once(cluster_name(port.number, "", &service.host)).chain(
-                        subsets
-                            .iter()
-                            .map(move |subset| cluster_name(port.number, subset, &service.host))
-                            .collect::<Vec<_>>(),
-                    )
-                })
-            })
-            .collect(),
-    };
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let cluster = cluster(snapshot, client, &name)?;
-            Some(Resource {
-                body: pack(&cluster),
-                name,
-            })
-        })
-        .collect()
+    name: &str,
+) -> Option<Resource> {
+    let cluster = cluster(snapshot, client, name)?;
+    Some(Resource::new(name, pack(&cluster)))
 }
 
 /// The effective policy for a subset: the subset's fields over the top level's.

@@ -13,17 +13,10 @@ use weft_xds::types::pack;
 use super::parse_cluster_name;
 use crate::model::MeshSnapshot;
 
-pub(crate) fn load_assignments(snapshot: &MeshSnapshot, names: &[String]) -> Vec<Resource> {
-    names
-        .iter()
-        .filter_map(|name| {
-            let assignment = load_assignment(snapshot, name)?;
-            Some(Resource {
-                name: name.clone(),
-                body: pack(&assignment),
-            })
-        })
-        .collect()
+/// The endpoints of the cluster called `name`, if it exists.
+pub(crate) fn endpoint_resource(snapshot: &MeshSnapshot, name: &str) -> Option<Resource> {
+    let assignment = load_assignment(snapshot, name)?;
+    Some(Resource::new(name, pack(&assignment)))
 }
 
 fn load_assignment(snapshot: &MeshSnapshot, name: &str) -> Option<ClusterLoadAssignment> {

@@ -29,31 +29,23 @@ pub(crate) fn ads() -> ConfigSource {
     }
 }
 
-pub(crate) fn listeners(
-    snapshot: &MeshSnapshot,
-    client: &Client,
-    names: Option<&[String]>,
-) -> Vec<Resource> {
-    let names: Vec<String> = match names {
-        Some(names) => names.to_vec(),
-        None => snapshot
-            .services
-            .values()
-            .flat_map(|s| {
-                s.ports
-                    .iter()
-                    .map(move |p| format!("{}:{}", s.host, p.number))
-            })
-            .collect(),
-    };
-    names
-        .into_iter()
-        .filter(|name| resolve_target(snapshot, client, name).is_some())
-        .map(|name| Resource {
-            body: pack(&api_listener(&name)),
-            name,
+/// Every listener name, for a wildcard subscription: `<host>:<port>` of every service port.
+pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
+    snapshot
+        .services
+        .values()
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .map(move |p| format!("{}:{}", s.host, p.number))
         })
         .collect()
+}
+
+/// The listener called `name`, if it names a service port this client can reach.
+pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Resource> {
+    resolve_target(snapshot, client, name)?;
+    Some(Resource::new(name, pack(&api_listener(name))))
 }
 
 fn api_listener(name: &str) -> Listener {

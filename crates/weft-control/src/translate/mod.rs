@@ -17,7 +17,8 @@ mod listener;
 mod route;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use weft_xds::envoy::envoy::config::core::v3::Node;
 use weft_xds::envoy::google::protobuf::{Duration as PbDuration, value::Kind as ValueKind};
@@ -101,10 +102,30 @@ impl Client {
     }
 }
 
+/// What a resource's content can depend on besides its name: the client's namespace (short
+/// names), labels (`sourceLabels`) and kind (load balancer defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    type_url: String,
+    name: String,
+    namespace: String,
+    labels: Vec<(String, String)>,
+    proxyless_grpc: bool,
+}
+
+/// Resources built from one snapshot, shared by every stream that asks for the same thing:
+/// a push translates each resource once, not once per proxy.
+#[derive(Debug, Default)]
+struct Cache {
+    generation: u64,
+    resources: HashMap<CacheKey, Option<Arc<Resource>>>,
+}
+
 /// Serves xDS from the current mesh snapshot.
 #[derive(Debug, Default)]
 pub struct MeshGenerator {
     snapshot: RwLock<Arc<MeshSnapshot>>,
+    cache: Mutex<Cache>,
 }
 
 impl MeshGenerator {
@@ -120,21 +141,77 @@ impl MeshGenerator {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    fn resource(
+        &self,
+        snapshot: &MeshSnapshot,
+        client: &Client,
+        type_url: &str,
+        name: &str,
+    ) -> Option<Arc<Resource>> {
+        let key = CacheKey {
+            type_url: type_url.to_string(),
+            name: name.to_string(),
+            namespace: client.namespace.clone(),
+            labels: client
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            proxyless_grpc: client.proxyless_grpc,
+        };
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != snapshot.generation {
+                cache.generation = snapshot.generation;
+                cache.resources.clear();
+            }
+            if let Some(hit) = cache.resources.get(&key) {
+                return hit.clone();
+            }
+        }
+        // Built outside the lock; two streams racing may both build it, which is harmless.
+        let built = match type_url {
+            types::LISTENER => listener::listener(snapshot, client, name),
+            types::ROUTE => route::route_resource(snapshot, client, name),
+            types::CLUSTER => cluster::cluster_resource(snapshot, client, name),
+            types::ENDPOINT => endpoint::endpoint_resource(snapshot, name),
+            _ => None,
+        }
+        .map(Arc::new);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == snapshot.generation {
+            cache.resources.insert(key, built.clone());
+        }
+        built
+    }
 }
 
 impl Generator for MeshGenerator {
-    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Vec<Resource> {
+    fn generate(
+        &self,
+        node: &Node,
+        type_url: &str,
+        names: Option<&[String]>,
+    ) -> Vec<Arc<Resource>> {
         let snapshot = self.current();
         let client = Client::from_node(node);
-        match type_url {
-            types::LISTENER => listener::listeners(&snapshot, &client, names),
-            types::ROUTE => {
-                route::route_configurations(&snapshot, &client, names.unwrap_or_default())
+        let all;
+        let names = match names {
+            Some(names) => names,
+            None => {
+                all = match type_url {
+                    types::LISTENER => listener::all_names(&snapshot),
+                    types::CLUSTER => cluster::all_names(&snapshot),
+                    _ => Vec::new(),
+                };
+                &all
             }
-            types::CLUSTER => cluster::clusters(&snapshot, &client, names),
-            types::ENDPOINT => endpoint::load_assignments(&snapshot, names.unwrap_or_default()),
-            _ => Vec::new(),
-        }
+        };
+        names
+            .iter()
+            .filter_map(|name| self.resource(&snapshot, &client, type_url, name))
+            .collect()
     }
 }
 

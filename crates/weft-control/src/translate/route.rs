@@ -39,22 +39,15 @@ const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 
-pub(crate) fn route_configurations(
+/// The route configuration called `name` (`<host>:<port>`), if it names a service port.
+pub(crate) fn route_resource(
     snapshot: &MeshSnapshot,
     client: &Client,
-    names: &[String],
-) -> Vec<Resource> {
-    names
-        .iter()
-        .filter_map(|name| {
-            let (service, port) = resolve_target(snapshot, client, name)?;
-            let config = route_configuration(snapshot, client, name, service, port);
-            Some(Resource {
-                name: name.clone(),
-                body: pack(&config),
-            })
-        })
-        .collect()
+    name: &str,
+) -> Option<Resource> {
+    let (service, port) = resolve_target(snapshot, client, name)?;
+    let config = route_configuration(snapshot, client, name, service, port);
+    Some(Resource::new(name, pack(&config)))
 }
 
 fn route_configuration(

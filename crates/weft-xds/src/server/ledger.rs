@@ -34,7 +34,7 @@ pub struct TypeStatus {
     pub sent_version: String,
     /// Nonce of the last response.
     pub sent_nonce: String,
-    /// How many resources the last response held.
+    /// How many resources of this type the proxy holds after the last response.
     pub sent_resources: usize,
     /// Version the proxy last acknowledged; empty until it does.
     pub acked_version: String,

@@ -29,21 +29,39 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use ledger::{Ledger, NackRecord, StreamStatus, TypeStatus};
 
-/// One named resource, packed.
+/// One named resource, packed, with a hash of its content so streams can tell what changed
+/// without comparing bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     /// The resource's name (a listener, cluster, route configuration, … name).
     pub name: String,
     /// The resource itself.
     pub body: Any,
+    /// A hash of `body`.
+    pub hash: u64,
+}
+
+impl Resource {
+    /// Wraps a packed resource, hashing it once.
+    pub fn new(name: impl Into<String>, body: Any) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&body.type_url, &mut hasher);
+        std::hash::Hash::hash(&body.value, &mut hasher);
+        Self {
+            name: name.into(),
+            hash: std::hash::Hasher::finish(&hasher),
+            body,
+        }
+    }
 }
 
 /// Decides what each proxy gets. Called on a stream's own task, never under a lock held by
-/// the server; it should be quick (read a snapshot and translate).
+/// the server; it should be quick (read a snapshot, translate or look up a cache).
 pub trait Generator: Send + Sync + 'static {
     /// The resources of `type_url` for the proxy `node`. `names` lists what the proxy asked
     /// for; `None` means everything of the type (a wildcard subscription).
-    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Vec<Resource>;
+    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>)
+    -> Vec<Arc<Resource>>;
 }
 
 /// How many responses may wait for a slow proxy before its stream stops producing more.

@@ -8,10 +8,11 @@
 //!   proxy keeps its previous version, the rejection is recorded, and the same content is not
 //!   sent again — only a different one is;
 //! * a change of the subscribed names is answered at once; otherwise a type is re-sent only
-//!   when its content changed.
+//!   when its content changed — and for route configurations and endpoints, only the
+//!   resources that changed.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::{Generator, Ledger, NackRecord, TypeStatus};
+use super::{Generator, Ledger, NackRecord, Resource, TypeStatus};
 use crate::types::{PUSH_ORDER, is_wildcard_type, short_name};
 
 /// What one resource type of the stream is subscribed to and was sent.
@@ -37,6 +38,9 @@ struct Sent {
     version: String,
     nonce: String,
     digest: u64,
+    /// The hash of each resource the proxy holds, by the hash of its name: 16 bytes a
+    /// resource instead of a copy of every name, for proxies holding thousands.
+    hashes: HashMap<u64, u64>,
 }
 
 pub(super) struct AdsStream {
@@ -209,7 +213,10 @@ impl AdsStream {
     }
 
     /// Sends the current resources of a type, unless `force` is off and they are what was
-    /// sent last. False when the proxy is gone.
+    /// sent last. For route configurations and endpoints — resources a proxy asks for by
+    /// name and keeps independently — a push carries only those that changed; listeners and
+    /// clusters always go as a full set, as state-of-the-world xDS requires. False when the
+    /// proxy is gone.
     async fn respond(&mut self, type_url: &str, force: bool) -> bool {
         let Some(node) = &self.node else { return true };
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
@@ -221,21 +228,29 @@ impl AdsStream {
             .map(|n| n.iter().cloned().collect());
         let resources = self.generator.generate(node, type_url, names.as_deref());
         let digest = digest(type_url, &resources);
-        if !force
-            && subscription
-                .sent
-                .as_ref()
-                .is_some_and(|s| s.digest == digest)
-        {
+        let hashes: HashMap<u64, u64> = resources
+            .iter()
+            .map(|r| (name_hash(&r.name), r.hash))
+            .collect();
+        let previous = subscription.sent.as_ref();
+        if !force && previous.is_some_and(|s| s.digest == digest) {
             return true;
         }
+        let partial = !force && !is_wildcard_type(type_url) && previous.is_some();
+        let outgoing: Vec<&Arc<Resource>> = resources
+            .iter()
+            .filter(|r| {
+                !partial
+                    || previous.and_then(|p| p.hashes.get(&name_hash(&r.name))) != Some(&r.hash)
+            })
+            .collect();
         self.nonces += 1;
         let version = format!("{digest:016x}");
         let nonce = self.nonces.to_string();
         let count = resources.len();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: resources.into_iter().map(|r| r.body).collect(),
+            resources: outgoing.into_iter().map(|r| r.body.clone()).collect(),
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             control_plane: Some(ControlPlane {
@@ -247,6 +262,7 @@ impl AdsStream {
             version: version.clone(),
             nonce: nonce.clone(),
             digest,
+            hashes,
         });
         let short = short_name(type_url).to_string();
         self.ledger.update(self.id, |s| {
@@ -259,16 +275,21 @@ impl AdsStream {
     }
 }
 
-/// A digest of a type's resources: equal content, equal digest, in any order of generation.
-fn digest(type_url: &str, resources: &[super::Resource]) -> u64 {
-    let mut sorted: Vec<&super::Resource> = resources.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+/// A digest of a type's resources: equal content, equal digest, whatever the order.
+fn digest(type_url: &str, resources: &[Arc<Resource>]) -> u64 {
+    let mut sorted: Vec<(&str, u64)> = resources
+        .iter()
+        .map(|r| (r.name.as_str(), r.hash))
+        .collect();
+    sorted.sort_unstable();
     let mut hasher = DefaultHasher::new();
     type_url.hash(&mut hasher);
-    for resource in sorted {
-        resource.name.hash(&mut hasher);
-        resource.body.type_url.hash(&mut hasher);
-        resource.body.value.hash(&mut hasher);
-    }
+    sorted.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
     hasher.finish()
 }
