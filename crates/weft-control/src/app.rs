@@ -15,6 +15,7 @@ use crate::admin::{self, DebugState};
 use crate::ca::token::JoinTokens;
 use crate::ca::{CaError, CaService, CertificateAuthority};
 use crate::model::MeshSnapshot;
+use crate::registration::Registrations;
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
 use crate::translate::MeshGenerator;
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub trust_domain: String,
     /// Lifetime of workload certificates.
     pub cert_ttl: std::time::Duration,
+    /// How long a registered workload stays an endpoint after its xDS stream closes.
+    pub registration_grace: std::time::Duration,
 }
 
 /// Errors starting the control plane.
@@ -79,8 +82,13 @@ impl ControlPlane {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let store = FileStore::start(config.config_dir.clone())?;
         let mut state = store.subscribe();
-        let generator = Arc::new(MeshGenerator::default());
-        generator.set(Arc::new(MeshSnapshot::build(&state.borrow_and_update())));
+        let registrations = Registrations::new(config.registration_grace);
+        let generator = Arc::new(MeshGenerator::new(registrations.clone()));
+        generator.set(Arc::new(MeshSnapshot::build(
+            0,
+            &state.borrow_and_update(),
+            &[],
+        )));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
         let authority = CertificateAuthority::load_or_create(
@@ -109,13 +117,20 @@ impl ControlPlane {
                 source,
             })?;
         let mut updates = state.clone();
+        let mut registered = registrations.subscribe();
         let serving = generator.clone();
         tokio::spawn(async move {
-            while updates.changed().await.is_ok() {
-                let snapshot = MeshSnapshot::build(&updates.borrow_and_update());
-                let generation = snapshot.generation;
+            // A new snapshot whenever the configuration or the registered workloads change.
+            for version in 1.. {
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { break },
+                    changed = registered.changed() => if changed.is_err() { break },
+                }
+                let state = updates.borrow_and_update().clone();
+                registered.mark_unchanged();
+                let snapshot = MeshSnapshot::build(version, &state, &registrations.workloads());
                 serving.set(Arc::new(snapshot));
-                if changes.send(generation).is_err() {
+                if changes.send(version).is_err() {
                     break;
                 }
             }

@@ -8,7 +8,8 @@
 //!
 //! * [`store`] loads a directory with `weft-api`, watches it, and keeps the last valid
 //!   version of every resource when an edit breaks it;
-//! * [`registry`] turns ServiceEntries and WorkloadEntries into services and endpoints;
+//! * [`registry`] turns ServiceEntries, WorkloadEntries and workloads that registered
+//!   themselves over xDS ([`registration`]) into services and endpoints;
 //! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed;
 //! * [`translate`] turns a snapshot into the listeners, routes, clusters and endpoints one
 //!   proxy needs — an Envoy, a Weft proxy, or a proxyless gRPC client;
@@ -19,6 +20,8 @@ pub mod admin;
 pub mod app;
 pub mod ca;
 pub mod model;
+mod node;
+pub mod registration;
 pub mod registry;
 pub mod store;
 pub mod translate;

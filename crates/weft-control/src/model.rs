@@ -9,12 +9,15 @@ use weft_api::networking::destination_rule::DestinationRule;
 use weft_api::networking::virtual_service::VirtualService;
 use weft_api::resource::Spec;
 
+use crate::registration::RegisteredWorkload;
 use crate::registry::{self, Service, fqdn};
 use crate::store::ConfigState;
 
 /// The mesh at one moment.
 #[derive(Debug, Default)]
 pub struct MeshSnapshot {
+    /// A number no other snapshot of this process has: caches are keyed by it.
+    pub version: u64,
     /// Which configuration generation this was built from.
     pub generation: u64,
     /// Services by fully qualified host.
@@ -27,12 +30,12 @@ pub struct MeshSnapshot {
 }
 
 impl MeshSnapshot {
-    /// Builds a snapshot from the configuration in force.
-    pub fn build(state: &ConfigState) -> Self {
+    /// Builds a snapshot from the configuration in force and the registered workloads.
+    pub fn build(version: u64, state: &ConfigState, registered: &[RegisteredWorkload]) -> Self {
         let mut resources: Vec<&Resource> = state.resources.values().collect();
         // Load order (file, then line) decides which of two conflicting resources wins.
         resources.sort_by(|a, b| a.origin.cmp(&b.origin));
-        let services = registry::build(&resources);
+        let services = registry::build(&resources, registered);
         let mut virtual_services = BTreeMap::new();
         let mut destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>> =
             BTreeMap::new();
@@ -57,6 +60,7 @@ impl MeshSnapshot {
             }
         }
         Self {
+            version,
             generation: state.generation,
             services,
             virtual_services,

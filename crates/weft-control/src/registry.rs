@@ -1,5 +1,6 @@
 //! The service registry: services and their endpoints, from ServiceEntries (hosts, ports,
-//! resolution, inline endpoints or a workloadSelector over WorkloadEntries).
+//! resolution, inline endpoints or a workloadSelector over WorkloadEntries and registered
+//! workloads), and from workloads that registered themselves over xDS.
 //!
 //! Hosts are fully qualified the way Istio does it: a short name in a resource in namespace
 //! `ns` is `<name>.<ns>.svc.cluster.local`.
@@ -11,6 +12,8 @@ use weft_api::meta::labels_match;
 use weft_api::networking::service_entry::{Location, Resolution, ServiceEntry};
 use weft_api::networking::workload_entry::WorkloadEntry;
 use weft_api::resource::Spec;
+
+use crate::registration::RegisteredWorkload;
 
 /// The Kubernetes cluster domain short names expand into.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -76,6 +79,18 @@ impl Endpoint {
         }
     }
 
+    fn from_registered(workload: &RegisteredWorkload) -> Self {
+        Self {
+            address: workload.address.clone(),
+            ports: BTreeMap::new(),
+            labels: workload.labels.clone(),
+            namespace: workload.namespace.clone(),
+            service_account: workload.service_account.clone(),
+            locality: String::new(),
+            weight: 1,
+        }
+    }
+
     /// The endpoint's port for a service port: the one it names, else the service's target
     /// port, else the service port itself.
     pub fn port_for(&self, port: &ServicePort) -> u32 {
@@ -115,9 +130,13 @@ impl Service {
     }
 }
 
-/// Builds the registry from the resources in force. The first ServiceEntry for a host (in
-/// load order) defines it.
-pub fn build(resources: &[&Resource]) -> BTreeMap<String, Service> {
+/// Builds the registry from the resources in force and the workloads that registered
+/// themselves. The first ServiceEntry for a host (in load order) defines it; a service named
+/// only by registered workloads gets the ports they declare.
+pub fn build(
+    resources: &[&Resource],
+    registered: &[RegisteredWorkload],
+) -> BTreeMap<String, Service> {
     let entries: Vec<(&Resource, &WorkloadEntry)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -131,7 +150,17 @@ pub fn build(resources: &[&Resource]) -> BTreeMap<String, Service> {
             continue;
         };
         let namespace = resource.namespace();
-        let endpoints = endpoints_of(se, namespace, &entries);
+        let mut endpoints = endpoints_of(se, namespace, &entries);
+        if let Some(selector) = &se.workload_selector {
+            endpoints.extend(
+                registered
+                    .iter()
+                    .filter(|w| {
+                        w.namespace == namespace && labels_match(&selector.labels, &w.labels)
+                    })
+                    .map(Endpoint::from_registered),
+            );
+        }
         for host in &se.hosts {
             let host = fqdn(host, namespace);
             services.entry(host.clone()).or_insert_with(|| Service {
@@ -151,6 +180,42 @@ pub fn build(resources: &[&Resource]) -> BTreeMap<String, Service> {
                 location: se.location.unwrap_or(Location::MeshExternal),
                 endpoints: endpoints.clone(),
             });
+        }
+    }
+    for workload in registered {
+        for served in &workload.serves {
+            let host = fqdn(&served.service, &workload.namespace);
+            let service = services.entry(host.clone()).or_insert_with(|| Service {
+                host,
+                namespace: workload.namespace.clone(),
+                ports: Vec::new(),
+                resolution: Resolution::Static,
+                location: Location::MeshInternal,
+                endpoints: Vec::new(),
+            });
+            let port_name = match service.ports.iter().find(|p| p.number == served.port) {
+                Some(port) => port.name.clone(),
+                None => {
+                    let name = format!("port-{}", served.port);
+                    service.ports.push(ServicePort {
+                        number: served.port,
+                        name: name.clone(),
+                        protocol: String::new(),
+                        target_port: None,
+                    });
+                    name
+                }
+            };
+            let mut endpoint = Endpoint::from_registered(workload);
+            endpoint.ports.insert(port_name, served.target_port);
+            match service
+                .endpoints
+                .iter_mut()
+                .find(|e| e.address == endpoint.address && e.labels == endpoint.labels)
+            {
+                Some(existing) => existing.ports.extend(endpoint.ports),
+                None => service.endpoints.push(endpoint),
+            }
         }
     }
     services

@@ -30,6 +30,10 @@ pub struct Args {
     /// Lifetime of workload certificates, written like Istio durations (`24h`, `90m`).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: std::time::Duration,
+    /// How long a workload that registered itself over xDS stays an endpoint after its
+    /// stream closes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    registration_grace: std::time::Duration,
     /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
     #[arg(long, default_value = "info")]
     log: String,
@@ -52,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             state_dir: state_dir(args.state_dir.as_deref(), &args.config_dir),
             trust_domain: args.trust_domain.clone(),
             cert_ttl: args.cert_ttl,
+            registration_grace: args.registration_grace,
         };
         let control = ControlPlane::start(config)
             .await

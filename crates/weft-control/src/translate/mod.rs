@@ -21,11 +21,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use weft_xds::envoy::envoy::config::core::v3::Node;
-use weft_xds::envoy::google::protobuf::{Duration as PbDuration, value::Kind as ValueKind};
+use weft_xds::envoy::google::protobuf::Duration as PbDuration;
 use weft_xds::server::{Generator, Resource};
 use weft_xds::types;
 
 use crate::model::MeshSnapshot;
+use crate::registration::Registrations;
 use crate::registry::fqdn;
 
 /// The name of the cluster for a port and subset of a host, Istio's way.
@@ -60,12 +61,7 @@ impl Client {
     /// sends them), else an Istio-format node id `sidecar~IP~name.ns~ns.svc.cluster.local`,
     /// else `default`.
     pub fn from_node(node: &Node) -> Self {
-        let metadata = node.metadata.as_ref().map(|m| &m.fields);
-        let text = |key: &str| match metadata?.get(key)?.kind.as_ref()? {
-            ValueKind::StringValue(s) => Some(s.clone()),
-            _ => None,
-        };
-        let namespace = text("NAMESPACE")
+        let namespace = crate::node::string(node, "NAMESPACE")
             .or_else(|| {
                 let mut parts = node.id.split('~');
                 let (_kind, _ip, workload) = (parts.next()?, parts.next()?, parts.next()?);
@@ -73,25 +69,11 @@ impl Client {
             })
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_string());
-        let labels = match metadata
-            .and_then(|m| m.get("LABELS"))
-            .and_then(|v| v.kind.as_ref())
-        {
-            Some(ValueKind::StructValue(s)) => s
-                .fields
-                .iter()
-                .filter_map(|(k, v)| match v.kind.as_ref()? {
-                    ValueKind::StringValue(s) => Some((k.clone(), s.clone())),
-                    _ => None,
-                })
-                .collect(),
-            _ => BTreeMap::new(),
-        };
         let proxyless_grpc = node.user_agent_name.starts_with("gRPC")
-            || text("GENERATOR").is_some_and(|g| g == "grpc");
+            || crate::node::string(node, "GENERATOR").is_some_and(|g| g == "grpc");
         Self {
             namespace,
-            labels,
+            labels: crate::node::string_map(node, "LABELS"),
             proxyless_grpc,
         }
     }
@@ -121,14 +103,30 @@ struct Cache {
     resources: HashMap<CacheKey, Option<Arc<Resource>>>,
 }
 
-/// Serves xDS from the current mesh snapshot.
-#[derive(Debug, Default)]
+/// Serves xDS from the current mesh snapshot, and registers the workloads that connect.
+#[derive(Debug)]
 pub struct MeshGenerator {
     snapshot: RwLock<Arc<MeshSnapshot>>,
     cache: Mutex<Cache>,
+    registrations: Arc<Registrations>,
+}
+
+impl Default for MeshGenerator {
+    fn default() -> Self {
+        Self::new(Registrations::new(Registrations::DEFAULT_GRACE))
+    }
 }
 
 impl MeshGenerator {
+    /// A generator that records connecting workloads in `registrations`.
+    pub fn new(registrations: Arc<Registrations>) -> Self {
+        Self {
+            snapshot: RwLock::default(),
+            cache: Mutex::default(),
+            registrations,
+        }
+    }
+
     /// Makes `snapshot` the one served from now on.
     pub fn set(&self, snapshot: Arc<MeshSnapshot>) {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
@@ -162,8 +160,8 @@ impl MeshGenerator {
         };
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.generation != snapshot.generation {
-                cache.generation = snapshot.generation;
+            if cache.generation != snapshot.version {
+                cache.generation = snapshot.version;
                 cache.resources.clear();
             }
             if let Some(hit) = cache.resources.get(&key) {
@@ -180,7 +178,7 @@ impl MeshGenerator {
         }
         .map(Arc::new);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation == snapshot.generation {
+        if cache.generation == snapshot.version {
             cache.resources.insert(key, built.clone());
         }
         built
@@ -212,6 +210,14 @@ impl Generator for MeshGenerator {
             .iter()
             .filter_map(|name| self.resource(&snapshot, &client, type_url, name))
             .collect()
+    }
+
+    fn connected(&self, stream: u64, node: &Node) {
+        self.registrations.connected(stream, node);
+    }
+
+    fn disconnected(&self, stream: u64) {
+        self.registrations.disconnected(stream);
     }
 }
 

@@ -67,7 +67,7 @@ fn generator() -> MeshGenerator {
     loader.load_str("mesh.yaml", MESH);
     let state = merge(&ConfigState::default(), loader.finish());
     let generator = MeshGenerator::default();
-    generator.set(Arc::new(MeshSnapshot::build(&state)));
+    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
     generator
 }
 

@@ -62,6 +62,13 @@ pub trait Generator: Send + Sync + 'static {
     /// for; `None` means everything of the type (a wildcard subscription).
     fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>)
     -> Vec<Arc<Resource>>;
+
+    /// A stream identified itself with `node` (its first request). The control plane uses
+    /// this to register the workload behind it.
+    fn connected(&self, _stream: u64, _node: &Node) {}
+
+    /// A stream that had identified itself ended.
+    fn disconnected(&self, _stream: u64) {}
 }
 
 /// How many responses may wait for a slow proxy before its stream stops producing more.

@@ -104,6 +104,9 @@ impl AdsStream {
             }
         }
         self.ledger.remove(self.id);
+        if self.node.is_some() {
+            self.generator.disconnected(self.id);
+        }
     }
 
     /// Handles one request; false when the stream must end.
@@ -120,6 +123,7 @@ impl AdsStream {
             };
             let node_id = node.id.clone();
             self.ledger.update(self.id, |s| s.node_id = node_id);
+            self.generator.connected(self.id, &node);
             self.node = Some(node);
         }
         let type_url = request.type_url.clone();

@@ -1,0 +1,189 @@
+//! Auto-registration: a workload whose proxy (or xDS-enabled gRPC server) connects with
+//! identifying node metadata becomes an endpoint of the services it says it serves, for as
+//! long as its stream lives and a short grace period after.
+//!
+//! Node metadata read (Istio's names where Istio has one):
+//! * `NAME` — workload name; `NAMESPACE`; `LABELS` (a struct); `SERVICE_ACCOUNT`;
+//! * `INSTANCE_IPS` — the workload's address (the first one is used);
+//! * `SERVICES` — what it serves, each `<service>:<port>` or `<service>:<port>:<targetPort>`
+//!   (a list, or one comma-separated string). A service written without dots is
+//!   `<service>.<namespace>.svc.cluster.local`, as in Istio.
+//!
+//! A workload without an address or without services is only a client and is not registered.
+//! The grace period keeps a restarting proxy's endpoint in place, so a quick reconnect does
+//! not empty its services.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_xds::envoy::envoy::config::core::v3::Node;
+
+use crate::node;
+
+/// One service port a workload serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPort {
+    /// The service as written (`echo`, or a full host).
+    pub service: String,
+    /// The service port.
+    pub port: u32,
+    /// The workload's own port for it.
+    pub target_port: u32,
+}
+
+/// A workload registered by its xDS stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisteredWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account (`default` when not given).
+    pub service_account: String,
+    /// Address other proxies reach it on.
+    pub address: String,
+    /// What it serves.
+    pub serves: Vec<ServedPort>,
+}
+
+impl RegisteredWorkload {
+    /// Reads a workload from node metadata; `None` for a client that serves nothing.
+    pub fn from_node(node: &Node) -> Option<Self> {
+        let address = node::string_list(node, "INSTANCE_IPS").into_iter().next()?;
+        let serves: Vec<ServedPort> = node::string_list(node, "SERVICES")
+            .iter()
+            .filter_map(|entry| {
+                let mut parts = entry.split(':');
+                let service = parts.next()?.trim().to_string();
+                let port: u32 = parts.next()?.trim().parse().ok()?;
+                let target_port = match parts.next() {
+                    Some(target) => target.trim().parse().ok()?,
+                    None => port,
+                };
+                (!service.is_empty()
+                    && (1..=65535).contains(&port)
+                    && (1..=65535).contains(&target_port))
+                .then_some(ServedPort {
+                    service,
+                    port,
+                    target_port,
+                })
+            })
+            .collect();
+        if serves.is_empty() {
+            return None;
+        }
+        Some(Self {
+            name: node::string(node, "NAME").unwrap_or_else(|| node.id.clone()),
+            namespace: node::string(node, "NAMESPACE").unwrap_or_else(|| "default".to_string()),
+            labels: node::string_map(node, "LABELS"),
+            service_account: node::string(node, "SERVICE_ACCOUNT")
+                .unwrap_or_else(|| "default".to_string()),
+            address,
+            serves,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<u64, RegisteredWorkload>,
+    departing: HashMap<u64, RegisteredWorkload>,
+}
+
+/// The workloads registered by live (or recently closed) streams.
+#[derive(Debug)]
+pub struct Registrations {
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+    grace: Duration,
+}
+
+impl Registrations {
+    /// How long a closed stream's workload stays an endpoint, unless told otherwise.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+    /// Registrations whose workloads stay `grace` after their stream closes.
+    pub fn new(grace: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::default(),
+            changes: watch::channel(0).0,
+            grace,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes to the set of registered workloads.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Registers the workload behind stream `stream`, if its node describes one.
+    pub fn connected(&self, stream: u64, node: &Node) {
+        let Some(workload) = RegisteredWorkload::from_node(node) else {
+            return;
+        };
+        tracing::info!(
+            workload = workload.name,
+            namespace = workload.namespace,
+            address = workload.address,
+            "workload registered"
+        );
+        self.lock().live.insert(stream, workload);
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Starts the grace period of stream `stream`'s workload; it is removed when it ends.
+    pub fn disconnected(self: &Arc<Self>, stream: u64) {
+        let Some(workload) = self.lock().live.remove(&stream) else {
+            return;
+        };
+        self.lock().departing.insert(stream, workload);
+        let this = self.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            this.expire(stream);
+            return;
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(this.grace).await;
+            this.expire(stream);
+        });
+    }
+
+    fn expire(&self, stream: u64) {
+        if let Some(workload) = self.lock().departing.remove(&stream) {
+            tracing::info!(
+                workload = workload.name,
+                namespace = workload.namespace,
+                "workload deregistered"
+            );
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Every registered workload, each once (a workload that reconnected during its grace
+    /// period is counted by its new stream).
+    pub fn workloads(&self) -> Vec<RegisteredWorkload> {
+        let inner = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        let mut all = Vec::new();
+        for workload in inner.live.values().chain(inner.departing.values()) {
+            if seen.insert((
+                workload.namespace.clone(),
+                workload.name.clone(),
+                workload.address.clone(),
+            )) {
+                all.push(workload.clone());
+            }
+        }
+        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        all
+    }
+}
