@@ -249,8 +249,8 @@ fn wait_for_addresses(control: &mut Child) -> (String, String) {
     (wait(), wait())
 }
 
-/// GETs a debug page and parses its JSON.
-fn get_json(addr: &str, path: &str) -> Value {
+/// GETs a debug page.
+fn get(addr: &str, path: &str) -> String {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -261,8 +261,12 @@ fn get_json(addr: &str, path: &str) -> Value {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = response.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(body).unwrap()
+    response.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// GETs a debug page and parses its JSON.
+fn get_json(addr: &str, path: &str) -> Value {
+    serde_json::from_str(&get(addr, path)).unwrap()
 }
 
 struct Outcome {

@@ -5,7 +5,9 @@
 //! * `/debug/syncz` — each connected proxy: node id, per type the version sent and ACKed,
 //!   the last NACK and its error;
 //! * `/debug/analysis` — the messages about the configuration, as `weft analyze -o json`;
-//! * `/debug/registry` — services, ports and endpoints.
+//! * `/debug/registry` — services, ports and endpoints;
+//! * `/metrics` — Prometheus metrics: connected proxies, pushes and their build time, NACKs,
+//!   reloads, resources and messages, certificates issued and refused.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct DebugState {
     pub config: watch::Receiver<Arc<ConfigState>>,
     /// The snapshot being served.
     pub generator: Arc<MeshGenerator>,
+    /// Prometheus metrics.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Serves the debug pages on `listener` until `shutdown` completes.
@@ -64,14 +68,32 @@ fn respond(state: &DebugState, request: &Request<Incoming>) -> Response<Full<Byt
     }
     match request.uri().path() {
         "/ready" => text(StatusCode::OK, "ready\n"),
+        "/metrics" => metrics(&state.registry),
         "/debug/syncz" => json_response(syncz(&state.ledger)),
         "/debug/analysis" => json_response(analysis(&state.config.borrow())),
         "/debug/registry" => json_response(registry(&state.generator.current())),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /debug/syncz, /debug/analysis or /debug/registry\n",
+            "not found; try /ready, /metrics, /debug/syncz, /debug/analysis or /debug/registry\n",
         ),
     }
+}
+
+fn metrics(registry: &prometheus_client::registry::Registry) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics could not be encoded\n",
+        );
+    }
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if let Ok(content_type) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, content_type);
+    }
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -14,6 +14,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::{self, DebugState};
 use crate::ca::token::JoinTokens;
 use crate::ca::{CaError, CaService, CertificateAuthority};
+use prometheus_client::registry::Registry;
+
+use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::Registrations;
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
@@ -72,6 +75,7 @@ pub struct ControlPlane {
     generator: Arc<MeshGenerator>,
     ads: AdsServer,
     ca: CaService,
+    registry: Arc<Registry>,
     ledger: Ledger,
     state: watch::Receiver<Arc<ConfigState>>,
     _store: FileStore,
@@ -101,7 +105,13 @@ impl ControlPlane {
                 path: config.state_dir.clone(),
                 source,
             })?;
-        let ca = CaService::new(Arc::new(authority), Arc::new(tokens));
+        let metrics = ControlMetrics::default();
+        let mut registry = Registry::with_prefix("weft");
+        ads.metrics().register(&mut registry);
+        metrics.register(&mut registry);
+        metrics.reloaded(&state.borrow());
+        let ca =
+            CaService::new(Arc::new(authority), Arc::new(tokens)).with_metrics(metrics.clone());
         let ledger = ads.ledger();
         let listener =
             TcpListener::bind(config.xds_addr)
@@ -128,6 +138,7 @@ impl ControlPlane {
                 }
                 let state = updates.borrow_and_update().clone();
                 registered.mark_unchanged();
+                metrics.reloaded(&state);
                 let snapshot = MeshSnapshot::build(version, &state, &registrations.workloads());
                 serving.set(Arc::new(snapshot));
                 if changes.send(version).is_err() {
@@ -141,6 +152,7 @@ impl ControlPlane {
             generator,
             ads,
             ca,
+            registry: Arc::new(registry),
             ledger,
             state,
             _store: store,
@@ -179,6 +191,7 @@ impl ControlPlane {
             generator,
             ads,
             ca,
+            registry,
             ledger,
             state,
             _store,
@@ -188,6 +201,7 @@ impl ControlPlane {
             ledger,
             config: state,
             generator,
+            registry,
         };
         let debug_task = tokio::spawn(admin::serve(debug_listener, debug, async {
             let _ = debug_stopped.await;

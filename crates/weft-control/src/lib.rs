@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod app;
 pub mod ca;
+pub mod metrics;
 pub mod model;
 mod node;
 pub mod registration;

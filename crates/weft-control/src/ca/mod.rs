@@ -34,6 +34,8 @@ use proto::istio_certificate_service_server::{
 use proto::{IstioCertificateRequest, IstioCertificateResponse};
 use token::JoinTokens;
 
+use crate::metrics::ControlMetrics;
+
 /// A workload identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpiffeId {
@@ -315,12 +317,23 @@ fn split_pem(text: &str) -> Vec<String> {
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
     tokens: Arc<JoinTokens>,
+    metrics: ControlMetrics,
 }
 
 impl CaService {
     /// A service signing with `ca` for callers holding tokens of `tokens`.
     pub fn new(ca: Arc<CertificateAuthority>, tokens: Arc<JoinTokens>) -> Self {
-        Self { ca, tokens }
+        Self {
+            ca,
+            tokens,
+            metrics: ControlMetrics::default(),
+        }
+    }
+
+    /// Counts issued and refused certificates in `metrics`.
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// As a tonic service, to add to a server.
@@ -332,6 +345,33 @@ impl CaService {
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let result = self.create(request);
+        match &result {
+            Ok(_) => {
+                self.metrics.certificates_issued.inc();
+            }
+            Err(status) => {
+                let reason = match status.code() {
+                    tonic::Code::Unauthenticated => "unauthenticated",
+                    tonic::Code::PermissionDenied => "wrong_identity",
+                    tonic::Code::InvalidArgument => "malformed",
+                    _ => "internal",
+                };
+                self.metrics
+                    .certificates_refused
+                    .get_or_create(&vec![("reason", reason)])
+                    .inc();
+            }
+        }
+        result
+    }
+}
+
+impl CaService {
+    fn create(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {

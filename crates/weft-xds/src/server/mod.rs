@@ -8,6 +8,7 @@
 //! is recognised, and a NACKed version is never pushed again unchanged.
 
 mod ledger;
+mod metrics;
 mod stream;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use ledger::{Ledger, NackRecord, StreamStatus, TypeStatus};
+pub use metrics::XdsMetrics;
 
 /// One named resource, packed, with a hash of its content so streams can tell what changed
 /// without comparing bytes.
@@ -79,6 +81,7 @@ pub struct AdsServer {
     generator: Arc<dyn Generator>,
     changes: watch::Receiver<u64>,
     ledger: Ledger,
+    metrics: XdsMetrics,
     next_stream: AtomicU64,
     identifier: String,
 }
@@ -95,6 +98,7 @@ impl AdsServer {
             generator,
             changes,
             ledger: Ledger::default(),
+            metrics: XdsMetrics::default(),
             next_stream: AtomicU64::new(1),
             identifier: identifier.into(),
         }
@@ -103,6 +107,11 @@ impl AdsServer {
     /// What each connected stream was sent and acknowledged.
     pub fn ledger(&self) -> Ledger {
         self.ledger.clone()
+    }
+
+    /// The server's metrics, to register with a Prometheus registry.
+    pub fn metrics(&self) -> XdsMetrics {
+        self.metrics.clone()
     }
 
     /// The server as a tonic service, to serve beside others on one port.
@@ -143,6 +152,7 @@ impl AggregatedDiscoveryService for AdsServer {
             id,
             self.generator.clone(),
             self.ledger.clone(),
+            self.metrics.clone(),
             self.identifier.clone(),
             tx,
         );

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::{Generator, Ledger, NackRecord, Resource, TypeStatus};
+use super::{Generator, Ledger, NackRecord, Resource, TypeStatus, XdsMetrics};
 use crate::types::{PUSH_ORDER, is_wildcard_type, short_name};
 
 /// What one resource type of the stream is subscribed to and was sent.
@@ -47,6 +47,7 @@ pub(super) struct AdsStream {
     id: u64,
     generator: Arc<dyn Generator>,
     ledger: Ledger,
+    metrics: XdsMetrics,
     identifier: String,
     responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     node: Option<Node>,
@@ -59,6 +60,7 @@ impl AdsStream {
         id: u64,
         generator: Arc<dyn Generator>,
         ledger: Ledger,
+        metrics: XdsMetrics,
         identifier: String,
         responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Self {
@@ -66,6 +68,7 @@ impl AdsStream {
             id,
             generator,
             ledger,
+            metrics,
             identifier,
             responses,
             node: None,
@@ -104,6 +107,7 @@ impl AdsStream {
             }
         }
         self.ledger.remove(self.id);
+        self.metrics.connected.dec();
         if self.node.is_some() {
             self.generator.disconnected(self.id);
         }
@@ -167,6 +171,10 @@ impl AdsStream {
                         error = error.message,
                         "proxy rejected configuration (NACK)"
                     );
+                    self.metrics
+                        .nacks
+                        .get_or_create(&XdsMetrics::label(&short))
+                        .inc();
                     let record = NackRecord {
                         rejected_version: sent_version,
                         kept_version: request.version_info.clone(),
@@ -226,6 +234,7 @@ impl AdsStream {
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return true;
         };
+        let started = std::time::Instant::now();
         let names: Option<Vec<String>> = subscription
             .names
             .as_ref()
@@ -269,6 +278,12 @@ impl AdsStream {
             hashes,
         });
         let short = short_name(type_url).to_string();
+        let label = XdsMetrics::label(&short);
+        self.metrics.pushes.get_or_create(&label).inc();
+        self.metrics
+            .push_seconds
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
         self.ledger.update(self.id, |s| {
             let status = s.types.entry(short).or_insert_with(TypeStatus::default);
             status.sent_version = version;
