@@ -20,7 +20,7 @@ use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::Registrations;
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
-use crate::translate::MeshGenerator;
+use crate::translate::{MeshGenerator, MeshIdentity};
 
 /// What `weft control` needs to run.
 #[derive(Debug, Clone)]
@@ -86,8 +86,17 @@ impl ControlPlane {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let store = FileStore::start(config.config_dir.clone())?;
         let mut state = store.subscribe();
+        let authority = CertificateAuthority::load_or_create(
+            &config.state_dir,
+            &config.trust_domain,
+            config.cert_ttl,
+        )?;
         let registrations = Registrations::new(config.registration_grace);
-        let generator = Arc::new(MeshGenerator::new(registrations.clone()));
+        let identity = MeshIdentity {
+            trust_domain: config.trust_domain.clone(),
+            root_pem: Some(authority.root_pem().to_string()),
+        };
+        let generator = Arc::new(MeshGenerator::new(registrations.clone(), identity));
         generator.set(Arc::new(MeshSnapshot::build(
             0,
             &state.borrow_and_update(),
@@ -95,11 +104,6 @@ impl ControlPlane {
         )));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
-        let authority = CertificateAuthority::load_or_create(
-            &config.state_dir,
-            &config.trust_domain,
-            config.cert_ttl,
-        )?;
         let tokens =
             JoinTokens::load_or_create(&config.state_dir).map_err(|source| StartError::Tokens {
                 path: config.state_dir.clone(),

@@ -50,8 +50,9 @@ pub(crate) fn cluster_resource(
     snapshot: &MeshSnapshot,
     client: &Client,
     name: &str,
+    trust_domain: &str,
 ) -> Option<Resource> {
-    let cluster = cluster(snapshot, client, name)?;
+    let cluster = cluster(snapshot, client, name, trust_domain)?;
     Some(Resource::new(name, pack(&cluster)))
 }
 
@@ -100,7 +101,12 @@ fn effective_policy(snapshot: &MeshSnapshot, host: &str, subset: &str, port: u32
     policy
 }
 
-fn cluster(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Cluster> {
+fn cluster(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    name: &str,
+    trust_domain: &str,
+) -> Option<Cluster> {
     let (port, subset, host) = parse_cluster_name(name)?;
     let service = snapshot.services.get(host)?;
     service.port(Some(port))?;
@@ -114,7 +120,7 @@ fn cluster(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Clust
         .and_then(|p| p.tcp.as_ref())
         .and_then(|t| t.connect_timeout.as_ref())
         .map_or(DEFAULT_CONNECT_TIMEOUT, |t| t.get());
-    Some(Cluster {
+    let mut cluster = Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
@@ -126,7 +132,19 @@ fn cluster(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Clust
         circuit_breakers: policy.connection_pool.as_ref().map(circuit_breakers),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
         ..Cluster::default()
-    })
+    };
+    // Proxyless gRPC clients take their TLS from their own credentials, not from SDS.
+    if !client.proxyless_grpc {
+        super::tls::apply(
+            &mut cluster,
+            policy.tls.as_ref(),
+            service,
+            port,
+            subset,
+            trust_domain,
+        );
+    }
+    Some(cluster)
 }
 
 /// Istio's default is LEAST_REQUEST; proxyless gRPC clients get ROUND_ROBIN, the policy every

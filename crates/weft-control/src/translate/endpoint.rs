@@ -1,25 +1,40 @@
-//! Endpoints: the addresses behind a cluster, filtered by the subset's labels.
+//! Endpoints: the addresses behind a cluster, filtered by the subset's labels, each with the
+//! identity it must present and, for mesh workloads, the `tlsMode: istio` mark auto-mTLS
+//! keys on.
 
+use std::collections::HashMap;
+
+use weft_api::networking::service_entry::Location;
 use weft_xds::envoy::envoy::config::core::v3::{
-    Address, HealthStatus, Locality, SocketAddress, address, socket_address::PortSpecifier,
+    Address, HealthStatus, Locality, Metadata, SocketAddress, address,
+    socket_address::PortSpecifier,
 };
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
 use weft_xds::envoy::google::protobuf::UInt32Value;
+use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
-use super::parse_cluster_name;
+use super::{parse_cluster_name, tls};
 use crate::model::MeshSnapshot;
 
 /// The endpoints of the cluster called `name`, if it exists.
-pub(crate) fn endpoint_resource(snapshot: &MeshSnapshot, name: &str) -> Option<Resource> {
-    let assignment = load_assignment(snapshot, name)?;
+pub(crate) fn endpoint_resource(
+    snapshot: &MeshSnapshot,
+    name: &str,
+    trust_domain: &str,
+) -> Option<Resource> {
+    let assignment = load_assignment(snapshot, name, trust_domain)?;
     Some(Resource::new(name, pack(&assignment)))
 }
 
-fn load_assignment(snapshot: &MeshSnapshot, name: &str) -> Option<ClusterLoadAssignment> {
+fn load_assignment(
+    snapshot: &MeshSnapshot,
+    name: &str,
+    trust_domain: &str,
+) -> Option<ClusterLoadAssignment> {
     let (port, subset, host) = parse_cluster_name(name)?;
     let service = snapshot.services.get(host)?;
     let service_port = service.port(Some(port))?;
@@ -47,10 +62,14 @@ fn load_assignment(snapshot: &MeshSnapshot, name: &str) -> Option<ClusterLoadAss
                 ..Endpoint::default()
             })),
             health_status: HealthStatus::Healthy as i32,
+            metadata: Some(metadata(
+                endpoint,
+                service.location == Location::MeshInternal,
+                trust_domain,
+            )),
             load_balancing_weight: Some(UInt32Value {
                 value: endpoint.weight,
             }),
-            ..LbEndpoint::default()
         };
         let locality = locality(&endpoint.locality);
         match localities
@@ -72,6 +91,39 @@ fn load_assignment(snapshot: &MeshSnapshot, name: &str) -> Option<ClusterLoadAss
         endpoints: localities,
         ..ClusterLoadAssignment::default()
     })
+}
+
+/// What a proxy needs to know about an endpoint beyond its address: whether it is a mesh
+/// workload (mTLS with auto-mTLS) and the identity it must present.
+fn metadata(endpoint: &crate::registry::Endpoint, mesh: bool, trust_domain: &str) -> Metadata {
+    let text = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let identity = Struct {
+        fields: [
+            ("namespace".to_string(), text(endpoint.namespace.clone())),
+            (
+                "identity".to_string(),
+                text(format!(
+                    "spiffe://{trust_domain}/ns/{}/sa/{}",
+                    endpoint.namespace, endpoint.service_account
+                )),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let mut filter_metadata = HashMap::from([("istio".to_string(), identity)]);
+    if mesh {
+        filter_metadata.insert(
+            tls::TRANSPORT_SOCKET_MATCH.to_string(),
+            tls::mesh_endpoint_match(),
+        );
+    }
+    Metadata {
+        filter_metadata,
+        ..Metadata::default()
+    }
 }
 
 fn locality(text: &str) -> Locality {

@@ -15,6 +15,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -103,27 +104,50 @@ struct Cache {
     resources: HashMap<CacheKey, Option<Arc<Resource>>>,
 }
 
+/// The mesh's identity: what workload certificates are issued in and chain to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshIdentity {
+    /// Trust domain of SPIFFE IDs.
+    pub trust_domain: String,
+    /// The root certificate, PEM, served as the `ROOTCA` secret.
+    pub root_pem: Option<String>,
+}
+
+impl Default for MeshIdentity {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_string(),
+            root_pem: None,
+        }
+    }
+}
+
 /// Serves xDS from the current mesh snapshot, and registers the workloads that connect.
 #[derive(Debug)]
 pub struct MeshGenerator {
     snapshot: RwLock<Arc<MeshSnapshot>>,
     cache: Mutex<Cache>,
     registrations: Arc<Registrations>,
+    identity: MeshIdentity,
 }
 
 impl Default for MeshGenerator {
     fn default() -> Self {
-        Self::new(Registrations::new(Registrations::DEFAULT_GRACE))
+        Self::new(
+            Registrations::new(Registrations::DEFAULT_GRACE),
+            MeshIdentity::default(),
+        )
     }
 }
 
 impl MeshGenerator {
     /// A generator that records connecting workloads in `registrations`.
-    pub fn new(registrations: Arc<Registrations>) -> Self {
+    pub fn new(registrations: Arc<Registrations>, identity: MeshIdentity) -> Self {
         Self {
             snapshot: RwLock::default(),
             cache: Mutex::default(),
             registrations,
+            identity,
         }
     }
 
@@ -172,8 +196,16 @@ impl MeshGenerator {
         let built = match type_url {
             types::LISTENER => listener::listener(snapshot, client, name),
             types::ROUTE => route::route_resource(snapshot, client, name),
-            types::CLUSTER => cluster::cluster_resource(snapshot, client, name),
-            types::ENDPOINT => endpoint::endpoint_resource(snapshot, name),
+            types::CLUSTER => {
+                cluster::cluster_resource(snapshot, client, name, &self.identity.trust_domain)
+            }
+            types::ENDPOINT => {
+                endpoint::endpoint_resource(snapshot, name, &self.identity.trust_domain)
+            }
+            types::SECRET => match (name, &self.identity.root_pem) {
+                (tls::ROOT_SECRET, Some(root)) => Some(tls::root_secret(root)),
+                _ => None,
+            },
             _ => None,
         }
         .map(Arc::new);

@@ -211,3 +211,145 @@ fn subset_policy_overrides_the_top_level_and_endpoints_follow_labels() {
     );
     assert_eq!(all.endpoints[0].lb_endpoints.len(), 2);
 }
+
+fn envoy_node() -> Node {
+    Node {
+        id: "sidecar~10.0.0.9~productpage-v1.shop~shop.svc.cluster.local".into(),
+        user_agent_name: "envoy".into(),
+        ..Node::default()
+    }
+}
+
+fn generator_with(extra: &str, root: Option<&str>) -> MeshGenerator {
+    let mut loader = Loader::new(Limits::default());
+    loader.load_str("mesh.yaml", MESH);
+    loader.load_str("extra.yaml", extra);
+    let state = merge(&ConfigState::default(), loader.finish());
+    let generator = MeshGenerator::new(
+        crate::registration::Registrations::new(std::time::Duration::from_secs(1)),
+        MeshIdentity {
+            trust_domain: "example.org".into(),
+            root_pem: root.map(String::from),
+        },
+    );
+    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    generator
+}
+
+fn upstream_tls(
+    cluster: &Cluster,
+) -> Option<weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext> {
+    use weft_xds::envoy::envoy::config::core::v3::transport_socket::ConfigType;
+    let socket = cluster.transport_socket.as_ref().or_else(|| {
+        cluster
+            .transport_socket_matches
+            .first()
+            .and_then(|m| m.transport_socket.as_ref())
+    })?;
+    let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+        return None;
+    };
+    Message::decode(any.value.as_slice()).ok()
+}
+
+#[test]
+fn mesh_services_get_auto_mtls_with_the_endpoints_identities() {
+    let generator = generator_with("", None);
+    let name = "outbound|9080|v1|reviews.shop.svc.cluster.local";
+    let resources = generator.generate(&envoy_node(), types::CLUSTER, Some(&[name.to_string()]));
+    let cluster = Cluster::decode(resources[0].body.value.as_slice()).unwrap();
+    assert_eq!(
+        cluster.transport_socket_matches.len(),
+        2,
+        "mTLS to mesh endpoints, plaintext to others"
+    );
+    let tls = upstream_tls(&cluster).unwrap();
+    assert_eq!(
+        tls.sni,
+        "outbound_.9080_.v1_.reviews.shop.svc.cluster.local"
+    );
+    let common = tls.common_tls_context.unwrap();
+    assert_eq!(common.alpn_protocols, ["istio"]);
+    assert_eq!(
+        common.tls_certificate_sds_secret_configs[0].name,
+        tls::WORKLOAD_SECRET
+    );
+    let text = format!("{:?}", common.validation_context_type);
+    assert!(
+        text.contains("spiffe://example.org/ns/shop/sa/default") && text.contains(tls::ROOT_SECRET),
+        "{text}"
+    );
+
+    // The endpoints say they are mesh workloads, and who they are.
+    let resources = generator.generate(&envoy_node(), types::ENDPOINT, Some(&[name.to_string()]));
+    let endpoints = ClusterLoadAssignment::decode(resources[0].body.value.as_slice()).unwrap();
+    let metadata = endpoints.endpoints[0].lb_endpoints[0]
+        .metadata
+        .as_ref()
+        .unwrap();
+    assert!(
+        metadata
+            .filter_metadata
+            .contains_key(tls::TRANSPORT_SOCKET_MATCH)
+    );
+    assert!(
+        format!("{:?}", metadata.filter_metadata["istio"])
+            .contains("spiffe://example.org/ns/shop/sa/default")
+    );
+
+    // Proxyless gRPC clients bring their own credentials.
+    let resources = generator.generate(&node(), types::CLUSTER, Some(&[name.to_string()]));
+    let cluster = Cluster::decode(resources[0].body.value.as_slice()).unwrap();
+    assert!(cluster.transport_socket.is_none() && cluster.transport_socket_matches.is_empty());
+}
+
+#[test]
+fn destination_rule_tls_modes_are_honoured() {
+    let rule = |mode: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews-tls, namespace: aaa}}\nspec:\n  host: reviews.shop.svc.cluster.local\n  trafficPolicy:\n    tls: {mode}\n"
+        )
+    };
+    let cluster_of = |generator: &MeshGenerator| {
+        let name = "outbound|9080||reviews.shop.svc.cluster.local";
+        let resources =
+            generator.generate(&envoy_node(), types::CLUSTER, Some(&[name.to_string()]));
+        Cluster::decode(resources[0].body.value.as_slice()).unwrap()
+    };
+    // With two DestinationRules for one host, the first in load order sets the top-level
+    // policy, so the rule under test goes in a file that sorts before mesh.yaml.
+    let with = |mode: &str| {
+        let mut loader = Loader::new(Limits::default());
+        loader.load_str("a-tls.yaml", &rule(mode));
+        loader.load_str("mesh.yaml", MESH);
+        let state = merge(&ConfigState::default(), loader.finish());
+        let generator = MeshGenerator::default();
+        generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+        cluster_of(&generator)
+    };
+    let disabled = with("{mode: DISABLE}");
+    assert!(disabled.transport_socket.is_none() && disabled.transport_socket_matches.is_empty());
+    let mutual = with("{mode: ISTIO_MUTUAL}");
+    assert!(mutual.transport_socket.is_some() && mutual.transport_socket_matches.is_empty());
+    let simple = upstream_tls(&with(
+        "{mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com}",
+    ))
+    .unwrap();
+    assert_eq!(simple.sni, "api.example.com");
+    assert!(format!("{:?}", simple.common_tls_context).contains("/etc/ca.pem"));
+}
+
+#[test]
+fn the_root_is_served_as_rootca_and_the_workload_key_never_is() {
+    let generator = generator_with(
+        "",
+        Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
+    );
+    let names = [
+        tls::ROOT_SECRET.to_string(),
+        tls::WORKLOAD_SECRET.to_string(),
+    ];
+    let secrets = generator.generate(&envoy_node(), types::SECRET, Some(&names));
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].name, tls::ROOT_SECRET);
+}
