@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use weft_xds::server::{AdsServer, Ledger};
 
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 
 use crate::admin::{self, DebugState};
 use crate::ca::token::JoinTokens;
@@ -39,6 +41,11 @@ pub struct Config {
     pub cert_ttl: std::time::Duration,
     /// How long a registered workload stays an endpoint after its xDS stream closes.
     pub registration_grace: std::time::Duration,
+    /// Where to serve xDS and the certificate API over TLS, for proxies on other hosts;
+    /// callers must present a join token. Off when `None`.
+    pub xds_tls_addr: Option<SocketAddr>,
+    /// Names (DNS or IP) the TLS port's certificate is valid for.
+    pub tls_names: Vec<String>,
 }
 
 /// Errors starting the control plane.
@@ -71,6 +78,8 @@ pub enum StartError {
 /// A running control plane, bound and loaded, not yet serving.
 pub struct ControlPlane {
     listener: TcpListener,
+    tls: Option<(TcpListener, Identity)>,
+    tokens: Arc<JoinTokens>,
     debug_listener: TcpListener,
     generator: Arc<MeshGenerator>,
     ads: AdsServer,
@@ -114,8 +123,18 @@ impl ControlPlane {
         ads.metrics().register(&mut registry);
         metrics.register(&mut registry);
         metrics.reloaded(&state.borrow());
-        let ca =
-            CaService::new(Arc::new(authority), Arc::new(tokens)).with_metrics(metrics.clone());
+        let tls = match config.xds_tls_addr {
+            Some(addr) => {
+                let (chain, key) = authority.serving_certificate(&config.tls_names)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, Identity::from_pem(chain, key)))
+            }
+            None => None,
+        };
+        let tokens = Arc::new(tokens);
+        let ca = CaService::new(Arc::new(authority), tokens.clone()).with_metrics(metrics.clone());
         let ledger = ads.ledger();
         let listener =
             TcpListener::bind(config.xds_addr)
@@ -152,6 +171,8 @@ impl ControlPlane {
         });
         Ok(Self {
             listener,
+            tls,
+            tokens,
             debug_listener,
             generator,
             ads,
@@ -166,6 +187,11 @@ impl ControlPlane {
     /// The address the debug pages are served on.
     pub fn debug_addr(&self) -> std::io::Result<SocketAddr> {
         self.debug_listener.local_addr()
+    }
+
+    /// The address xDS is served on over TLS, when it is.
+    pub fn xds_tls_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.tls.as_ref().map(|(listener, _)| listener.local_addr())
     }
 
     /// The address xDS is served on.
@@ -183,7 +209,8 @@ impl ControlPlane {
         self.state.borrow().clone()
     }
 
-    /// Serves xDS, the certificate API (on the xDS port) and the debug pages until `shutdown` completes; streams are closed
+    /// Serves xDS and the certificate API (plaintext, and over TLS when configured) and the
+    /// debug pages until `shutdown` completes; streams are closed
     /// cleanly.
     pub async fn serve(
         self,
@@ -191,6 +218,8 @@ impl ControlPlane {
     ) -> Result<(), tonic::transport::Error> {
         let Self {
             listener,
+            tls,
+            tokens,
             debug_listener,
             generator,
             ads,
@@ -200,25 +229,73 @@ impl ControlPlane {
             state,
             _store,
         } = self;
-        let (stop_debug, debug_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
         let debug = DebugState {
             ledger,
             config: state,
             generator,
             registry,
         };
-        let debug_task = tokio::spawn(admin::serve(debug_listener, debug, async {
-            let _ = debug_stopped.await;
-        }));
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .add_service(ads.into_service())
-            .add_service(ca.into_server())
+        let debug_task = tokio::spawn(admin::serve(debug_listener, debug, until_stopped()));
+        let ads = ads.into_service();
+        let ca = ca.into_server();
+        let builder = || {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        };
+        let tls_task = match tls {
+            Some((listener, identity)) => {
+                let mut server = builder().tls_config(ServerTlsConfig::new().identity(identity))?;
+                let check = move |request: tonic::Request<()>| require_token(&tokens, request);
+                let serving = server
+                    .add_service(InterceptedService::new(ads.clone(), check))
+                    .add_service(ca.clone())
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        until_stopped(),
+                    );
+                Some(tokio::spawn(serving))
+            }
+            None => None,
+        };
+        let result = builder()
+            .add_service(ads)
+            .add_service(ca)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
-        let _ = stop_debug.send(());
+        let _ = stop.send(true);
+        if let Some(task) = tls_task
+            && let Ok(Err(err)) = task.await
+        {
+            tracing::warn!(%err, "the TLS xDS port stopped with an error");
+        }
         let _ = debug_task.await;
         result
+    }
+}
+
+/// Proxies on other hosts must present a join token (`authorization: Bearer <token>`) to be
+/// served xDS over the TLS port.
+fn require_token(
+    tokens: &JoinTokens,
+    request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token.and_then(|t| tokens.verify(t.trim())) {
+        Some(_) => Ok(request),
+        None => Err(tonic::Status::unauthenticated(
+            "xDS over TLS needs `authorization: Bearer <join token>` (see `weft join-token`)",
+        )),
     }
 }

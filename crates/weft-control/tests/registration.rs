@@ -162,6 +162,8 @@ async fn connected_workloads_are_endpoints_until_their_grace_period_ends() {
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
         registration_grace: Duration::from_millis(300),
+        xds_tls_addr: None,
+        tls_names: vec![],
     })
     .await
     .unwrap();

@@ -18,6 +18,13 @@ pub struct Args {
     /// proxies on this host.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
+    /// Address for xDS and the certificate API over TLS, for proxies on other hosts (they
+    /// must present a join token). Off unless given; Istio uses port 15012.
+    #[arg(long)]
+    xds_tls_addr: Option<SocketAddr>,
+    /// A DNS name or IP address the TLS port's certificate is valid for; repeat for several.
+    #[arg(long = "tls-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    tls_names: Vec<String>,
     /// Address for the debug pages (/ready, /debug/syncz, /debug/analysis, /debug/registry).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_addr: SocketAddr,
@@ -57,6 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             trust_domain: args.trust_domain.clone(),
             cert_ttl: args.cert_ttl,
             registration_grace: args.registration_grace,
+            xds_tls_addr: args.xds_tls_addr,
+            tls_names: args.tls_names.clone(),
         };
         let control = ControlPlane::start(config)
             .await
@@ -68,6 +77,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "loaded configuration"
         );
         tracing::info!("serving debug pages on {}", control.debug_addr()?);
+        if let Some(addr) = control.xds_tls_addr() {
+            tracing::info!("serving xDS over TLS on {}", addr?);
+        }
         tracing::info!("serving xDS on {}", control.xds_addr()?);
         control
             .serve(shutdown_signal())

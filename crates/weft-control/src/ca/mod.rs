@@ -266,6 +266,44 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A certificate for the control plane's own TLS port, for these DNS names and IP
+    /// addresses, valid 30 days (a new one is made at every start). Returns the chain and
+    /// the private key, PEM.
+    pub fn serving_certificate(&self, names: &[String]) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(crypto("generating the serving key"))?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => name.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(crypto("a serving name"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "weft-control");
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(30);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(crypto("signing the serving certificate"))?;
+        let mut chain = cert.pem();
+        for link in &self.chain {
+            chain.push_str(link);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
 fn random_serial() -> Result<SerialNumber, String> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
