@@ -24,6 +24,17 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import grpc, sys; sys.exi
 fi
 export WEFT_TEST_PYTHON="$PWD/.venv/bin/python"
 
+# Node.js with @grpc/grpc-js-xds: a second, independent xDS client.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing Node.js"
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+clients=crates/weft-cli/tests/clients
+if [ ! -d "$clients/node_modules/@grpc/grpc-js-xds" ]; then
+  echo "== installing Node.js test clients"
+  npm ci --prefix "$clients" --silent --no-audit --no-fund
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

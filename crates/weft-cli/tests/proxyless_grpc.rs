@@ -35,7 +35,45 @@ fn python() -> PathBuf {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/grpc_xds.py")
+    clients_dir().join("grpc_xds.py")
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// Which gRPC implementation plays the client.
+#[derive(Clone, Copy)]
+enum Implementation {
+    /// Python `grpcio`: gRPC C-core's xDS client.
+    CCore,
+    /// Node.js `@grpc/grpc-js-xds`: an independent implementation in TypeScript.
+    Node,
+}
+
+fn client_command(implementation: Implementation) -> Command {
+    match implementation {
+        Implementation::CCore => {
+            let mut command = Command::new(python());
+            command.arg(script()).args(["client", TARGET]);
+            command
+        }
+        Implementation::Node => {
+            assert!(
+                clients_dir()
+                    .join("node_modules/@grpc/grpc-js-xds")
+                    .exists(),
+                "this test needs @grpc/grpc-js-xds: run `bash scripts/test.sh` (it runs npm ci in {})",
+                clients_dir().display()
+            );
+            let node = std::env::var_os("WEFT_TEST_NODE").unwrap_or_else(|| "node".into());
+            let mut command = Command::new(node);
+            command
+                .arg(clients_dir().join("grpc_xds_client.js"))
+                .arg(TARGET);
+            command
+        }
+    }
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -94,6 +132,10 @@ fn workload(name: &str, version: &str, port: u64) -> String {
 
 impl Mesh {
     fn start(virtual_service: &str) -> Self {
+        Self::start_with(Implementation::CCore, virtual_service)
+    }
+
+    fn start_with(implementation: Implementation, virtual_service: &str) -> Self {
         let python = python();
         let mut servers = Command::new(&python)
             .arg(script())
@@ -152,9 +194,7 @@ impl Mesh {
             .to_string(),
         )
         .unwrap();
-        let mut client = Command::new(&python)
-            .arg(script())
-            .args(["client", TARGET])
+        let mut client = client_command(implementation)
             .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -454,4 +494,23 @@ fn a_nack_keeps_the_client_on_its_last_good_config_and_shows_in_syncz() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_second_independent_client_grpc_js_obeys_too() {
+    let mut mesh = Mesh::start_with(Implementation::Node, &split(80, 20));
+    let outcome = mesh.calls(1000, "/test.Echo/Echo", &[]);
+    assert!(outcome.errors.is_empty(), "{}", outcome.raw);
+    let v2 = outcome.count("v2");
+    assert_eq!(outcome.count("v1") + v2, 1000);
+    assert!(
+        (150..=250).contains(&v2),
+        "80/20 split: v2 got {v2} of 1000"
+    );
+
+    mesh.edit_routes(HEADER_ROUTE);
+    mesh.until("/test.Echo/Echo", &[("x-canary", "yes")], |o| {
+        o.count("v2") == 20
+    });
+    assert_eq!(mesh.calls(100, "/test.Echo/Echo", &[]).count("v1"), 100);
 }
