@@ -8,6 +8,8 @@ use weft_api::Resource;
 use weft_api::networking::destination_rule::DestinationRule;
 use weft_api::networking::virtual_service::VirtualService;
 use weft_api::resource::Spec;
+use weft_api::security::authorization_policy::AuthorizationPolicy;
+use weft_api::security::peer_authentication::PeerAuthentication;
 
 use crate::registration::RegisteredWorkload;
 use crate::registry::{self, Service, fqdn};
@@ -27,6 +29,10 @@ pub struct MeshSnapshot {
     pub virtual_services: BTreeMap<String, (Resource, VirtualService)>,
     /// DestinationRules by host; several for one host are merged in load order.
     pub destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>>,
+    /// PeerAuthentications, in load order (the first of a scope wins).
+    pub peer_authentications: Vec<(Resource, PeerAuthentication)>,
+    /// AuthorizationPolicies, in load order.
+    pub authorization_policies: Vec<(Resource, AuthorizationPolicy)>,
 }
 
 impl MeshSnapshot {
@@ -39,6 +45,8 @@ impl MeshSnapshot {
         let mut virtual_services = BTreeMap::new();
         let mut destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>> =
             BTreeMap::new();
+        let mut peer_authentications = Vec::new();
+        let mut authorization_policies = Vec::new();
         for resource in resources {
             match &resource.spec {
                 Spec::VirtualService(vs)
@@ -56,6 +64,12 @@ impl MeshSnapshot {
                         .or_default()
                         .push((resource.clone(), (**dr).clone()));
                 }
+                Spec::PeerAuthentication(pa) => {
+                    peer_authentications.push((resource.clone(), pa.clone()))
+                }
+                Spec::AuthorizationPolicy(ap) => {
+                    authorization_policies.push((resource.clone(), ap.clone()))
+                }
                 _ => {}
             }
         }
@@ -65,6 +79,8 @@ impl MeshSnapshot {
             services,
             virtual_services,
             destination_rules,
+            peer_authentications,
+            authorization_policies,
         }
     }
 

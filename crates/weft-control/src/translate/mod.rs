@@ -11,8 +11,10 @@
 //! service — fine for a mesh of hundreds of services; narrowing by the Sidecar resource comes
 //! with the sidecar proxy.
 
+mod authz;
 mod cluster;
 mod endpoint;
+pub mod inbound;
 mod listener;
 mod route;
 pub mod tls;
@@ -27,7 +29,7 @@ use weft_xds::server::{Generator, Resource};
 use weft_xds::types;
 
 use crate::model::MeshSnapshot;
-use crate::registration::Registrations;
+use crate::registration::{RegisteredWorkload, Registrations};
 use crate::registry::fqdn;
 
 /// The name of the cluster for a port and subset of a host, Istio's way.
@@ -55,6 +57,8 @@ pub struct Client {
     pub labels: BTreeMap<String, String>,
     /// A gRPC library rather than a proxy.
     pub proxyless_grpc: bool,
+    /// The workload behind a sidecar that says what it serves; it gets inbound listeners.
+    pub workload: Option<RegisteredWorkload>,
 }
 
 impl Client {
@@ -75,6 +79,9 @@ impl Client {
         Self {
             namespace,
             labels: crate::node::string_map(node, "LABELS"),
+            workload: (!proxyless_grpc)
+                .then(|| RegisteredWorkload::from_node(node))
+                .flatten(),
             proxyless_grpc,
         }
     }
@@ -230,9 +237,18 @@ impl Generator for MeshGenerator {
         let names = match names {
             Some(names) => names,
             None => {
-                all = match type_url {
-                    types::LISTENER => listener::all_names(&snapshot),
-                    types::CLUSTER => cluster::all_names(&snapshot),
+                all = match (type_url, &client.workload) {
+                    (types::LISTENER, Some(_)) => {
+                        let mut names = listener::all_names(&snapshot);
+                        names.push(inbound::INBOUND_LISTENER.to_string());
+                        names
+                    }
+                    (types::LISTENER, None) => listener::all_names(&snapshot),
+                    (types::CLUSTER, workload) => {
+                        let mut names = cluster::all_names(&snapshot);
+                        names.extend(workload.iter().flat_map(inbound::cluster_names));
+                        names
+                    }
                     _ => Vec::new(),
                 };
                 &all
@@ -240,7 +256,20 @@ impl Generator for MeshGenerator {
         };
         names
             .iter()
-            .filter_map(|name| self.resource(&snapshot, &client, type_url, name))
+            .filter_map(|name| match (type_url, &client.workload) {
+                // A workload's own inbound side is built for it alone, not cached.
+                (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => {
+                    Some(Arc::new(inbound::listener(
+                        &snapshot,
+                        workload,
+                        &self.identity.trust_domain,
+                    )))
+                }
+                (types::CLUSTER, Some(_)) if name.starts_with("inbound|") => {
+                    inbound::cluster(name).map(Arc::new)
+                }
+                _ => self.resource(&snapshot, &client, type_url, name),
+            })
             .collect()
     }
 

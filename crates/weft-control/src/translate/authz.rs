@@ -1,0 +1,607 @@
+//! Inbound security policy for one workload: its mTLS mode per port, from PeerAuthentication,
+//! and its Envoy RBAC filters, from AuthorizationPolicy.
+//!
+//! Istio's rules, kept here:
+//! * **mTLS mode**: a policy selecting the workload beats the namespace's selector-less
+//!   policy, which beats the mesh's (selector-less, in the root namespace); within a scope the
+//!   first loaded wins; `portLevelMtls` (by workload port) beats the policy's own mode;
+//!   `UNSET` inherits from the next scope; nothing at all is PERMISSIVE.
+//! * **authorization**: DENY policies are checked before ALLOW policies; a workload with no
+//!   ALLOW policy allows everything, and one with ALLOW policies allows only what one of them
+//!   matches — an ALLOW policy without rules matches nothing, so it denies everything. A rule
+//!   matches when one `from`, one `to` and every `when` match. AUDIT does not change decisions
+//!   and is left out; CUSTOM is not implemented (the analyzer says so).
+//! * **fields that cannot apply** (HTTP attributes on a TCP port, JWT request principals Weft
+//!   does not verify yet): in an ALLOW rule the rule is dropped (it allows less), in a DENY rule
+//!   the field is ignored (it denies more) — never the other way round.
+
+use std::collections::{BTreeMap, HashMap};
+
+use weft_api::meta::labels_match;
+use weft_api::security::authorization_policy::{
+    Action, AuthorizationPolicy, Condition, Operation, Rule, Source,
+};
+use weft_api::security::peer_authentication::MtlsMode;
+use weft_xds::envoy::envoy::config::core::v3::CidrRange;
+use weft_xds::envoy::envoy::config::rbac::v3::{
+    Permission, Policy, Principal, Rbac, permission, principal, rbac::Action as RbacAction,
+};
+use weft_xds::envoy::envoy::config::route::v3::{
+    HeaderMatcher, header_matcher::HeaderMatchSpecifier,
+};
+use weft_xds::envoy::envoy::r#type::matcher::v3::{
+    PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher::MatchPattern,
+};
+use weft_xds::envoy::google::protobuf::UInt32Value;
+
+use crate::model::MeshSnapshot;
+use weft_api::analyze::ROOT_NAMESPACE;
+
+/// The workload being protected.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The effective mTLS mode of a workload port.
+pub(crate) fn mtls_mode(snapshot: &MeshSnapshot, workload: &Workload<'_>, port: u32) -> MtlsMode {
+    let selects = |selector: &Option<weft_api::meta::WorkloadSelector>| {
+        selector.as_ref().is_some_and(|s| {
+            !s.match_labels.is_empty() && labels_match(&s.match_labels, workload.labels)
+        })
+    };
+    let selector_less = |selector: &Option<weft_api::meta::WorkloadSelector>| {
+        selector.as_ref().is_none_or(|s| s.match_labels.is_empty())
+    };
+    fn in_namespace<'a>(
+        snapshot: &'a MeshSnapshot,
+        namespace: &'a str,
+    ) -> impl Iterator<
+        Item = &'a (
+            weft_api::Resource,
+            weft_api::security::peer_authentication::PeerAuthentication,
+        ),
+    > {
+        snapshot
+            .peer_authentications
+            .iter()
+            .filter(move |(r, _)| r.namespace() == namespace)
+    }
+    let scopes = [
+        in_namespace(snapshot, workload.namespace).find(|(_, pa)| selects(&pa.selector)),
+        in_namespace(snapshot, workload.namespace).find(|(_, pa)| selector_less(&pa.selector)),
+        in_namespace(snapshot, ROOT_NAMESPACE).find(|(_, pa)| selector_less(&pa.selector)),
+    ];
+    for (_, pa) in scopes.into_iter().flatten() {
+        let port_mode = selects(&pa.selector)
+            .then(|| pa.port_level_mtls.get(&port).and_then(|m| m.mode))
+            .flatten();
+        match port_mode.or(pa.mtls.as_ref().and_then(|m| m.mode)) {
+            Some(MtlsMode::Unset) | None => continue,
+            Some(mode) => return mode,
+        }
+    }
+    MtlsMode::Permissive
+}
+
+/// The RBAC filter configurations of a workload: DENY first, then ALLOW. `None` where no
+/// filter is needed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct InboundRbac {
+    pub deny: Option<Rbac>,
+    pub allow: Option<Rbac>,
+}
+
+/// Builds the workload's RBAC for one port; `http` says whether HTTP attributes can apply.
+pub(crate) fn inbound_rbac(
+    snapshot: &MeshSnapshot,
+    workload: &Workload<'_>,
+    trust_domain: &str,
+    http: bool,
+) -> InboundRbac {
+    let applies = |resource: &weft_api::Resource, ap: &AuthorizationPolicy| {
+        let selector_less = ap
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.is_empty());
+        let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
+        if targeted {
+            return false; // targetRefs attach to gateways and services, not to sidecars.
+        }
+        if resource.namespace() == ROOT_NAMESPACE && selector_less {
+            return true;
+        }
+        resource.namespace() == workload.namespace
+            && (selector_less
+                || ap
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| labels_match(&s.match_labels, workload.labels)))
+    };
+    let mut deny = HashMap::new();
+    let mut allow = HashMap::new();
+    let mut any_allow = false;
+    for (resource, ap) in snapshot
+        .authorization_policies
+        .iter()
+        .filter(|(r, ap)| applies(r, ap))
+    {
+        let action = ap.action.unwrap_or(Action::Allow);
+        let policies = match action {
+            Action::Deny => &mut deny,
+            Action::Allow => {
+                any_allow = true;
+                &mut allow
+            }
+            Action::Audit | Action::Custom => continue,
+        };
+        for (index, rule) in ap.rules.iter().enumerate() {
+            let context = Context {
+                http,
+                deny: action == Action::Deny,
+                trust_domain,
+            };
+            if let Some(policy) = context.rule(rule) {
+                let name = format!(
+                    "ns[{}]-policy[{}]-rule[{index}]",
+                    resource.namespace(),
+                    resource.metadata.name
+                );
+                policies.insert(name, policy);
+            }
+        }
+    }
+    InboundRbac {
+        deny: (!deny.is_empty()).then(|| Rbac {
+            action: RbacAction::Deny as i32,
+            policies: deny,
+            ..Rbac::default()
+        }),
+        // With any ALLOW policy the filter must exist, even empty: an empty ALLOW list denies all.
+        allow: any_allow.then(|| Rbac {
+            action: RbacAction::Allow as i32,
+            policies: allow,
+            ..Rbac::default()
+        }),
+    }
+}
+
+struct Context<'a> {
+    http: bool,
+    deny: bool,
+    trust_domain: &'a str,
+}
+
+/// What to do with a field that cannot be enforced: in a DENY rule, ignore it (deny more);
+/// in an ALLOW rule, make the rule never match (allow less).
+enum Unenforceable {
+    Ignore,
+    NeverMatch,
+}
+
+impl Context<'_> {
+    fn unenforceable(&self) -> Unenforceable {
+        if self.deny {
+            Unenforceable::Ignore
+        } else {
+            Unenforceable::NeverMatch
+        }
+    }
+
+    fn rule(&self, rule: &Rule) -> Option<Policy> {
+        let mut principals: Vec<Principal> = Vec::new();
+        if !rule.from.is_empty() {
+            let sources: Vec<Principal> = rule
+                .from
+                .iter()
+                .filter_map(|f| self.source(&f.source))
+                .collect();
+            if sources.is_empty() {
+                return None;
+            }
+            principals.push(or_ids(sources));
+        }
+        let mut permissions: Vec<Permission> = Vec::new();
+        if !rule.to.is_empty() {
+            let operations: Vec<Permission> = rule
+                .to
+                .iter()
+                .filter_map(|t| self.operation(&t.operation))
+                .collect();
+            if operations.is_empty() {
+                return None;
+            }
+            permissions.push(or_rules(operations));
+        }
+        for condition in &rule.when {
+            match self.condition(condition)? {
+                Some(Clause::Principal(p)) => principals.push(p),
+                Some(Clause::Permission(p)) => permissions.push(p),
+                None => {}
+            }
+        }
+        Some(Policy {
+            permissions: vec![and_rules(permissions)],
+            principals: vec![and_ids(principals)],
+            ..Policy::default()
+        })
+    }
+
+    /// A source as a principal; `None` when it can never match.
+    fn source(&self, source: &Source) -> Option<Principal> {
+        let mut all = Vec::new();
+        let spiffe = |value: &str| self.spiffe_matcher(value);
+        let authenticated = |matcher: StringMatcher| Principal {
+            identifier: Some(principal::Identifier::Authenticated(
+                principal::Authenticated {
+                    principal_name: Some(matcher),
+                },
+            )),
+        };
+        let mut field = |values: &[String], negated: bool, make: &dyn Fn(&str) -> Principal| {
+            if values.is_empty() {
+                return;
+            }
+            let any = or_ids(values.iter().map(|v| make(v)).collect());
+            all.push(if negated { not_id(any) } else { any });
+        };
+        field(&source.principals, false, &|v| authenticated(spiffe(v)));
+        field(&source.not_principals, true, &|v| authenticated(spiffe(v)));
+        field(&source.namespaces, false, &|v| {
+            authenticated(self.namespace_matcher(v))
+        });
+        field(&source.not_namespaces, true, &|v| {
+            authenticated(self.namespace_matcher(v))
+        });
+        field(&source.service_accounts, false, &|v| {
+            authenticated(self.service_account_matcher(v))
+        });
+        field(&source.not_service_accounts, true, &|v| {
+            authenticated(self.service_account_matcher(v))
+        });
+        field(&source.trust_domains, false, &|v| {
+            authenticated(prefix(&format!("spiffe://{v}/")))
+        });
+        field(&source.not_trust_domains, true, &|v| {
+            authenticated(prefix(&format!("spiffe://{v}/")))
+        });
+        let ip = |v: &str| principal::Identifier::DirectRemoteIp(cidr(v));
+        field(&source.ip_blocks, false, &|v| Principal {
+            identifier: Some(ip(v)),
+        });
+        field(&source.not_ip_blocks, true, &|v| Principal {
+            identifier: Some(ip(v)),
+        });
+        let remote = |v: &str| principal::Identifier::RemoteIp(cidr(v));
+        field(&source.remote_ip_blocks, false, &|v| Principal {
+            identifier: Some(remote(v)),
+        });
+        field(&source.not_remote_ip_blocks, true, &|v| Principal {
+            identifier: Some(remote(v)),
+        });
+        if !source.request_principals.is_empty() || !source.not_request_principals.is_empty() {
+            // JWT identities are not verified by Weft yet.
+            match self.unenforceable() {
+                Unenforceable::Ignore => {}
+                Unenforceable::NeverMatch => return None,
+            }
+        }
+        Some(and_ids(all))
+    }
+
+    /// An operation as a permission; `None` when it can never match.
+    fn operation(&self, operation: &Operation) -> Option<Permission> {
+        let mut all = Vec::new();
+        let http_fields = [
+            &operation.hosts,
+            &operation.not_hosts,
+            &operation.methods,
+            &operation.not_methods,
+            &operation.paths,
+            &operation.not_paths,
+        ];
+        if !self.http && http_fields.iter().any(|f| !f.is_empty()) {
+            match self.unenforceable() {
+                Unenforceable::NeverMatch => return None,
+                Unenforceable::Ignore => {}
+            }
+        }
+        let mut field = |values: &[String],
+                         negated: bool,
+                         make: &dyn Fn(&str) -> Option<Permission>|
+         -> Option<()> {
+            if values.is_empty() {
+                return Some(());
+            }
+            let any = or_rules(values.iter().map(|v| make(v)).collect::<Option<Vec<_>>>()?);
+            all.push(if negated { not_rule(any) } else { any });
+            Some(())
+        };
+        let port = |v: &str| {
+            v.parse::<u32>()
+                .ok()
+                .map(|p| rule(permission::Rule::DestinationPort(p)))
+        };
+        field(&operation.ports, false, &port)?;
+        field(&operation.not_ports, true, &port)?;
+        if self.http {
+            let header = |name: &'static str| {
+                move |v: &str| Some(rule(permission::Rule::Header(header_matcher(name, v))))
+            };
+            field(&operation.hosts, false, &header(":authority"))?;
+            field(&operation.not_hosts, true, &header(":authority"))?;
+            field(&operation.methods, false, &header(":method"))?;
+            field(&operation.not_methods, true, &header(":method"))?;
+            let path = |v: &str| {
+                Some(rule(permission::Rule::UrlPath(PathMatcher {
+                    rule: Some(path_matcher::Rule::Path(value_matcher(v))),
+                })))
+            };
+            field(&operation.paths, false, &path)?;
+            field(&operation.not_paths, true, &path)?;
+        }
+        Some(and_rules(all))
+    }
+
+    /// A `when` condition; `Some(None)` to ignore it, `None` when the rule can never match.
+    fn condition(&self, condition: &Condition) -> Option<Option<Clause>> {
+        let key = condition.key.as_str();
+        let principal_clause = |make: &dyn Fn(&str) -> Principal| {
+            let mut parts = Vec::new();
+            let positive: Vec<Principal> = condition.values.iter().map(|v| make(v)).collect();
+            if !positive.is_empty() {
+                parts.push(or_ids(positive));
+            }
+            let negative: Vec<Principal> = condition.not_values.iter().map(|v| make(v)).collect();
+            if !negative.is_empty() {
+                parts.push(not_id(or_ids(negative)));
+            }
+            Clause::Principal(and_ids(parts))
+        };
+        let permission_clause = |make: &dyn Fn(&str) -> Option<Permission>| -> Option<Clause> {
+            let mut parts = Vec::new();
+            let positive = condition
+                .values
+                .iter()
+                .map(|v| make(v))
+                .collect::<Option<Vec<_>>>()?;
+            if !positive.is_empty() {
+                parts.push(or_rules(positive));
+            }
+            let negative = condition
+                .not_values
+                .iter()
+                .map(|v| make(v))
+                .collect::<Option<Vec<_>>>()?;
+            if !negative.is_empty() {
+                parts.push(not_rule(or_rules(negative)));
+            }
+            Some(Clause::Permission(and_rules(parts)))
+        };
+        let authenticated = |matcher: StringMatcher| Principal {
+            identifier: Some(principal::Identifier::Authenticated(
+                principal::Authenticated {
+                    principal_name: Some(matcher),
+                },
+            )),
+        };
+        let clause = match key {
+            "source.ip" => principal_clause(&|v| Principal {
+                identifier: Some(principal::Identifier::DirectRemoteIp(cidr(v))),
+            }),
+            "remote.ip" => principal_clause(&|v| Principal {
+                identifier: Some(principal::Identifier::RemoteIp(cidr(v))),
+            }),
+            "source.namespace" => principal_clause(&|v| authenticated(self.namespace_matcher(v))),
+            "source.principal" => principal_clause(&|v| authenticated(self.spiffe_matcher(v))),
+            "source.serviceAccount" => {
+                principal_clause(&|v| authenticated(self.service_account_matcher(v)))
+            }
+            "source.trustDomain" => {
+                principal_clause(&|v| authenticated(prefix(&format!("spiffe://{v}/"))))
+            }
+            "destination.port" => permission_clause(&|v| {
+                v.parse()
+                    .ok()
+                    .map(|p| rule(permission::Rule::DestinationPort(p)))
+            })?,
+            "destination.ip" => {
+                permission_clause(&|v| Some(rule(permission::Rule::DestinationIp(cidr(v)))))?
+            }
+            _ if self.http && key.starts_with("request.headers[") && key.ends_with(']') => {
+                let name = key["request.headers[".len()..key.len() - 1].to_ascii_lowercase();
+                permission_clause(&|v| {
+                    Some(rule(permission::Rule::Header(header_matcher(&name, v))))
+                })?
+            }
+            _ => {
+                return match self.unenforceable() {
+                    Unenforceable::Ignore => Some(None),
+                    Unenforceable::NeverMatch => None,
+                };
+            }
+        };
+        Some(Some(clause))
+    }
+
+    /// Istio principals are written `<trust-domain>/ns/<ns>/sa/<sa>`; certificates carry them
+    /// as `spiffe://…`.
+    fn spiffe_matcher(&self, value: &str) -> StringMatcher {
+        match value.strip_prefix('*') {
+            // `*` and `*suffix` look at the end of the name; the scheme does not matter.
+            Some(_) => value_matcher(value),
+            None => value_matcher(&format!("spiffe://{value}")),
+        }
+    }
+
+    fn namespace_matcher(&self, value: &str) -> StringMatcher {
+        let namespace = if value == "*" {
+            "[^/]+".to_string()
+        } else {
+            glob_to_regex(value)
+        };
+        regex(&format!("spiffe://[^/]+/ns/{namespace}/sa/[^/]+"))
+    }
+
+    fn service_account_matcher(&self, value: &str) -> StringMatcher {
+        let (namespace, account) = value.split_once('/').unwrap_or((value, ""));
+        exact(&format!(
+            "spiffe://{}/ns/{namespace}/sa/{account}",
+            self.trust_domain
+        ))
+    }
+}
+
+/// A condition's contribution: to who the caller is, or to what it asks.
+enum Clause {
+    Principal(Principal),
+    Permission(Permission),
+}
+
+/// Istio's string forms: exact, `prefix*`, `*suffix`, `*` (present).
+fn value_matcher(value: &str) -> StringMatcher {
+    if value == "*" {
+        presence()
+    } else if let Some(rest) = value.strip_prefix('*') {
+        suffix(rest)
+    } else if let Some(rest) = value.strip_suffix('*') {
+        prefix(rest)
+    } else {
+        exact(value)
+    }
+}
+
+fn glob_to_regex(value: &str) -> String {
+    value
+        .split('*')
+        .map(regex_escape)
+        .collect::<Vec<_>>()
+        .join(".*")
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+fn pattern(pattern: MatchPattern) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ..StringMatcher::default()
+    }
+}
+
+fn exact(value: &str) -> StringMatcher {
+    pattern(MatchPattern::Exact(value.to_string()))
+}
+
+fn prefix(value: &str) -> StringMatcher {
+    pattern(MatchPattern::Prefix(value.to_string()))
+}
+
+fn suffix(value: &str) -> StringMatcher {
+    pattern(MatchPattern::Suffix(value.to_string()))
+}
+
+fn regex(value: &str) -> StringMatcher {
+    pattern(MatchPattern::SafeRegex(RegexMatcher {
+        regex: value.to_string(),
+        ..RegexMatcher::default()
+    }))
+}
+
+fn presence() -> StringMatcher {
+    regex(".+")
+}
+
+fn header_matcher(name: &str, value: &str) -> HeaderMatcher {
+    let mut matcher = value_matcher(value);
+    if name == ":authority" {
+        matcher.ignore_case = true;
+    }
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(matcher)),
+        ..HeaderMatcher::default()
+    }
+}
+
+fn cidr(value: &str) -> CidrRange {
+    let (address, bits) = match value.split_once('/') {
+        Some((address, bits)) => (address, bits.parse().ok()),
+        None => (value, None),
+    };
+    let full = if address.contains(':') { 128 } else { 32 };
+    CidrRange {
+        address_prefix: address.to_string(),
+        prefix_len: Some(UInt32Value {
+            value: bits.unwrap_or(full),
+        }),
+    }
+}
+
+fn rule(rule: permission::Rule) -> Permission {
+    Permission { rule: Some(rule) }
+}
+
+fn or_rules(rules: Vec<Permission>) -> Permission {
+    if rules.len() == 1 {
+        return rules.into_iter().next().unwrap_or_else(any_permission);
+    }
+    rule(permission::Rule::OrRules(permission::Set { rules }))
+}
+
+fn and_rules(rules: Vec<Permission>) -> Permission {
+    match rules.len() {
+        0 => any_permission(),
+        1 => rules.into_iter().next().unwrap_or_else(any_permission),
+        _ => rule(permission::Rule::AndRules(permission::Set { rules })),
+    }
+}
+
+fn not_rule(permission: Permission) -> Permission {
+    rule(permission::Rule::NotRule(Box::new(permission)))
+}
+
+fn any_permission() -> Permission {
+    rule(permission::Rule::Any(true))
+}
+
+fn or_ids(ids: Vec<Principal>) -> Principal {
+    if ids.len() == 1 {
+        return ids.into_iter().next().unwrap_or_else(any_principal);
+    }
+    Principal {
+        identifier: Some(principal::Identifier::OrIds(principal::Set { ids })),
+    }
+}
+
+fn and_ids(ids: Vec<Principal>) -> Principal {
+    match ids.len() {
+        0 => any_principal(),
+        1 => ids.into_iter().next().unwrap_or_else(any_principal),
+        _ => Principal {
+            identifier: Some(principal::Identifier::AndIds(principal::Set { ids })),
+        },
+    }
+}
+
+fn not_id(principal: Principal) -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::NotId(Box::new(principal))),
+    }
+}
+
+fn any_principal() -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::Any(true)),
+    }
+}

@@ -1,0 +1,305 @@
+//! The inbound side of a sidecar: one listener, `virtualInbound` on port 15006 (where
+//! interception sends inbound connections), whose filter chains are picked by destination
+//! port and by whether the connection is TLS; and clusters `inbound|<port>||` that forward to
+//! the application on 127.0.0.1.
+//!
+//! Per workload port the PeerAuthentication mode decides the chains: STRICT keeps only the
+//! mTLS chain (client certificate required), DISABLE only the plaintext one, PERMISSIVE both.
+//! Each chain runs the workload's RBAC (DENY, then ALLOW) before forwarding: as HTTP filters
+//! for HTTP ports, as network filters for TCP ports.
+
+use std::collections::BTreeMap;
+
+use weft_api::security::peer_authentication::MtlsMode;
+use weft_xds::envoy::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType},
+};
+use weft_xds::envoy::envoy::config::core::v3::{
+    Address, SocketAddress, TrafficDirection, address, socket_address::PortSpecifier,
+};
+use weft_xds::envoy::envoy::config::core::v3::{TransportSocket, transport_socket};
+use weft_xds::envoy::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use weft_xds::envoy::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use weft_xds::envoy::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use weft_xds::envoy::envoy::extensions::filters::http::router::v3::Router;
+use weft_xds::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+};
+use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    common_tls_context::ValidationContextType,
+};
+use weft_xds::envoy::google::protobuf::{BoolValue, UInt32Value};
+use weft_xds::server::Resource;
+use weft_xds::types::pack;
+
+use super::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
+use super::listener::ads;
+use super::tls::{ROOT_SECRET, WORKLOAD_SECRET};
+use crate::model::MeshSnapshot;
+use crate::registration::RegisteredWorkload;
+
+/// The inbound listener's name (Istio's).
+pub const INBOUND_LISTENER: &str = "virtualInbound";
+/// The port interception sends inbound connections to (Istio's).
+pub const INBOUND_PORT: u32 = 15006;
+/// ALPN values Istio's proxies offer, which mark mesh mTLS on a PERMISSIVE port.
+const MESH_ALPN: [&str; 5] = [
+    "istio-peer-exchange",
+    "istio",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+
+/// The workload's own ports, with whether each speaks HTTP (from the service port protocols).
+fn ports(snapshot: &MeshSnapshot, workload: &RegisteredWorkload) -> BTreeMap<u32, bool> {
+    let mut ports = BTreeMap::new();
+    for served in &workload.serves {
+        let host = crate::registry::fqdn(&served.service, &workload.namespace);
+        let protocol = snapshot
+            .services
+            .get(&host)
+            .and_then(|s| s.port(Some(served.port)))
+            .map(|p| p.protocol.clone())
+            .unwrap_or_default();
+        let http = !matches!(
+            protocol.as_str(),
+            "TCP" | "TLS" | "MONGO" | "MYSQL" | "REDIS"
+        );
+        ports.insert(served.target_port, http);
+    }
+    ports
+}
+
+/// Names of the inbound clusters of a workload.
+pub(crate) fn cluster_names(workload: &RegisteredWorkload) -> Vec<String> {
+    let mut ports: Vec<u32> = workload.serves.iter().map(|s| s.target_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.into_iter().map(cluster_name).collect()
+}
+
+fn cluster_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+/// An inbound cluster: the application on 127.0.0.1 at the port the name gives.
+pub(crate) fn cluster(name: &str) -> Option<Resource> {
+    let port: u32 = name
+        .strip_prefix("inbound|")?
+        .strip_suffix("||")?
+        .parse()
+        .ok()?;
+    let endpoint = LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address("127.0.0.1", port)),
+            ..Endpoint::default()
+        })),
+        ..LbEndpoint::default()
+    };
+    let cluster = Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(super::duration(std::time::Duration::from_secs(10))),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }),
+        ..Cluster::default()
+    };
+    Some(Resource::new(name, pack(&cluster)))
+}
+
+fn socket_address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+/// The inbound listener of a workload.
+pub(crate) fn listener(
+    snapshot: &MeshSnapshot,
+    workload: &RegisteredWorkload,
+    trust_domain: &str,
+) -> Resource {
+    let who = Workload {
+        namespace: &workload.namespace,
+        labels: &workload.labels,
+    };
+    let mut filter_chains = Vec::new();
+    for (port, http) in ports(snapshot, workload) {
+        let mode = mtls_mode(snapshot, &who, port);
+        let rbac = inbound_rbac(snapshot, &who, trust_domain, http);
+        let filters = || network_filters(port, http, &rbac);
+        if mode != MtlsMode::Disable {
+            filter_chains.push(FilterChain {
+                name: format!("{port}-mtls"),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port }),
+                    transport_protocol: "tls".to_string(),
+                    application_protocols: if mode == MtlsMode::Permissive {
+                        MESH_ALPN.iter().map(|a| a.to_string()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    ..FilterChainMatch::default()
+                }),
+                filters: filters(),
+                transport_socket: Some(mesh_tls_server()),
+                ..FilterChain::default()
+            });
+        }
+        if mode != MtlsMode::Strict {
+            filter_chains.push(FilterChain {
+                name: format!("{port}-plaintext"),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port }),
+                    transport_protocol: "raw_buffer".to_string(),
+                    ..FilterChainMatch::default()
+                }),
+                filters: filters(),
+                ..FilterChain::default()
+            });
+        }
+    }
+    let listener = Listener {
+        name: INBOUND_LISTENER.to_string(),
+        address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_string(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+                &TlsInspector::default(),
+            ))),
+            ..ListenerFilter::default()
+        }],
+        filter_chains,
+        ..Listener::default()
+    };
+    Resource::new(INBOUND_LISTENER, pack(&listener))
+}
+
+/// mTLS with the workload's own certificate, requiring a client certificate from the mesh.
+fn mesh_tls_server() -> TransportSocket {
+    let sds = |name: &str| SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: Some(ads()),
+    };
+    let context = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
+            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(ROOT_SECRET),
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..DownstreamTlsContext::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
+    }
+}
+
+fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
+    let cluster = cluster_name(port);
+    let stat_prefix = format!("inbound_{port}");
+    let rbac_configs = [&rbac.deny, &rbac.allow];
+    if http {
+        let mut http_filters: Vec<HttpFilter> = rbac_configs
+            .iter()
+            .filter_map(|config| config.as_ref())
+            .map(|rules| HttpFilter {
+                name: "envoy.filters.http.rbac".to_string(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
+                    rules: Some(rules.clone()),
+                    ..HttpRbac::default()
+                }))),
+                ..HttpFilter::default()
+            })
+            .collect();
+        http_filters.push(HttpFilter {
+            name: "envoy.filters.http.router".to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                &Router::default(),
+            ))),
+            ..HttpFilter::default()
+        });
+        let route = Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                ..RouteMatch::default()
+            }),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                timeout: Some(super::duration(std::time::Duration::ZERO)),
+                ..RouteAction::default()
+            })),
+            ..Route::default()
+        };
+        let manager = HttpConnectionManager {
+            stat_prefix: stat_prefix.clone(),
+            route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+                name: format!("inbound|{port}"),
+                virtual_hosts: vec![VirtualHost {
+                    name: format!("inbound|{port}"),
+                    domains: vec!["*".to_string()],
+                    routes: vec![route],
+                    ..VirtualHost::default()
+                }],
+                ..RouteConfiguration::default()
+            })),
+            http_filters,
+            ..HttpConnectionManager::default()
+        };
+        vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
+        }]
+    } else {
+        let mut filters: Vec<Filter> = rbac_configs
+            .iter()
+            .filter_map(|config| config.as_ref())
+            .map(|rules| Filter {
+                name: "envoy.filters.network.rbac".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
+                    rules: Some(rules.clone()),
+                    stat_prefix: stat_prefix.clone(),
+                    ..NetworkRbac::default()
+                }))),
+            })
+            .collect();
+        filters.push(Filter {
+            name: "envoy.filters.network.tcp_proxy".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
+                stat_prefix,
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+                ..TcpProxy::default()
+            }))),
+        });
+        filters
+    }
+}
