@@ -3,8 +3,8 @@
 //! push costs it.
 //!
 //! Runs the real `weft control` binary and 100 ADS clients that subscribe the way a sidecar
-//! does (every listener and cluster, then the routes and endpoints they name) and ACK every
-//! response. Each round edits one VirtualService's weights and times until every client has
+//! does (every listener and cluster, then the routes of its port listeners and the endpoints
+//! of its clusters) and ACK every response. Each round edits one VirtualService's weights and times until every client has
 //! the new routes. Run with `cargo bench -p weft-cli --bench push`; `BENCH_CLIENTS=N` changes
 //! the number of clients.
 
@@ -110,12 +110,13 @@ async fn client(id: usize, addr: String, events: mpsc::UnboundedSender<Event>) {
         let names = subscribed.get(&type_url).cloned().unwrap_or_default();
         let _ = tx.send(ask(&type_url, names, &version_info, &nonce)).await;
         let follow_up = match type_url.as_str() {
+            // A sidecar's port listeners `0.0.0.0_<port>` route with the configuration `<port>`.
             LISTENER => Some((
                 ROUTE,
                 resources
                     .iter()
                     .filter_map(|a| Listener::decode(a.value.as_slice()).ok())
-                    .map(|l| l.name)
+                    .filter_map(|l| l.name.strip_prefix("0.0.0.0_").map(String::from))
                     .collect::<Vec<_>>(),
             )),
             CLUSTER => Some((
@@ -123,6 +124,7 @@ async fn client(id: usize, addr: String, events: mpsc::UnboundedSender<Event>) {
                 resources
                     .iter()
                     .filter_map(|a| Cluster::decode(a.value.as_slice()).ok())
+                    .filter(|c| c.eds_cluster_config.is_some())
                     .map(|c| c.name)
                     .collect(),
             )),

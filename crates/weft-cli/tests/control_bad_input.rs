@@ -19,6 +19,9 @@ use weft_xds::envoy::envoy::service::discovery::v3::DiscoveryRequest;
 use weft_xds::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_xds::types::CLUSTER;
 
+/// What a wildcard cluster request returns: the 50 services, and PassthroughCluster.
+const CLUSTERS: usize = 51;
+
 struct Control {
     child: Child,
     xds: String,
@@ -219,7 +222,7 @@ async fn abuse(control: &Control, round: usize) {
                 .unwrap()
                 .unwrap()
                 .unwrap();
-            assert_eq!(first.resources.len(), 50);
+            assert_eq!(first.resources.len(), CLUSTERS);
             if connection % 2 == 0 {
                 staying.push((tx, responses))
             } else {
@@ -240,11 +243,11 @@ async fn abuse(control: &Control, round: usize) {
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(pushed.resources.len(), 50);
+        assert_eq!(pushed.resources.len(), CLUSTERS);
     }
 
     // Others are still served promptly while all this is open.
-    assert_eq!(served(&control.xds).await, 50);
+    assert_eq!(served(&control.xds).await, CLUSTERS);
     flood.abort();
     drop((staying, greedy_tx));
 }
@@ -252,7 +255,7 @@ async fn abuse(control: &Control, round: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_abuse_and_returns_to_its_footprint() {
     let mut control = start();
-    assert_eq!(served(&control.xds).await, 50);
+    assert_eq!(served(&control.xds).await, CLUSTERS);
     let baseline = control.rss_kib();
 
     abuse(&control, 1).await;
@@ -265,7 +268,7 @@ async fn survives_abuse_and_returns_to_its_footprint() {
     assert!(control.alive(), "weft control died");
     let after_second = control.rss_kib();
 
-    assert_eq!(served(&control.xds).await, 50, "still serving");
+    assert_eq!(served(&control.xds).await, CLUSTERS, "still serving");
     eprintln!(
         "RSS: baseline {baseline} KiB, after one round {after_first} KiB, after two {after_second} KiB"
     );

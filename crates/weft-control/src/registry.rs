@@ -30,6 +30,13 @@ pub fn fqdn(host: &str, namespace: &str) -> String {
     }
 }
 
+/// The namespace of a Kubernetes-style host (`name.ns.svc.<domain>`), if it is one.
+pub fn service_namespace(host: &str) -> Option<&str> {
+    let mut labels = host.split('.');
+    let (_name, namespace, svc) = (labels.next()?, labels.next()?, labels.next()?);
+    (svc == "svc").then_some(namespace)
+}
+
 /// A port of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {

@@ -96,8 +96,8 @@ async fn tls_port_needs_the_mesh_root_and_a_join_token() {
         ads_call(channel.clone(), Some(token.clone()))
             .await
             .unwrap(),
-        1,
-        "one cluster, served over TLS"
+        2,
+        "the service's cluster and PassthroughCluster, served over TLS"
     );
     let refused = ads_call(channel.clone(), None).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");

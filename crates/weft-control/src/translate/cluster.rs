@@ -45,6 +45,20 @@ pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
     names
 }
 
+/// The cluster that forwards a connection to its original destination.
+pub(crate) fn passthrough() -> Resource {
+    let cluster = Cluster {
+        name: super::listener::PASSTHROUGH_CLUSTER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
+        ..Cluster::default()
+    };
+    Resource::new(super::listener::PASSTHROUGH_CLUSTER, pack(&cluster))
+}
+
 /// The cluster called `name`, if its service, port and subset exist.
 pub(crate) fn cluster_resource(
     snapshot: &MeshSnapshot,

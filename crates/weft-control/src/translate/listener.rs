@@ -1,16 +1,24 @@
-//! Listeners. For proxyless gRPC clients these are API listeners named `<host>:<port>` that
-//! point at the route configuration of the same name, over ADS.
+//! Listeners. A proxyless gRPC client gets API listeners named `<host>:<port>` that point at
+//! the route configuration of the same name. A sidecar gets Istio's outbound shape:
+//! `virtualOutbound` on 15001 handing connections to `0.0.0.0_<port>` listeners, each routing
+//! HTTP by Host with the route configuration `<port>`; its inbound side is in
+//! [`super::inbound`].
 
 use weft_xds::envoy::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, config_source::ConfigSourceSpecifier,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, TrafficDirection,
+    address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
-use weft_xds::envoy::envoy::config::listener::v3::{ApiListener, Listener};
+use weft_xds::envoy::envoy::config::listener::v3::{
+    ApiListener, Filter, FilterChain, Listener, filter,
+};
 use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::HttpFault;
 use weft_xds::envoy::envoy::extensions::filters::http::router::v3::Router;
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
     http_filter::ConfigType,
 };
+use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use weft_xds::envoy::google::protobuf::BoolValue;
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
@@ -42,18 +50,122 @@ pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
         .collect()
 }
 
-/// The listener called `name`, if it names a service port this client can reach.
+/// A sidecar's outbound listeners: `virtualOutbound` (where interception sends outbound
+/// connections) and `0.0.0.0_<port>` for each port services route HTTP on.
+pub(crate) fn sidecar_names(snapshot: &MeshSnapshot) -> Vec<String> {
+    let mut ports: Vec<u32> = snapshot
+        .services
+        .values()
+        .flat_map(|s| &s.ports)
+        .filter(|p| super::route::is_http(&p.protocol))
+        .map(|p| p.number)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    std::iter::once(VIRTUAL_OUTBOUND.to_string())
+        .chain(ports.into_iter().map(|port| format!("0.0.0.0_{port}")))
+        .collect()
+}
+
+/// The listener called `name`: a sidecar's outbound listener, or a proxyless client's API
+/// listener `<host>:<port>` if that names a service port it can reach.
 pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, name: &str) -> Option<Resource> {
+    if name == VIRTUAL_OUTBOUND {
+        return Some(Resource::new(name, pack(&virtual_outbound())));
+    }
+    if let Some(port) = name
+        .strip_prefix("0.0.0.0_")
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        return Some(Resource::new(name, pack(&port_listener(port))));
+    }
     resolve_target(snapshot, client, name)?;
     Some(Resource::new(name, pack(&api_listener(name))))
 }
 
+/// The listener interception sends outbound connections to (Istio's name and port).
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+/// Its port.
+pub const OUTBOUND_PORT: u32 = 15001;
+/// The cluster that forwards to a connection's original destination.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
+fn socket(port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "0.0.0.0".to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..SocketAddress::default()
+        })),
+    }
+}
+
+/// Hands each intercepted connection to the listener of its original port; what no listener
+/// claims passes through to where it was going (Istio's default `ALLOW_ANY`).
+fn virtual_outbound() -> Listener {
+    let passthrough = TcpProxy {
+        stat_prefix: PASSTHROUGH_CLUSTER.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+            PASSTHROUGH_CLUSTER.to_string(),
+        )),
+        ..TcpProxy::default()
+    };
+    Listener {
+        name: VIRTUAL_OUTBOUND.to_string(),
+        address: Some(socket(OUTBOUND_PORT)),
+        use_original_dst: Some(BoolValue { value: true }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        default_filter_chain: Some(FilterChain {
+            name: PASSTHROUGH_CLUSTER.to_string(),
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&passthrough))),
+            }],
+            ..FilterChain::default()
+        }),
+        ..Listener::default()
+    }
+}
+
+/// HTTP to any service on `port`, routed by Host with the route configuration `<port>`.
+fn port_listener(port: u32) -> Listener {
+    let manager = http_manager(&format!("outbound_0.0.0.0_{port}"), &port.to_string());
+    Listener {
+        name: format!("0.0.0.0_{port}"),
+        address: Some(socket(port)),
+        // Reached through virtualOutbound, not bound itself.
+        bind_to_port: Some(BoolValue { value: false }),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
+            }],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}
+
 fn api_listener(name: &str) -> Listener {
-    let manager = HttpConnectionManager {
-        stat_prefix: name.to_string(),
+    let manager = http_manager(name, name);
+    Listener {
+        name: name.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack(&manager)),
+        }),
+        ..Listener::default()
+    }
+}
+
+/// An HTTP connection manager whose routes come over RDS, with the fault filter (configured
+/// per route) and the router.
+fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
-            route_config_name: name.to_string(),
+            route_config_name: route_config_name.to_string(),
         })),
         http_filters: vec![
             HttpFilter {
@@ -68,12 +180,5 @@ fn api_listener(name: &str) -> Listener {
             },
         ],
         ..HttpConnectionManager::default()
-    };
-    Listener {
-        name: name.to_string(),
-        api_listener: Some(ApiListener {
-            api_listener: Some(pack(&manager)),
-        }),
-        ..Listener::default()
     }
 }

@@ -8,8 +8,8 @@
 //!
 //! Scope: proxies ask by name for what they use (proxyless gRPC always does, and RDS and EDS
 //! always are by name). A wildcard request for listeners or clusters gets those of every
-//! service — fine for a mesh of hundreds of services; narrowing by the Sidecar resource comes
-//! with the sidecar proxy.
+//! service — fine for a mesh of hundreds of services; narrowing by the Sidecar resource is not
+//! implemented yet.
 
 mod authz;
 mod cluster;
@@ -95,20 +95,36 @@ impl Client {
 /// What a resource's content can depend on besides its name: the client's namespace (short
 /// names), labels (`sourceLabels`) and kind (load balancer defaults).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    type_url: String,
-    name: String,
+struct ClientKey {
     namespace: String,
     labels: Vec<(String, String)>,
     proxyless_grpc: bool,
 }
 
+impl ClientKey {
+    fn of(client: &Client) -> Self {
+        Self {
+            namespace: client.namespace.clone(),
+            labels: client
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            proxyless_grpc: client.proxyless_grpc,
+        }
+    }
+}
+
+/// Resources of one type for one kind of client, by name (`None`: no such resource).
+type Built = HashMap<String, Option<Arc<Resource>>>;
+
 /// Resources built from one snapshot, shared by every stream that asks for the same thing:
-/// a push translates each resource once, not once per proxy.
+/// a push translates each resource once, not once per proxy. Looked up with one lock per
+/// request, not per resource.
 #[derive(Debug, Default)]
 struct Cache {
     generation: u64,
-    resources: HashMap<CacheKey, Option<Arc<Resource>>>,
+    resources: HashMap<(ClientKey, String), Built>,
 }
 
 /// The mesh's identity: what workload certificates are issued in and chain to.
@@ -171,38 +187,57 @@ impl MeshGenerator {
             .clone()
     }
 
-    fn resource(
+    /// The resources called `names`, from the cache where built already for this snapshot
+    /// and kind of client.
+    fn resources(
         &self,
         snapshot: &MeshSnapshot,
         client: &Client,
         type_url: &str,
-        name: &str,
-    ) -> Option<Arc<Resource>> {
-        let key = CacheKey {
-            type_url: type_url.to_string(),
-            name: name.to_string(),
-            namespace: client.namespace.clone(),
-            labels: client
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            proxyless_grpc: client.proxyless_grpc,
-        };
-        {
+        names: &[String],
+    ) -> Vec<Arc<Resource>> {
+        let key = (ClientKey::of(client), type_url.to_string());
+        let mut found: Vec<Option<Option<Arc<Resource>>>> = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.generation != snapshot.version {
                 cache.generation = snapshot.version;
                 cache.resources.clear();
             }
-            if let Some(hit) = cache.resources.get(&key) {
-                return hit.clone();
+            let built = cache.resources.entry(key.clone()).or_default();
+            names
+                .iter()
+                .map(|name| built.get(name.as_str()).cloned())
+                .collect()
+        };
+        // Built outside the lock; two streams racing may both build one, which is harmless.
+        let mut fresh = Vec::new();
+        for (slot, name) in found.iter_mut().zip(names) {
+            if slot.is_none() {
+                let resource = self.build(snapshot, client, type_url, name).map(Arc::new);
+                fresh.push((name.clone(), resource.clone()));
+                *slot = Some(resource);
             }
         }
-        // Built outside the lock; two streams racing may both build it, which is harmless.
-        let built = match type_url {
+        if !fresh.is_empty() {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation == snapshot.version {
+                cache.resources.entry(key).or_default().extend(fresh);
+            }
+        }
+        found.into_iter().flatten().flatten().collect()
+    }
+
+    fn build(
+        &self,
+        snapshot: &MeshSnapshot,
+        client: &Client,
+        type_url: &str,
+        name: &str,
+    ) -> Option<Resource> {
+        match type_url {
             types::LISTENER => listener::listener(snapshot, client, name),
             types::ROUTE => route::route_resource(snapshot, client, name),
+            types::CLUSTER if name == listener::PASSTHROUGH_CLUSTER => Some(cluster::passthrough()),
             types::CLUSTER => {
                 cluster::cluster_resource(snapshot, client, name, &self.identity.trust_domain)
             }
@@ -215,12 +250,6 @@ impl MeshGenerator {
             },
             _ => None,
         }
-        .map(Arc::new);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation == snapshot.version {
-            cache.resources.insert(key, built.clone());
-        }
-        built
     }
 }
 
@@ -237,16 +266,21 @@ impl Generator for MeshGenerator {
         let names = match names {
             Some(names) => names,
             None => {
-                all = match (type_url, &client.workload) {
-                    (types::LISTENER, Some(_)) => {
-                        let mut names = listener::all_names(&snapshot);
-                        names.push(inbound::INBOUND_LISTENER.to_string());
+                all = match type_url {
+                    types::LISTENER if client.proxyless_grpc => listener::all_names(&snapshot),
+                    types::LISTENER => {
+                        let mut names = listener::sidecar_names(&snapshot);
+                        if client.workload.is_some() {
+                            names.push(inbound::INBOUND_LISTENER.to_string());
+                        }
                         names
                     }
-                    (types::LISTENER, None) => listener::all_names(&snapshot),
-                    (types::CLUSTER, workload) => {
+                    types::CLUSTER => {
                         let mut names = cluster::all_names(&snapshot);
-                        names.extend(workload.iter().flat_map(inbound::cluster_names));
+                        if !client.proxyless_grpc {
+                            names.push(listener::PASSTHROUGH_CLUSTER.to_string());
+                        }
+                        names.extend(client.workload.iter().flat_map(inbound::cluster_names));
                         names
                     }
                     _ => Vec::new(),
@@ -254,23 +288,26 @@ impl Generator for MeshGenerator {
                 &all
             }
         };
-        names
-            .iter()
-            .filter_map(|name| match (type_url, &client.workload) {
-                // A workload's own inbound side is built for it alone, not cached.
-                (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => {
-                    Some(Arc::new(inbound::listener(
-                        &snapshot,
-                        workload,
-                        &self.identity.trust_domain,
-                    )))
-                }
-                (types::CLUSTER, Some(_)) if name.starts_with("inbound|") => {
-                    inbound::cluster(name).map(Arc::new)
-                }
-                _ => self.resource(&snapshot, &client, type_url, name),
-            })
-            .collect()
+        // A workload's own inbound side is built for it alone, not cached.
+        let own = |name: &String| match (type_url, &client.workload) {
+            (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => {
+                Some(Some(Arc::new(inbound::listener(
+                    &snapshot,
+                    workload,
+                    &self.identity.trust_domain,
+                ))))
+            }
+            (types::CLUSTER, Some(_)) if name.starts_with("inbound|") => {
+                Some(inbound::cluster(name).map(Arc::new))
+            }
+            _ => None,
+        };
+        let (own_names, shared): (Vec<&String>, Vec<&String>) =
+            names.iter().partition(|n| own(n).is_some());
+        let shared: Vec<String> = shared.into_iter().cloned().collect();
+        let mut resources = self.resources(&snapshot, &client, type_url, &shared);
+        resources.extend(own_names.into_iter().filter_map(|n| own(n).flatten()));
+        resources
     }
 
     fn connected(&self, stream: u64, node: &Node) {

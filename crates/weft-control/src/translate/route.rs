@@ -39,24 +39,96 @@ const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 
-/// The route configuration called `name` (`<host>:<port>`), if it names a service port.
+/// The route configuration called `name`: `<host>:<port>` (a proxyless client's, one
+/// service) or `<port>` (a sidecar's, every service on that port, told apart by Host).
 pub(crate) fn route_resource(
     snapshot: &MeshSnapshot,
     client: &Client,
     name: &str,
 ) -> Option<Resource> {
-    let (service, port) = resolve_target(snapshot, client, name)?;
-    let config = route_configuration(snapshot, client, name, service, port);
+    let config = match name.parse::<u32>() {
+        Ok(port) => port_route_configuration(snapshot, client, port)?,
+        Err(_) => {
+            let (service, port) = resolve_target(snapshot, client, name)?;
+            RouteConfiguration {
+                name: name.to_string(),
+                // The configuration is this service's alone, so any authority it is dialled
+                // by is accepted.
+                virtual_hosts: vec![virtual_host(
+                    snapshot,
+                    client,
+                    service,
+                    port,
+                    vec!["*".to_string()],
+                )],
+                ..RouteConfiguration::default()
+            }
+        }
+    };
     Some(Resource::new(name, pack(&config)))
 }
 
-fn route_configuration(
+/// A sidecar's routes for one port: a virtual host per service with that port, matched on
+/// the names a client may use for it.
+fn port_route_configuration(
     snapshot: &MeshSnapshot,
     client: &Client,
-    name: &str,
+    port: u32,
+) -> Option<RouteConfiguration> {
+    let virtual_hosts: Vec<VirtualHost> = snapshot
+        .services
+        .values()
+        .filter(|s| s.port(Some(port)).is_some_and(|p| is_http(&p.protocol)))
+        .map(|service| {
+            virtual_host(
+                snapshot,
+                client,
+                service,
+                port,
+                domains(service, port, &client.namespace),
+            )
+        })
+        .collect();
+    (!virtual_hosts.is_empty()).then(|| RouteConfiguration {
+        name: port.to_string(),
+        virtual_hosts,
+        ..RouteConfiguration::default()
+    })
+}
+
+/// Whether a declared protocol is routed as HTTP (undeclared ones are, as Istio sniffs them).
+pub(crate) fn is_http(protocol: &str) -> bool {
+    !matches!(
+        protocol,
+        "TCP" | "TLS" | "MONGO" | "MYSQL" | "REDIS" | "HTTPS"
+    )
+}
+
+/// The Host values that mean `service` on `port`: its full name, and for Kubernetes-style
+/// hosts the shorter forms — the bare name only from its own namespace.
+fn domains(service: &Service, port: u32, client_namespace: &str) -> Vec<String> {
+    let mut names = vec![service.host.clone()];
+    if let Some(namespace) = crate::registry::service_namespace(&service.host) {
+        let short = service.host.split('.').next().unwrap_or_default();
+        names.push(format!("{short}.{namespace}"));
+        names.push(format!("{short}.{namespace}.svc"));
+        if namespace == client_namespace {
+            names.push(short.to_string());
+        }
+    }
+    names
+        .iter()
+        .flat_map(|n| [n.clone(), format!("{n}:{port}")])
+        .collect()
+}
+
+fn virtual_host(
+    snapshot: &MeshSnapshot,
+    client: &Client,
     service: &Service,
     port: u32,
-) -> RouteConfiguration {
+    domains: Vec<String>,
+) -> VirtualHost {
     let routes = match snapshot.virtual_services.get(&service.host) {
         Some((resource, vs)) => {
             virtual_service_routes(vs, resource.namespace(), client, service, port)
@@ -76,17 +148,11 @@ fn route_configuration(
             ..Route::default()
         }],
     };
-    RouteConfiguration {
-        name: name.to_string(),
-        virtual_hosts: vec![VirtualHost {
-            name: format!("{}:{port}", service.host),
-            // The route configuration is this service's alone, so any authority the client
-            // dials it by is accepted.
-            domains: vec!["*".to_string()],
-            routes,
-            ..VirtualHost::default()
-        }],
-        ..RouteConfiguration::default()
+    VirtualHost {
+        name: format!("{}:{port}", service.host),
+        domains,
+        routes,
+        ..VirtualHost::default()
     }
 }
 

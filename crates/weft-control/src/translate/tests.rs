@@ -580,3 +580,33 @@ mod inbound_security {
         assert!(listeners.iter().all(|l| l.name != "virtualInbound"));
     }
 }
+
+#[test]
+fn a_sidecar_gets_port_listeners_and_host_based_routes() {
+    use weft_xds::envoy::envoy::config::listener::v3::Listener;
+    let generator = generator();
+    let listeners = generator.generate(&envoy_node(), types::LISTENER, None);
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["virtualOutbound", "0.0.0.0_9080"]);
+    let outbound = Listener::decode(listeners[0].body.value.as_slice()).unwrap();
+    assert!(outbound.use_original_dst.unwrap().value);
+
+    let routes: RouteConfiguration = one(&generator, types::ROUTE, "9080");
+    let host = &routes.virtual_hosts[0];
+    for domain in [
+        "reviews.shop.svc.cluster.local",
+        "reviews.shop.svc.cluster.local:9080",
+        "reviews",
+        "reviews:9080",
+        "reviews.shop",
+    ] {
+        assert!(
+            host.domains.iter().any(|d| d == domain),
+            "{domain} in {:?}",
+            host.domains
+        );
+    }
+    assert_eq!(host.routes.len(), 3, "the VirtualService's rules");
+    let clusters = generator.generate(&envoy_node(), types::CLUSTER, None);
+    assert!(clusters.iter().any(|c| c.name == "PassthroughCluster"));
+}
