@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use weft_api::Resource;
 use weft_api::networking::destination_rule::DestinationRule;
+use weft_api::networking::sidecar::Sidecar;
 use weft_api::networking::virtual_service::VirtualService;
 use weft_api::resource::Spec;
 use weft_api::security::authorization_policy::AuthorizationPolicy;
@@ -33,6 +34,8 @@ pub struct MeshSnapshot {
     pub peer_authentications: Vec<(Resource, PeerAuthentication)>,
     /// AuthorizationPolicies, in load order.
     pub authorization_policies: Vec<(Resource, AuthorizationPolicy)>,
+    /// Sidecars, in load order.
+    pub sidecars: Vec<(Resource, Sidecar)>,
 }
 
 impl MeshSnapshot {
@@ -47,6 +50,7 @@ impl MeshSnapshot {
             BTreeMap::new();
         let mut peer_authentications = Vec::new();
         let mut authorization_policies = Vec::new();
+        let mut sidecars = Vec::new();
         for resource in resources {
             match &resource.spec {
                 Spec::VirtualService(vs)
@@ -70,6 +74,7 @@ impl MeshSnapshot {
                 Spec::AuthorizationPolicy(ap) => {
                     authorization_policies.push((resource.clone(), ap.clone()))
                 }
+                Spec::Sidecar(sidecar) => sidecars.push((resource.clone(), (**sidecar).clone())),
                 _ => {}
             }
         }
@@ -81,6 +86,7 @@ impl MeshSnapshot {
             destination_rules,
             peer_authentications,
             authorization_policies,
+            sidecars,
         }
     }
 
@@ -92,6 +98,68 @@ impl MeshSnapshot {
             .flat_map(|(_, dr)| &dr.subsets)
             .find(|s| s.name == subset)
             .map(|s| &s.labels)
+    }
+
+    /// The hosts a client may reach, from the Sidecar resource that applies to it (one
+    /// selecting its labels in its namespace, else its namespace's selector-less one, else
+    /// the root namespace's); `None` when no Sidecar applies, meaning every service.
+    pub fn visible(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Vec<(String, String)>> {
+        let selector_less = |s: &Sidecar| {
+            s.workload_selector
+                .as_ref()
+                .is_none_or(|w| w.labels.is_empty())
+        };
+        let sidecar = self
+            .sidecars_in(namespace)
+            .find(|(_, s)| {
+                s.workload_selector.as_ref().is_some_and(|w| {
+                    !w.labels.is_empty() && weft_api::meta::labels_match(&w.labels, labels)
+                })
+            })
+            .or_else(|| self.sidecars_in(namespace).find(|(_, s)| selector_less(s)))
+            .or_else(|| {
+                self.sidecars_in(weft_api::analyze::ROOT_NAMESPACE)
+                    .find(|(_, s)| selector_less(s))
+            })?;
+        Some(
+            sidecar
+                .1
+                .egress
+                .iter()
+                .flat_map(|listener| &listener.hosts)
+                .filter_map(|host| {
+                    let (ns, name) = host.split_once('/')?;
+                    let ns = match ns {
+                        "." => namespace.to_string(),
+                        "~" => return None,
+                        other => other.to_string(),
+                    };
+                    Some((ns, name.to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    fn sidecars_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a (Resource, Sidecar)> {
+        self.sidecars
+            .iter()
+            .filter(move |(r, _)| r.namespace() == namespace)
+    }
+
+    /// Whether `service` is reachable under a Sidecar's egress `hosts` (see [`Self::visible`]).
+    pub fn reachable(service: &Service, visible: Option<&[(String, String)]>) -> bool {
+        let Some(hosts) = visible else { return true };
+        hosts.iter().any(|(namespace, name)| {
+            (namespace == "*" || *namespace == service.namespace)
+                && (name == "*" || crate::registry::host_matches(name, &service.host))
+        })
     }
 
     /// The first DestinationRule for a host: its top-level traffic policy is the one that

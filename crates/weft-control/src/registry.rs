@@ -30,6 +30,14 @@ pub fn fqdn(host: &str, namespace: &str) -> String {
     }
 }
 
+/// Whether a host pattern (`*.example.com`, or a name) covers `host`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
 /// The namespace of a Kubernetes-style host (`name.ns.svc.<domain>`), if it is one.
 pub fn service_namespace(host: &str) -> Option<&str> {
     let mut labels = host.split('.');

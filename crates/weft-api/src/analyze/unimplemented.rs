@@ -14,10 +14,46 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
         let mut found: Vec<(String, &str)> = Vec::new();
         match &resource.spec {
             Spec::VirtualService(vs) => {
+                if !vs.tls.is_empty() {
+                    found.push(("spec.tls".to_string(), "TLS (SNI) routes"));
+                }
+                if !vs.tcp.is_empty() {
+                    found.push(("spec.tcp".to_string(), "TCP routes"));
+                }
                 for (i, rule) in vs.http.iter().enumerate() {
                     let path = format!("spec.http[{i}]");
                     if rule.delegate.is_some() {
                         found.push((format!("{path}.delegate"), "VirtualService delegation"));
+                    }
+                    let not_yet: [(bool, &str, &str); 6] = [
+                        (rule.redirect.is_some(), "redirect", "redirects"),
+                        (
+                            rule.direct_response.is_some(),
+                            "directResponse",
+                            "direct responses",
+                        ),
+                        (
+                            rule.rewrite.is_some(),
+                            "rewrite",
+                            "URI and authority rewrites",
+                        ),
+                        (
+                            rule.mirror.is_some() || !rule.mirrors.is_empty(),
+                            "mirror",
+                            "traffic mirroring",
+                        ),
+                        (rule.cors_policy.is_some(), "corsPolicy", "CORS policies"),
+                        (
+                            rule.headers.is_some()
+                                || rule.route.iter().any(|d| d.headers.is_some()),
+                            "headers",
+                            "header manipulation",
+                        ),
+                    ];
+                    for (present, field, feature) in not_yet {
+                        if present {
+                            found.push((format!("{path}.{field}"), feature));
+                        }
                     }
                     if let Some(fault) = &rule.fault {
                         if fault
@@ -44,6 +80,12 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
                 }
             }
             Spec::DestinationRule(dr) => {
+                if dr.workload_selector.is_some() {
+                    found.push((
+                        "spec.workloadSelector".to_string(),
+                        "DestinationRules scoped to client workloads",
+                    ));
+                }
                 if let Some(policy) = &dr.traffic_policy {
                     policy_fields(policy, "spec.trafficPolicy", &mut found);
                 }
@@ -81,6 +123,15 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
                 if capture {
                     found.push(("spec".to_string(), "per-listener captureMode"));
                 }
+                if !sidecar.ingress.is_empty() {
+                    found.push(("spec.ingress".to_string(), "Sidecar ingress listeners"));
+                }
+                if sidecar.outbound_traffic_policy.is_some() {
+                    found.push((
+                        "spec.outboundTrafficPolicy".to_string(),
+                        "outboundTrafficPolicy (traffic to unknown hosts always passes through)",
+                    ));
+                }
             }
             _ => {}
         }
@@ -96,6 +147,31 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
 }
 
 fn policy_fields(policy: &TrafficPolicy, path: &str, found: &mut Vec<(String, &str)>) {
+    if policy
+        .load_balancer
+        .as_ref()
+        .is_some_and(|lb| lb.consistent_hash.is_some())
+    {
+        found.push((
+            format!("{path}.loadBalancer.consistentHash"),
+            "consistent-hash load balancing",
+        ));
+    }
+    if let Some(http) = policy
+        .connection_pool
+        .as_ref()
+        .and_then(|p| p.http.as_ref())
+    {
+        if http.max_requests_per_connection.is_some()
+            || http.idle_timeout.is_some()
+            || http.h2_upgrade_policy.is_some()
+        {
+            found.push((
+                format!("{path}.connectionPool.http"),
+                "maxRequestsPerConnection, idleTimeout and h2UpgradePolicy",
+            ));
+        }
+    }
     if policy.tunnel.is_some() {
         found.push((format!("{path}.tunnel"), "tunnelling through HTTP CONNECT"));
     }

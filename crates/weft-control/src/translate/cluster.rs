@@ -23,9 +23,16 @@ use crate::model::MeshSnapshot;
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every cluster name, for a wildcard subscription: each service port, plain and per subset.
-pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
+pub(crate) fn all_names(
+    snapshot: &MeshSnapshot,
+    visible: Option<&[(String, String)]>,
+) -> Vec<String> {
     let mut names = Vec::new();
-    for service in snapshot.services.values() {
+    for service in snapshot
+        .services
+        .values()
+        .filter(|s| MeshSnapshot::reachable(s, visible))
+    {
         let subsets: Vec<&str> = snapshot
             .destination_rules
             .get(&service.host)

@@ -38,10 +38,14 @@ pub(crate) fn ads() -> ConfigSource {
 }
 
 /// Every listener name, for a wildcard subscription: `<host>:<port>` of every service port.
-pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
+pub(crate) fn all_names(
+    snapshot: &MeshSnapshot,
+    visible: Option<&[(String, String)]>,
+) -> Vec<String> {
     snapshot
         .services
         .values()
+        .filter(|s| MeshSnapshot::reachable(s, visible))
         .flat_map(|s| {
             s.ports
                 .iter()
@@ -52,10 +56,14 @@ pub(crate) fn all_names(snapshot: &MeshSnapshot) -> Vec<String> {
 
 /// A sidecar's outbound listeners: `virtualOutbound` (where interception sends outbound
 /// connections) and `0.0.0.0_<port>` for each port services route HTTP on.
-pub(crate) fn sidecar_names(snapshot: &MeshSnapshot) -> Vec<String> {
+pub(crate) fn sidecar_names(
+    snapshot: &MeshSnapshot,
+    visible: Option<&[(String, String)]>,
+) -> Vec<String> {
     let mut ports: Vec<u32> = snapshot
         .services
         .values()
+        .filter(|s| MeshSnapshot::reachable(s, visible))
         .flat_map(|s| &s.ports)
         .filter(|p| super::route::is_http(&p.protocol))
         .map(|p| p.number)

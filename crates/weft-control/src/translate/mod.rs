@@ -8,8 +8,9 @@
 //!
 //! Scope: proxies ask by name for what they use (proxyless gRPC always does, and RDS and EDS
 //! always are by name). A wildcard request for listeners or clusters gets those of every
-//! service — fine for a mesh of hundreds of services; narrowing by the Sidecar resource is not
-//! implemented yet.
+//! service the client may reach: all of them, unless a Sidecar resource applies to the client,
+//! whose egress `hosts` (`namespace/host`) then limit listeners, routes and clusters — Istio's
+//! cure for proxies whose memory grows with the mesh.
 
 mod authz;
 mod cluster;
@@ -266,17 +267,22 @@ impl Generator for MeshGenerator {
         let names = match names {
             Some(names) => names,
             None => {
+                // What a Sidecar resource lets the client reach; everything without one.
+                let visible = snapshot.visible(&client.namespace, &client.labels);
+                let visible = visible.as_deref();
                 all = match type_url {
-                    types::LISTENER if client.proxyless_grpc => listener::all_names(&snapshot),
+                    types::LISTENER if client.proxyless_grpc => {
+                        listener::all_names(&snapshot, visible)
+                    }
                     types::LISTENER => {
-                        let mut names = listener::sidecar_names(&snapshot);
+                        let mut names = listener::sidecar_names(&snapshot, visible);
                         if client.workload.is_some() {
                             names.push(inbound::INBOUND_LISTENER.to_string());
                         }
                         names
                     }
                     types::CLUSTER => {
-                        let mut names = cluster::all_names(&snapshot);
+                        let mut names = cluster::all_names(&snapshot, visible);
                         if !client.proxyless_grpc {
                             names.push(listener::PASSTHROUGH_CLUSTER.to_string());
                         }

@@ -75,9 +75,11 @@ fn port_route_configuration(
     client: &Client,
     port: u32,
 ) -> Option<RouteConfiguration> {
+    let visible = snapshot.visible(&client.namespace, &client.labels);
     let virtual_hosts: Vec<VirtualHost> = snapshot
         .services
         .values()
+        .filter(|s| MeshSnapshot::reachable(s, visible.as_deref()))
         .filter(|s| s.port(Some(port)).is_some_and(|p| is_http(&p.protocol)))
         .map(|service| {
             virtual_host(

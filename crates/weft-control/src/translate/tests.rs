@@ -610,3 +610,48 @@ fn a_sidecar_gets_port_listeners_and_host_based_routes() {
     let clusters = generator.generate(&envoy_node(), types::CLUSTER, None);
     assert!(clusters.iter().any(|c| c.name == "PassthroughCluster"));
 }
+
+#[test]
+fn a_sidecar_resource_limits_what_a_proxy_is_sent() {
+    let other_service = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ratings, namespace: other}\nspec:\n  hosts: [ratings]\n  location: MESH_INTERNAL\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.1.1}]\n";
+    let cluster_names = |extra: &str| {
+        let generator = generator_with(&format!("{other_service}---\n{extra}"), None);
+        let mut names: Vec<String> = generator
+            .generate(&envoy_node(), types::CLUSTER, None)
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| n.contains("|9080|"))
+            .collect();
+        names.sort();
+        names
+    };
+    let all = cluster_names("");
+    assert!(
+        all.iter()
+            .any(|n| n.ends_with("ratings.other.svc.cluster.local")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|n| n.ends_with("reviews.shop.svc.cluster.local")),
+        "{all:?}"
+    );
+
+    // The client's namespace (shop) keeps only its own services.
+    let scoped = cluster_names(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec:\n  egress:\n  - hosts: [\"./*\"]\n",
+    );
+    assert!(
+        !scoped.is_empty()
+            && scoped
+                .iter()
+                .all(|n| n.ends_with("reviews.shop.svc.cluster.local")),
+        "{scoped:?}"
+    );
+
+    // A Sidecar in another namespace does not apply.
+    let elsewhere = cluster_names(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: other}\nspec:\n  egress:\n  - hosts: [\"./*\"]\n",
+    );
+    assert_eq!(elsewhere, all);
+}
