@@ -19,6 +19,7 @@
 pub mod analyze;
 pub mod codes;
 pub mod duration;
+pub mod hosts;
 pub mod load;
 pub mod message;
 pub mod meta;

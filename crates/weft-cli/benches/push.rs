@@ -6,12 +6,14 @@
 //! does (every listener and cluster, then the routes of its port listeners and the endpoints
 //! of its clusters) and ACK every response. Each round edits one VirtualService's weights and times until every client has
 //! the new routes. Run with `cargo bench -p weft-cli --bench push`; `BENCH_CLIENTS=N` changes
-//! the number of clients.
+//! the number of clients, and `BENCH_SIDECAR=1` adds a Sidecar resource per namespace that
+//! scopes each proxy to its own namespace's 50 services.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -56,6 +58,13 @@ fn write_mesh(dir: &Path) {
     let routes: String = (1..SERVICES).map(|s| virtual_service(s, 90)).collect();
     std::fs::write(dir.join("routes.yaml"), routes).expect("write routes");
     std::fs::write(dir.join("svc-0.yaml"), virtual_service(0, 90)).expect("write svc-0");
+    if std::env::var_os("BENCH_SIDECAR").is_some() {
+        // Every namespace scopes its proxies to its own services.
+        let sidecars: String = (0..20)
+            .map(|n| format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: team-{n}}}\nspec:\n  egress:\n  - hosts: [\"./*\"]\n---\n"))
+            .collect();
+        std::fs::write(dir.join("sidecars.yaml"), sidecars).expect("write sidecars");
+    }
 }
 
 fn virtual_service(s: usize, v1: u32) -> String {
@@ -184,34 +193,9 @@ fn main() {
     let config = dir.path().join("config");
     std::fs::create_dir(&config).expect("mkdir");
     write_mesh(&config);
-    let mut control = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "control",
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--debug-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn,weft=info",
-        ])
-        .arg("--config-dir")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weft control");
-    let pid = control.id();
-    let stderr = control.stderr.take().expect("stderr");
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("serving xDS on ").nth(1) {
-                let _ = addr_tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("xDS address");
+    let control = common::Control::start(&config);
+    let pid = control.child.id();
+    let addr = control.xds.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -265,6 +249,5 @@ fn main() {
             proc_field(pid, "status", "VmHWM:") as f64 / 1024.0
         );
     });
-    let _ = control.kill();
-    let _ = control.wait();
+    drop(control);
 }

@@ -8,8 +8,8 @@
     reason = "a test fails loudly when its own setup fails"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -23,17 +23,10 @@ use weft_xds::types::CLUSTER;
 const CLUSTERS: usize = 51;
 
 struct Control {
-    child: Child,
+    process: common::Control,
     xds: String,
     debug: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn services(count: usize, port: u32) -> String {
@@ -52,36 +45,10 @@ fn start() -> Control {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
     std::fs::write(dir.path().join("config/services.yaml"), services(50, 80)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "control",
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--debug-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn,weft=info",
-        ])
-        .arg("--config-dir")
-        .arg(dir.path().join("config"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            for marker in ["serving debug pages on ", "serving xDS on "] {
-                if let Some(addr) = line.split(marker).nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        }
-    });
-    let debug = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    let xds = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let process = common::Control::start(&dir.path().join("config"));
+    let (xds, debug) = (process.xds.clone(), process.debug.clone());
     Control {
-        child,
+        process,
         xds,
         debug,
         dir,
@@ -90,27 +57,21 @@ fn start() -> Control {
 
 impl Control {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.process.child.try_wait().unwrap().is_none()
     }
 
     fn proxies(&self) -> usize {
-        let mut stream = std::net::TcpStream::connect(&self.debug).unwrap();
-        write!(
-            stream,
-            "GET /debug/syncz HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1;
-        let value: serde_json::Value = serde_json::from_str(body).unwrap();
-        value["proxies"].as_array().unwrap().len()
+        common::get_json(&self.debug, "/debug/syncz")["proxies"]
+            .as_array()
+            .unwrap()
+            .len()
     }
 
     /// Waits until the control plane has forgotten every stream.

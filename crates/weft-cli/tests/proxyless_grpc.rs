@@ -12,6 +12,8 @@
     reason = "a test fails loudly when its own setup fails"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -90,7 +92,7 @@ struct Mesh {
     dir: tempfile::TempDir,
     debug_addr: String,
     _servers: Process,
-    _control: Process,
+    _control: common::Control,
     client: Process,
     client_in: ChildStdin,
     client_out: BufReader<ChildStdout>,
@@ -168,21 +170,8 @@ impl Mesh {
         .unwrap();
         std::fs::write(config.join("routes.yaml"), virtual_service).unwrap();
 
-        let mut control = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "control",
-                "--xds-addr",
-                "127.0.0.1:0",
-                "--debug-addr",
-                "127.0.0.1:0",
-                "--config-dir",
-            ])
-            .arg(&config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weft control starts");
-        let (debug_addr, xds_addr) = wait_for_addresses(&mut control);
-        let control = Process(control);
+        let control = common::Control::start(&config);
+        let (debug_addr, xds_addr) = (control.debug.clone(), control.xds.clone());
 
         let bootstrap = dir.path().join("bootstrap.json");
         std::fs::write(
@@ -269,45 +258,7 @@ impl Mesh {
     }
 }
 
-/// Reads the debug and xDS addresses `weft control` logs, in that order.
-fn wait_for_addresses(control: &mut Child) -> (String, String) {
-    let stderr = control.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            for marker in ["serving debug pages on ", "serving xDS on "] {
-                if let Some(addr) = line.split(marker).nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        }
-    });
-    let wait = || {
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("weft control reports its addresses")
-    };
-    (wait(), wait())
-}
-
-/// GETs a debug page.
-fn get(addr: &str, path: &str) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
-/// GETs a debug page and parses its JSON.
-fn get_json(addr: &str, path: &str) -> Value {
-    serde_json::from_str(&get(addr, path)).unwrap()
-}
+use common::{get, get_json};
 
 struct Outcome {
     replies: BTreeMap<String, u64>,
@@ -467,6 +418,25 @@ fn a_nack_keeps_the_client_on_its_last_good_config_and_shows_in_syncz() {
         "{nack}"
     );
     assert_ne!(nack["rejectedVersion"], nack["keptVersion"]);
+    // The NACK is counted in the control plane's metrics too.
+    let metrics = get(&mesh.debug_addr, "/metrics");
+    let nacks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_xds_nacks_total{type=\"Cluster\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(nacks >= 1, "no NACK counted:\n{metrics}");
+    for expected in [
+        "weft_xds_connected_proxies 1",
+        "weft_config_resources 5",
+        "weft_config_messages{level=\"Error\"} 0",
+        "weft_xds_push_duration_seconds_bucket{",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected:?} not in:\n{metrics}"
+        );
+    }
     // Still served by the version it kept.
     let outcome = mesh.calls(50, "/test.Echo/Echo", &[]);
     assert_eq!(outcome.count("v1"), 50, "{}", outcome.raw);

@@ -158,7 +158,7 @@ impl MeshSnapshot {
         let Some(hosts) = visible else { return true };
         hosts.iter().any(|(namespace, name)| {
             (namespace == "*" || *namespace == service.namespace)
-                && (name == "*" || crate::registry::host_matches(name, &service.host))
+                && (name == "*" || weft_api::hosts::covers(name, &service.host))
         })
     }
 

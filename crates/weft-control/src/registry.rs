@@ -15,35 +15,7 @@ use weft_api::resource::Spec;
 
 use crate::registration::RegisteredWorkload;
 
-/// The Kubernetes cluster domain short names expand into.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// Expands a host written in `namespace` to its fully qualified name.
-pub fn fqdn(host: &str, namespace: &str) -> String {
-    if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
-        host.to_ascii_lowercase()
-    } else {
-        format!(
-            "{}.{namespace}.svc.{CLUSTER_DOMAIN}",
-            host.to_ascii_lowercase()
-        )
-    }
-}
-
-/// Whether a host pattern (`*.example.com`, or a name) covers `host`.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-        None => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
-/// The namespace of a Kubernetes-style host (`name.ns.svc.<domain>`), if it is one.
-pub fn service_namespace(host: &str) -> Option<&str> {
-    let mut labels = host.split('.');
-    let (_name, namespace, svc) = (labels.next()?, labels.next()?, labels.next()?);
-    (svc == "svc").then_some(namespace)
-}
+pub use weft_api::hosts::{fqdn, service_namespace};
 
 /// A port of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,6 @@
 //! WorkloadEntries and inline ServiceEntry endpoints — are used only when the namespace has
 //! some; without them, label selectors cannot be judged and are not.
 
-mod hosts;
 mod routes;
 mod security;
 mod unimplemented;

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::hosts::{covers, fqdn};
 use super::{ROOT_NAMESPACE, describe};
 use crate::codes;
+use crate::hosts::{covers, fqdn};
 use crate::message::Message;
 use crate::networking::destination_rule::DestinationRule;
 use crate::networking::virtual_service::{
@@ -143,7 +143,7 @@ impl SubsetLookup<'_> {
             return;
         };
         let host = fqdn(&destination.host, vs.namespace());
-        let service_namespace = super::hosts::service_namespace(&host);
+        let service_namespace = crate::hosts::service_namespace(&host);
         let visible = |rule: &Resource| {
             let ns = rule.namespace();
             ns == vs.namespace()

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::hosts::{fqdn, service_namespace};
 use super::{ROOT_NAMESPACE, Workloads, describe};
 use crate::codes;
+use crate::hosts::{fqdn, service_namespace};
 use crate::message::Message;
 use crate::meta::WorkloadSelector;
 use crate::networking::destination_rule::{ClientTlsMode, TrafficPolicy};

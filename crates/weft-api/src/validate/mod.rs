@@ -13,7 +13,7 @@ mod service_entry;
 mod sidecar;
 mod virtual_service;
 
-pub(crate) use virtual_service::host_covers;
+pub use virtual_service::GRPC_STATUS;
 
 use crate::codes::{self, Code};
 use crate::message::Message;

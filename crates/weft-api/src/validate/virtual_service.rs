@@ -32,8 +32,8 @@ pub(crate) const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// gRPC status names `fault.abort.grpcStatus` accepts.
-const GRPC_STATUS: &[&str] = &[
+/// gRPC status names `fault.abort.grpcStatus` accepts, in the order of their codes.
+pub const GRPC_STATUS: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
@@ -101,7 +101,7 @@ pub(crate) fn validate(vs: &VirtualService, report: &mut Report<'_>) {
                 if !vs
                     .hosts
                     .iter()
-                    .any(|h| host_covers(h, sni) || host_covers(sni, h))
+                    .any(|h| crate::hosts::covers(h, sni) || crate::hosts::covers(sni, h))
                 {
                     report.at(
                         &codes::INVALID_HOST,
@@ -152,22 +152,6 @@ fn check_l4_match(
         check_port(port, &format!("{path}.port"), report);
     }
     check_labels(source_labels, &format!("{path}.sourceLabels"), report);
-}
-
-/// Whether `pattern` (possibly `*.suffix` or `*`) covers `host`.
-pub(crate) fn host_covers(pattern: &str, host: &str) -> bool {
-    if pattern == "*" || pattern.eq_ignore_ascii_case(host) {
-        return true;
-    }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => {
-            host.len() > suffix.len()
-                && host
-                    .to_ascii_lowercase()
-                    .ends_with(&suffix.to_ascii_lowercase())
-        }
-        None => false,
-    }
 }
 
 fn validate_http_route(route: &HttpRoute, path: &str, report: &mut Report<'_>) {

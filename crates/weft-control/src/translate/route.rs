@@ -414,26 +414,7 @@ fn per_million(percent: Option<f64>) -> FractionalPercent {
 
 /// gRPC status names as numbers, for `fault.abort.grpcStatus`.
 fn grpc_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES
+    weft_api::validate::GRPC_STATUS
         .iter()
         .position(|n| *n == name)
         .and_then(|i| u32::try_from(i).ok())

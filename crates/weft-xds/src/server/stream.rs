@@ -86,6 +86,7 @@ impl AdsStream {
     ) {
         self.ledger
             .update(self.id, |s| s.connected_at = Some(SystemTime::now()));
+        self.metrics.connected.inc();
         changes.mark_unchanged();
         loop {
             let keep_going = tokio::select! {
@@ -171,6 +172,10 @@ impl AdsStream {
                         error = error.message,
                         "proxy rejected configuration (NACK)"
                     );
+                    self.metrics
+                        .nacks
+                        .get_or_create(&XdsMetrics::label(&short))
+                        .inc();
                     self.metrics
                         .nacks
                         .get_or_create(&XdsMetrics::label(&short))

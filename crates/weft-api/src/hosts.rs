@@ -1,13 +1,14 @@
 //! Host names as Istio resolves them: a short name (no dot) belongs to the namespace of the
 //! resource that writes it, `reviews` in `default` is `reviews.default.svc.cluster.local`.
+//! Shared by analysis here and by the control plane's registry and translation.
 
 use std::net::IpAddr;
 
 /// The Kubernetes cluster domain.
-pub(crate) const CLUSTER_DOMAIN: &str = "cluster.local";
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// Expands a short host written in `namespace` to its fully qualified name.
-pub(crate) fn fqdn(host: &str, namespace: &str) -> String {
+pub fn fqdn(host: &str, namespace: &str) -> String {
     if host == "*" || host.contains('.') || host.parse::<IpAddr>().is_ok() {
         host.to_ascii_lowercase()
     } else {
@@ -19,16 +20,27 @@ pub(crate) fn fqdn(host: &str, namespace: &str) -> String {
 }
 
 /// The namespace of a Kubernetes service host (`name.ns.svc.cluster.local`), if it is one.
-pub(crate) fn service_namespace(fqdn: &str) -> Option<&str> {
+pub fn service_namespace(fqdn: &str) -> Option<&str> {
     let mut labels = fqdn.split('.');
     let _name = labels.next()?;
     let namespace = labels.next()?;
     (labels.next() == Some("svc")).then_some(namespace)
 }
 
-/// Whether a host pattern (`*.example.com`, `*`) covers a fully qualified host.
-pub(crate) fn covers(pattern: &str, host: &str) -> bool {
-    crate::validate::host_covers(pattern, host)
+/// Whether a host pattern (`*.example.com`, `*`) covers a host, ignoring case.
+pub fn covers(pattern: &str, host: &str) -> bool {
+    if pattern == "*" || pattern.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host
+                    .to_ascii_lowercase()
+                    .ends_with(&suffix.to_ascii_lowercase())
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
