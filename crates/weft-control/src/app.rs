@@ -287,12 +287,8 @@ fn require_token(
     tokens: &JoinTokens,
     request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
-    let token = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| tokens.verify(t.trim())) {
+    let token = crate::ca::token::bearer(request.metadata());
+    match token.and_then(|t| tokens.verify(t)) {
         Some(_) => Ok(request),
         None => Err(tonic::Status::unauthenticated(
             "xDS over TLS needs `authorization: Bearer <join token>` (see `weft join-token`)",

@@ -413,15 +413,10 @@ impl CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <join token>`")
-            })?;
-        let (namespace, service_account) = self.tokens.verify(token.trim()).ok_or_else(|| {
+        let token = token::bearer(request.metadata()).ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <join token>`")
+        })?;
+        let (namespace, service_account) = self.tokens.verify(token).ok_or_else(|| {
             Status::unauthenticated("the join token is not valid for this control plane")
         })?;
         let identity = SpiffeId {

@@ -80,6 +80,12 @@ impl JoinTokens {
     }
 }
 
+/// The token a gRPC request carries as `authorization: Bearer <token>`.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.trim())
+}
+
 fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

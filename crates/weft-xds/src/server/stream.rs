@@ -114,17 +114,22 @@ impl AdsStream {
         }
     }
 
+    /// Ends the stream with INVALID_ARGUMENT; always false (the stream must end).
+    async fn refuse(&self, why: &'static str) -> bool {
+        let _ = self
+            .responses
+            .send(Err(Status::invalid_argument(why)))
+            .await;
+        false
+    }
+
     /// Handles one request; false when the stream must end.
     async fn on_request(&mut self, request: DiscoveryRequest) -> bool {
         if self.node.is_none() {
             let Some(node) = request.node.clone() else {
-                let _ = self
-                    .responses
-                    .send(Err(Status::invalid_argument(
-                        "the first request of a stream must carry a node",
-                    )))
+                return self
+                    .refuse("the first request of a stream must carry a node")
                     .await;
-                return false;
             };
             let node_id = node.id.clone();
             self.ledger.update(self.id, |s| s.node_id = node_id);
@@ -133,13 +138,7 @@ impl AdsStream {
         }
         let type_url = request.type_url.clone();
         if type_url.is_empty() {
-            let _ = self
-                .responses
-                .send(Err(Status::invalid_argument(
-                    "an ADS request must name its type_url",
-                )))
-                .await;
-            return false;
+            return self.refuse("an ADS request must name its type_url").await;
         }
         let subscription = self.subscriptions.entry(type_url.clone()).or_default();
         let first = subscription.sent.is_none() && subscription.names.is_none();
