@@ -25,29 +25,22 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
                     if rule.delegate.is_some() {
                         found.push((format!("{path}.delegate"), "VirtualService delegation"));
                     }
-                    let not_yet: [(bool, &str, &str); 6] = [
-                        (rule.redirect.is_some(), "redirect", "redirects"),
+                    let bytes_body = rule
+                        .direct_response
+                        .as_ref()
+                        .and_then(|d| d.body.as_ref())
+                        .is_some_and(|b| b.bytes.is_some());
+                    let not_yet: [(bool, &str, &str); 3] = [
                         (
-                            rule.direct_response.is_some(),
-                            "directResponse",
-                            "direct responses",
-                        ),
-                        (
-                            rule.rewrite.is_some(),
-                            "rewrite",
-                            "URI and authority rewrites",
-                        ),
-                        (
-                            rule.mirror.is_some() || !rule.mirrors.is_empty(),
-                            "mirror",
-                            "traffic mirroring",
+                            bytes_body,
+                            "directResponse.body.bytes",
+                            "binary direct-response bodies",
                         ),
                         (rule.cors_policy.is_some(), "corsPolicy", "CORS policies"),
                         (
-                            rule.headers.is_some()
-                                || rule.route.iter().any(|d| d.headers.is_some()),
-                            "headers",
-                            "header manipulation",
+                            rule.route.iter().any(|d| d.headers.is_some()),
+                            "route",
+                            "per-destination header manipulation",
                         ),
                     ];
                     for (present, field, feature) in not_yet {

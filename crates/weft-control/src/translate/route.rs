@@ -7,7 +7,16 @@
 use std::collections::HashMap;
 
 use weft_api::networking::virtual_service::{
-    HttpFaultInjection, HttpMatchRequest, HttpRetry, HttpRoute, StringMatch, VirtualService,
+    Destination, HeaderOperations, Headers, HttpFaultInjection, HttpMatchRequest, HttpRetry,
+    HttpRoute, StringMatch, VirtualService,
+};
+use weft_xds::envoy::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
+    header_value_option::HeaderAppendAction,
+};
+use weft_xds::envoy::envoy::config::route::v3::{
+    DirectResponseAction, RedirectAction, route_action::HostRewriteSpecifier,
+    route_action::RequestMirrorPolicy,
 };
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
@@ -21,6 +30,7 @@ use weft_xds::envoy::envoy::extensions::filters::common::fault::v3::{
 use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort::ErrorType,
 };
+use weft_xds::envoy::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use weft_xds::envoy::envoy::r#type::matcher::v3::{
     RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
@@ -133,7 +143,7 @@ fn virtual_host(
 ) -> VirtualHost {
     let routes = match snapshot.virtual_services.get(&service.host) {
         Some((resource, vs)) => {
-            virtual_service_routes(vs, resource.namespace(), client, service, port)
+            virtual_service_routes(snapshot, vs, resource.namespace(), client, service, port)
         }
         None => vec![Route {
             r#match: Some(prefix_match("")),
@@ -159,6 +169,7 @@ fn virtual_host(
 }
 
 fn virtual_service_routes(
+    snapshot: &MeshSnapshot,
     vs: &VirtualService,
     namespace: &str,
     client: &Client,
@@ -167,7 +178,7 @@ fn virtual_service_routes(
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (index, rule) in vs.http.iter().enumerate() {
-        let Some(action) = route_action(rule, namespace, service, port) else {
+        let Some(action) = rule_action(snapshot, rule, namespace, service, port) else {
             continue;
         };
         let per_filter = fault_config(rule.fault.as_ref());
@@ -189,11 +200,19 @@ fn virtual_service_routes(
                 (rule_name, "") => rule_name.to_string(),
                 (rule_name, match_name) => format!("{rule_name}.{match_name}"),
             };
+            let prefix_matched = m
+                .and_then(|m| m.uri.as_ref())
+                .is_some_and(|u| u.prefix.is_some());
+            let (request_headers, response_headers) = header_operations(rule.headers.as_ref());
             routes.push(Route {
                 name,
                 r#match: Some(route_match),
-                action: Some(Action::Route(action.clone())),
+                action: Some(with_rewrite(action.clone(), rule, prefix_matched)),
                 typed_per_filter_config: per_filter.clone(),
+                request_headers_to_add: request_headers.add,
+                request_headers_to_remove: request_headers.remove,
+                response_headers_to_add: response_headers.add,
+                response_headers_to_remove: response_headers.remove,
                 ..Route::default()
             });
         }
@@ -299,9 +318,135 @@ fn header_matcher(name: &str, value: &StringMatch, invert: bool) -> HeaderMatche
     }
 }
 
-/// The forwarding action of a rule; `None` for rules that do not forward (redirects and
-/// direct responses are not translated yet).
+/// What a rule does: forward, redirect, or answer itself.
+fn rule_action(
+    snapshot: &MeshSnapshot,
+    rule: &HttpRoute,
+    namespace: &str,
+    service: &Service,
+    port: u32,
+) -> Option<Action> {
+    if let Some(redirect) = &rule.redirect {
+        use weft_xds::envoy::envoy::config::route::v3::redirect_action::{
+            PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+        };
+        let code = match redirect.redirect_code.unwrap_or(301) {
+            302 => RedirectResponseCode::Found,
+            303 => RedirectResponseCode::SeeOther,
+            307 => RedirectResponseCode::TemporaryRedirect,
+            308 => RedirectResponseCode::PermanentRedirect,
+            _ => RedirectResponseCode::MovedPermanently,
+        };
+        let path = match (&redirect.uri, &redirect.prefix_rewrite) {
+            (Some(uri), _) => Some(PathRewriteSpecifier::PathRedirect(uri.clone())),
+            (None, Some(prefix)) => Some(PathRewriteSpecifier::PrefixRewrite(prefix.clone())),
+            (None, None) => None,
+        };
+        return Some(Action::Redirect(RedirectAction {
+            host_redirect: redirect.authority.clone().unwrap_or_default(),
+            port_redirect: redirect.port.unwrap_or(0),
+            response_code: code as i32,
+            scheme_rewrite_specifier: redirect
+                .scheme
+                .clone()
+                .map(SchemeRewriteSpecifier::SchemeRedirect),
+            path_rewrite_specifier: path,
+            ..RedirectAction::default()
+        }));
+    }
+    if let Some(direct) = &rule.direct_response {
+        let body = direct
+            .body
+            .as_ref()
+            .and_then(|b| b.string.clone())
+            .map(|text| DataSource {
+                specifier: Some(data_source::Specifier::InlineString(text)),
+                ..DataSource::default()
+            });
+        return Some(Action::DirectResponse(DirectResponseAction {
+            status: direct.status,
+            body,
+            ..DirectResponseAction::default()
+        }));
+    }
+    route_action(snapshot, rule, namespace, service, port).map(Action::Route)
+}
+
+/// Adds the rule's rewrite to a forwarding action. Istio replaces the matched prefix when the
+/// match was a prefix match, and the whole path otherwise.
+fn with_rewrite(action: Action, rule: &HttpRoute, prefix_matched: bool) -> Action {
+    let (Action::Route(mut route), Some(rewrite)) = (action.clone(), &rule.rewrite) else {
+        return action;
+    };
+    if let Some(uri) = &rewrite.uri {
+        if prefix_matched {
+            route.prefix_rewrite = uri.clone();
+        } else {
+            route.regex_rewrite = Some(RegexMatchAndSubstitute {
+                pattern: Some(regex_matcher("^.*$")),
+                substitution: uri.clone(),
+            });
+        }
+    }
+    if let Some(regex) = &rewrite.uri_regex_rewrite {
+        route.regex_rewrite = Some(RegexMatchAndSubstitute {
+            pattern: Some(regex_matcher(&regex.pattern)),
+            substitution: regex.rewrite.clone(),
+        });
+    }
+    if let Some(authority) = &rewrite.authority {
+        route.host_rewrite_specifier =
+            Some(HostRewriteSpecifier::HostRewriteLiteral(authority.clone()));
+    }
+    Action::Route(route)
+}
+
+#[derive(Default)]
+struct HeaderChanges {
+    add: Vec<HeaderValueOption>,
+    remove: Vec<String>,
+}
+
+/// Istio's header manipulation as Envoy's: `set` overwrites, `add` appends, `remove` removes.
+fn header_operations(headers: Option<&Headers>) -> (HeaderChanges, HeaderChanges) {
+    let convert = |operations: Option<&HeaderOperations>| {
+        let Some(operations) = operations else {
+            return HeaderChanges::default();
+        };
+        let option =
+            |name: &String, value: &String, action: HeaderAppendAction| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: name.clone(),
+                    value: value.clone(),
+                    ..HeaderValue::default()
+                }),
+                append_action: action as i32,
+                ..HeaderValueOption::default()
+            };
+        HeaderChanges {
+            add: operations
+                .set
+                .iter()
+                .map(|(k, v)| option(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+                .chain(
+                    operations
+                        .add
+                        .iter()
+                        .map(|(k, v)| option(k, v, HeaderAppendAction::AppendIfExistsOrAdd)),
+                )
+                .collect(),
+            remove: operations.remove.clone(),
+        }
+    };
+    (
+        convert(headers.and_then(|h| h.request.as_ref())),
+        convert(headers.and_then(|h| h.response.as_ref())),
+    )
+}
+
+/// The forwarding action of a rule; `None` when it has no destinations.
 fn route_action(
+    snapshot: &MeshSnapshot,
     rule: &HttpRoute,
     namespace: &str,
     service: &Service,
@@ -314,16 +459,11 @@ fn route_action(
         .route
         .iter()
         .map(|d| {
-            let host = crate::registry::fqdn(&d.destination.host, namespace);
-            let destination_port = d
-                .destination
-                .port
-                .as_ref()
-                .map(|p| p.number)
-                .unwrap_or(if host == service.host { port } else { 0 });
-            let subset = d.destination.subset.as_deref().unwrap_or("");
             let weight = u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0);
-            (cluster_name(destination_port, subset, &host), weight)
+            (
+                destination_cluster(snapshot, &d.destination, namespace, service, port),
+                weight,
+            )
         })
         .collect();
     let cluster_specifier = if clusters.len() == 1 {
@@ -355,8 +495,69 @@ fn route_action(
             rule.timeout.as_ref().map(|t| t.get()).unwrap_or_default(),
         )),
         retry_policy,
+        request_mirror_policies: mirror_policies(snapshot, rule, namespace, service, port),
         ..RouteAction::default()
     })
+}
+
+/// The cluster a destination names. Without a port: the route's own port for the service
+/// being routed, else the destination service's only port.
+fn destination_cluster(
+    snapshot: &MeshSnapshot,
+    destination: &Destination,
+    namespace: &str,
+    service: &Service,
+    port: u32,
+) -> String {
+    let host = crate::registry::fqdn(&destination.host, namespace);
+    let destination_port = match &destination.port {
+        Some(selector) => selector.number,
+        None if host == service.host => port,
+        None => snapshot
+            .services
+            .get(&host)
+            .and_then(|s| s.port(None))
+            .map_or(port, |p| p.number),
+    };
+    cluster_name(
+        destination_port,
+        destination.subset.as_deref().unwrap_or(""),
+        &host,
+    )
+}
+
+/// Mirrors: fire-and-forget copies; 100% when no percentage is given, as in Istio.
+fn mirror_policies(
+    snapshot: &MeshSnapshot,
+    rule: &HttpRoute,
+    namespace: &str,
+    service: &Service,
+    port: u32,
+) -> Vec<RequestMirrorPolicy> {
+    let single = rule.mirror.iter().map(|d| {
+        (
+            d,
+            rule.mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(rule.mirror_percent.map(f64::from)),
+        )
+    });
+    let many = rule
+        .mirrors
+        .iter()
+        .map(|m| (&m.destination, m.percentage.as_ref().map(|p| p.value)));
+    single
+        .chain(many)
+        .map(|(destination, percent)| RequestMirrorPolicy {
+            cluster: destination_cluster(snapshot, destination, namespace, service, port),
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(per_million(Some(percent.unwrap_or(100.0)))),
+                ..RuntimeFractionalPercent::default()
+            }),
+            ..RequestMirrorPolicy::default()
+        })
+        .collect()
 }
 
 fn default_retry_policy() -> RetryPolicy {

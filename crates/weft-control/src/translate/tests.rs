@@ -655,3 +655,59 @@ fn a_sidecar_resource_limits_what_a_proxy_is_sent() {
     );
     assert_eq!(elsewhere, all);
 }
+
+#[test]
+fn redirects_direct_responses_rewrites_headers_and_mirrors() {
+    use weft_xds::envoy::envoy::config::route::v3::route::Action as RouteKind;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 302}\n  - match: [{uri: {exact: /health}}]\n    directResponse: {status: 200, body: {string: ok}}\n  - match: [{uri: {prefix: /v1/}}]\n    rewrite: {uri: /api/, authority: internal}\n    headers:\n      request: {set: {x-env: prod}, add: {x-trace: on}, remove: [cookie]}\n      response: {remove: [server]}\n    route:\n    - destination: {host: reviews, subset: v1}\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 25}\n";
+    let mut loader = Loader::new(Limits::default());
+    loader.load_str("a-vs.yaml", vs);
+    loader.load_str("mesh.yaml", MESH);
+    let state = merge(&ConfigState::default(), loader.finish());
+    let generator = MeshGenerator::default();
+    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
+    let routes = &config.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 3);
+
+    let Some(RouteKind::Redirect(redirect)) = &routes[0].action else {
+        panic!("{:?}", routes[0].action)
+    };
+    assert_eq!(redirect.response_code, 1, "302 Found");
+    assert!(format!("{:?}", redirect.path_rewrite_specifier).contains("/new"));
+
+    let Some(RouteKind::DirectResponse(direct)) = &routes[1].action else {
+        panic!()
+    };
+    assert_eq!(direct.status, 200);
+    assert!(format!("{:?}", direct.body).contains("\"ok\""));
+
+    let Some(RouteKind::Route(action)) = &routes[2].action else {
+        panic!()
+    };
+    assert_eq!(
+        action.prefix_rewrite, "/api/",
+        "a prefix match rewrites the prefix"
+    );
+    assert!(format!("{:?}", action.host_rewrite_specifier).contains("internal"));
+    assert_eq!(
+        action.request_mirror_policies[0].cluster,
+        "outbound|9080|v2|reviews.shop.svc.cluster.local"
+    );
+    let fraction = action.request_mirror_policies[0]
+        .runtime_fraction
+        .as_ref()
+        .unwrap()
+        .default_value
+        .as_ref()
+        .unwrap();
+    assert_eq!(fraction.numerator, 250_000, "25% in millionths");
+    let added: Vec<String> = routes[2]
+        .request_headers_to_add
+        .iter()
+        .map(|h| h.header.as_ref().unwrap().key.clone())
+        .collect();
+    assert_eq!(added, ["x-env", "x-trace"]);
+    assert_eq!(routes[2].request_headers_to_remove, ["cookie"]);
+    assert_eq!(routes[2].response_headers_to_remove, ["server"]);
+}
