@@ -140,16 +140,6 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
 }
 
 fn policy_fields(policy: &TrafficPolicy, path: &str, found: &mut Vec<(String, &str)>) {
-    if policy
-        .load_balancer
-        .as_ref()
-        .is_some_and(|lb| lb.consistent_hash.is_some())
-    {
-        found.push((
-            format!("{path}.loadBalancer.consistentHash"),
-            "consistent-hash load balancing",
-        ));
-    }
     if let Some(http) = policy
         .connection_pool
         .as_ref()

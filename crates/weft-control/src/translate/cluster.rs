@@ -6,12 +6,15 @@ use weft_api::networking::destination_rule::{
     ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier, SimpleLb,
     TrafficPolicy,
 };
+use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
+    LbConfig, MaglevLbConfig, RingHashLbConfig,
+};
 use weft_xds::envoy::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection,
     circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
-use weft_xds::envoy::google::protobuf::UInt32Value;
+use weft_xds::envoy::google::protobuf::{UInt32Value, UInt64Value};
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
@@ -78,7 +81,12 @@ pub(crate) fn cluster_resource(
 }
 
 /// The effective policy for a subset: the subset's fields over the top level's.
-fn effective_policy(snapshot: &MeshSnapshot, host: &str, subset: &str, port: u32) -> TrafficPolicy {
+pub(crate) fn effective_policy(
+    snapshot: &MeshSnapshot,
+    host: &str,
+    subset: &str,
+    port: u32,
+) -> TrafficPolicy {
     let Some(dr) = snapshot.destination_rule(host) else {
         return TrafficPolicy::default();
     };
@@ -150,6 +158,7 @@ fn cluster(
         }),
         connect_timeout: Some(duration(connect_timeout)),
         lb_policy: lb_policy(policy.load_balancer.as_ref(), client) as i32,
+        lb_config: hash_config(policy.load_balancer.as_ref()),
         circuit_breakers: policy.connection_pool.as_ref().map(circuit_breakers),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
         ..Cluster::default()
@@ -168,9 +177,37 @@ fn cluster(
     Some(cluster)
 }
 
+/// Ring hash (Istio's default for consistent hashing, at least 1024 entries) or Maglev.
+fn hash_config(settings: Option<&LoadBalancerSettings>) -> Option<LbConfig> {
+    let hash = settings?.consistent_hash.as_ref()?;
+    Some(match &hash.maglev {
+        Some(maglev) => LbConfig::MaglevLbConfig(MaglevLbConfig {
+            table_size: maglev.table_size.map(|value| UInt64Value { value }),
+        }),
+        None => LbConfig::RingHashLbConfig(RingHashLbConfig {
+            minimum_ring_size: Some(UInt64Value {
+                value: hash
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(hash.minimum_ring_size)
+                    .unwrap_or(1024),
+            }),
+            ..RingHashLbConfig::default()
+        }),
+    })
+}
+
 /// Istio's default is LEAST_REQUEST; proxyless gRPC clients get ROUND_ROBIN, the policy every
 /// gRPC version supports.
 fn lb_policy(settings: Option<&LoadBalancerSettings>, client: &Client) -> LbPolicy {
+    if let Some(hash) = settings.and_then(|s| s.consistent_hash.as_ref()) {
+        return if hash.maglev.is_some() {
+            LbPolicy::Maglev
+        } else {
+            LbPolicy::RingHash
+        };
+    }
     match settings.and_then(|s| s.simple) {
         Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
         Some(SimpleLb::Random) => LbPolicy::Random,

@@ -15,8 +15,8 @@ use weft_xds::envoy::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction,
 };
 use weft_xds::envoy::envoy::config::route::v3::{
-    DirectResponseAction, RedirectAction, route_action::HostRewriteSpecifier,
-    route_action::RequestMirrorPolicy,
+    DirectResponseAction, RedirectAction, route_action::HashPolicy,
+    route_action::HostRewriteSpecifier, route_action::RequestMirrorPolicy,
 };
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
@@ -496,6 +496,16 @@ fn route_action(
         )),
         retry_policy,
         request_mirror_policies: mirror_policies(snapshot, rule, namespace, service, port),
+        hash_policy: rule
+            .route
+            .first()
+            .map(|d| {
+                hash_policy(
+                    snapshot,
+                    &destination_cluster(snapshot, &d.destination, namespace, service, port),
+                )
+            })
+            .unwrap_or_default(),
         ..RouteAction::default()
     })
 }
@@ -524,6 +534,47 @@ fn destination_cluster(
         destination.subset.as_deref().unwrap_or(""),
         &host,
     )
+}
+
+/// What a consistent-hash DestinationRule hashes on, for the route to its cluster.
+fn hash_policy(snapshot: &MeshSnapshot, cluster: &str) -> Vec<HashPolicy> {
+    use weft_xds::envoy::envoy::config::route::v3::route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let Some((port, subset, host)) = super::parse_cluster_name(cluster) else {
+        return Vec::new();
+    };
+    let policy = super::cluster::effective_policy(snapshot, host, subset, port);
+    let Some(hash) = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+    else {
+        return Vec::new();
+    };
+    let specifier = if let Some(name) = &hash.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: name.to_lowercase(),
+            ..Header::default()
+        })
+    } else if let Some(cookie) = &hash.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: cookie.name.clone(),
+            ttl: cookie.ttl.as_ref().map(|t| duration(t.get())),
+            path: cookie.path.clone().unwrap_or_default(),
+            ..Cookie::default()
+        })
+    } else if hash.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    } else if let Some(name) = &hash.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        ..HashPolicy::default()
+    }]
 }
 
 /// Mirrors: fire-and-forget copies; 100% when no percentage is given, as in Istio.

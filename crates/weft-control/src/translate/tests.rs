@@ -711,3 +711,40 @@ fn redirects_direct_responses_rewrites_headers_and_mirrors() {
     assert_eq!(routes[2].request_headers_to_remove, ["cookie"]);
     assert_eq!(routes[2].response_headers_to_remove, ["server"]);
 }
+
+#[test]
+fn consistent_hashing_sets_the_cluster_balancer_and_the_route_hash() {
+    use weft_xds::envoy::envoy::config::route::v3::route::Action as RouteKind;
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a-sticky, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: X-User\n        ringHash: {minimumRingSize: 2048}\n";
+    let mut loader = Loader::new(Limits::default());
+    loader.load_str("a-dr.yaml", rule);
+    loader.load_str("mesh.yaml", MESH);
+    let state = merge(&ConfigState::default(), loader.finish());
+    let generator = MeshGenerator::default();
+    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+
+    let cluster: Cluster = one(
+        &generator,
+        types::CLUSTER,
+        "outbound|9080||reviews.shop.svc.cluster.local",
+    );
+    assert_eq!(cluster.lb_policy, LbPolicy::RingHash as i32);
+    assert!(format!("{:?}", cluster.lb_config).contains("2048"));
+
+    let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
+    // The catch-all rule's first destination is subset v1, which inherits the top-level
+    // balancer; subset v2 sets its own (ROUND_ROBIN), so routes to it do not hash.
+    let routes = &config.virtual_hosts[0].routes;
+    let Some(RouteKind::Route(to_v1)) = &routes[2].action else {
+        panic!()
+    };
+    assert!(
+        format!("{:?}", to_v1.hash_policy).contains("x-user"),
+        "{:?}",
+        to_v1.hash_policy
+    );
+    let Some(RouteKind::Route(to_v2)) = &routes[0].action else {
+        panic!()
+    };
+    assert!(to_v2.hash_policy.is_empty());
+}
