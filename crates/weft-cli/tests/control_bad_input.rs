@@ -108,11 +108,15 @@ fn request(names: &[&str], nonce: &str) -> DiscoveryRequest {
     }
 }
 
-/// One well-behaved client: subscribes to every cluster and reads the answer.
-async fn served(xds: &str) -> usize {
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
-        .await
-        .unwrap();
+type Requests = mpsc::Sender<DiscoveryRequest>;
+type Responses =
+    tonic::Streaming<weft_xds::envoy::envoy::service::discovery::v3::DiscoveryResponse>;
+
+/// Opens a stream on `client`, subscribes to every cluster, and returns the stream and how
+/// many clusters the first answer held.
+async fn subscribe(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+) -> (Requests, Responses, usize) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(request(&[], "")).await.unwrap();
     let mut responses = client
@@ -120,12 +124,20 @@ async fn served(xds: &str) -> usize {
         .await
         .unwrap()
         .into_inner();
-    let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+    let first = tokio::time::timeout(Duration::from_secs(30), responses.message())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    response.resources.len()
+    (tx, responses, first.resources.len())
+}
+
+/// One well-behaved client: subscribes to every cluster and reads the answer.
+async fn served(xds: &str) -> usize {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap();
+    subscribe(&mut client).await.2
 }
 
 async fn abuse(control: &Control, round: usize) {
@@ -170,20 +182,8 @@ async fn abuse(control: &Control, round: usize) {
             .await
             .unwrap();
         for _ in 0..100 {
-            let mut client = client.clone();
-            let (tx, rx) = mpsc::channel(4);
-            tx.send(request(&[], "")).await.unwrap();
-            let mut responses = client
-                .stream_aggregated_resources(ReceiverStream::new(rx))
-                .await
-                .unwrap()
-                .into_inner();
-            let first = tokio::time::timeout(Duration::from_secs(30), responses.message())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            assert_eq!(first.resources.len(), CLUSTERS);
+            let (tx, responses, clusters) = subscribe(&mut client.clone()).await;
+            assert_eq!(clusters, CLUSTERS);
             if connection % 2 == 0 {
                 staying.push((tx, responses))
             } else {

@@ -284,9 +284,8 @@ fn split(v1: u32, v2: u32) -> String {
 
 const HEADER_ROUTE: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: echo\n  namespace: test\nspec:\n  hosts: [echo]\n  http:\n  - match:\n    - headers:\n        x-canary: {exact: \"yes\"}\n    route:\n    - destination: {host: echo, subset: v2}\n  - route:\n    - destination: {host: echo, subset: v1}\n";
 
-#[test]
-fn weighted_split_and_header_routing_follow_the_yaml() {
-    let mut mesh = Mesh::start(&split(80, 20));
+/// 1,000 calls under an 80/20 VirtualService: v2 gets 20% ± 5 points, and nothing fails.
+fn assert_80_20_split(mesh: &mut Mesh) {
     let outcome = mesh.calls(1000, "/test.Echo/Echo", &[]);
     assert!(outcome.errors.is_empty(), "{}", outcome.raw);
     let v2 = outcome.count("v2");
@@ -295,6 +294,26 @@ fn weighted_split_and_header_routing_follow_the_yaml() {
         (150..=250).contains(&v2),
         "80/20 split: v2 got {v2} of 1000"
     );
+}
+
+/// Polls `/debug/syncz` until `done` holds for the first proxy; returns that proxy's entry.
+fn syncz_until(mesh: &Mesh, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
+        let proxy = &syncz["proxies"][0];
+        if done(proxy) {
+            return proxy.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {syncz}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn weighted_split_and_header_routing_follow_the_yaml() {
+    let mut mesh = Mesh::start(&split(80, 20));
+    assert_80_20_split(&mut mesh);
 
     // The control plane shows the client, with every type sent and acknowledged.
     let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
@@ -403,16 +422,10 @@ fn a_nack_keeps_the_client_on_its_last_good_config_and_shows_in_syncz() {
         "  host: echo\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n",
     );
     mesh.edit("service.yaml", &random);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let nack = loop {
-        let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
-        let nack = syncz["proxies"][0]["types"]["Cluster"]["lastNack"].clone();
-        if !nack.is_null() {
-            break nack;
-        }
-        assert!(Instant::now() < deadline, "no NACK recorded: {syncz}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let proxy = syncz_until(&mesh, "no NACK recorded", |p| {
+        !p["types"]["Cluster"]["lastNack"].is_null()
+    });
+    let nack = proxy["types"]["Cluster"]["lastNack"].clone();
     assert!(
         nack["error"].as_str().unwrap().contains("LB policy"),
         "{nack}"
@@ -449,34 +462,17 @@ fn a_nack_keeps_the_client_on_its_last_good_config_and_shows_in_syncz() {
             "  host: echo\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n",
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let syncz = get_json(&mesh.debug_addr, "/debug/syncz");
-        let cluster = &syncz["proxies"][0]["types"]["Cluster"];
-        if cluster["ackedVersion"] == cluster["sentVersion"]
+    syncz_until(&mesh, "the fix was never acknowledged", |p| {
+        let cluster = &p["types"]["Cluster"];
+        cluster["ackedVersion"] == cluster["sentVersion"]
             && cluster["sentVersion"] != nack["rejectedVersion"]
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fix was never acknowledged: {syncz}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 #[test]
 fn a_second_independent_client_grpc_js_obeys_too() {
     let mut mesh = Mesh::start_with(Implementation::Node, &split(80, 20));
-    let outcome = mesh.calls(1000, "/test.Echo/Echo", &[]);
-    assert!(outcome.errors.is_empty(), "{}", outcome.raw);
-    let v2 = outcome.count("v2");
-    assert_eq!(outcome.count("v1") + v2, 1000);
-    assert!(
-        (150..=250).contains(&v2),
-        "80/20 split: v2 got {v2} of 1000"
-    );
+    assert_80_20_split(&mut mesh);
 
     mesh.edit_routes(HEADER_ROUTE);
     mesh.until("/test.Echo/Echo", &[("x-canary", "yes")], |o| {

@@ -62,13 +62,25 @@ spec:
     timeout: 3s
 "#;
 
-fn generator() -> MeshGenerator {
+/// The snapshot of these files, loaded in this order (which decides the first of two
+/// DestinationRules for one host).
+fn snapshot_of(files: &[(&str, &str)]) -> MeshSnapshot {
     let mut loader = Loader::new(Limits::default());
-    loader.load_str("mesh.yaml", MESH);
-    let state = merge(&ConfigState::default(), loader.finish());
+    for (name, text) in files {
+        loader.load_str(*name, text);
+    }
+    MeshSnapshot::build(1, &merge(&ConfigState::default(), loader.finish()), &[])
+}
+
+/// A generator serving `snapshot`.
+fn serving(snapshot: MeshSnapshot) -> MeshGenerator {
     let generator = MeshGenerator::default();
-    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    generator.set(Arc::new(snapshot));
     generator
+}
+
+fn generator() -> MeshGenerator {
+    serving(snapshot_of(&[("mesh.yaml", MESH)]))
 }
 
 fn node() -> Node {
@@ -221,10 +233,6 @@ fn envoy_node() -> Node {
 }
 
 fn generator_with(extra: &str, root: Option<&str>) -> MeshGenerator {
-    let mut loader = Loader::new(Limits::default());
-    loader.load_str("mesh.yaml", MESH);
-    loader.load_str("extra.yaml", extra);
-    let state = merge(&ConfigState::default(), loader.finish());
     let generator = MeshGenerator::new(
         crate::registration::Registrations::new(std::time::Duration::from_secs(1)),
         MeshIdentity {
@@ -232,7 +240,10 @@ fn generator_with(extra: &str, root: Option<&str>) -> MeshGenerator {
             root_pem: root.map(String::from),
         },
     );
-    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    generator.set(Arc::new(snapshot_of(&[
+        ("mesh.yaml", MESH),
+        ("extra.yaml", extra),
+    ])));
     generator
 }
 
@@ -319,13 +330,10 @@ fn destination_rule_tls_modes_are_honoured() {
     // With two DestinationRules for one host, the first in load order sets the top-level
     // policy, so the rule under test goes in a file that sorts before mesh.yaml.
     let with = |mode: &str| {
-        let mut loader = Loader::new(Limits::default());
-        loader.load_str("a-tls.yaml", &rule(mode));
-        loader.load_str("mesh.yaml", MESH);
-        let state = merge(&ConfigState::default(), loader.finish());
-        let generator = MeshGenerator::default();
-        generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
-        cluster_of(&generator)
+        cluster_of(&serving(snapshot_of(&[
+            ("a-tls.yaml", &rule(mode)),
+            ("mesh.yaml", MESH),
+        ])))
     };
     let disabled = with("{mode: DISABLE}");
     assert!(disabled.transport_socket.is_none() && disabled.transport_socket_matches.is_empty());
@@ -364,11 +372,7 @@ mod inbound_security {
     use weft_api::security::peer_authentication::MtlsMode;
 
     fn snapshot(yaml: &str) -> MeshSnapshot {
-        let mut loader = Loader::new(Limits::default());
-        loader.load_str("mesh.yaml", MESH);
-        loader.load_str("security.yaml", yaml);
-        let state = merge(&ConfigState::default(), loader.finish());
-        MeshSnapshot::build(1, &state, &[])
+        snapshot_of(&[("mesh.yaml", MESH), ("security.yaml", yaml)])
     }
 
     fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
@@ -660,12 +664,7 @@ fn a_sidecar_resource_limits_what_a_proxy_is_sent() {
 fn redirects_direct_responses_rewrites_headers_and_mirrors() {
     use weft_xds::envoy::envoy::config::route::v3::route::Action as RouteKind;
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new, redirectCode: 302}\n  - match: [{uri: {exact: /health}}]\n    directResponse: {status: 200, body: {string: ok}}\n  - match: [{uri: {prefix: /v1/}}]\n    rewrite: {uri: /api/, authority: internal}\n    headers:\n      request: {set: {x-env: prod}, add: {x-trace: on}, remove: [cookie]}\n      response: {remove: [server]}\n    route:\n    - destination: {host: reviews, subset: v1}\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 25}\n";
-    let mut loader = Loader::new(Limits::default());
-    loader.load_str("a-vs.yaml", vs);
-    loader.load_str("mesh.yaml", MESH);
-    let state = merge(&ConfigState::default(), loader.finish());
-    let generator = MeshGenerator::default();
-    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    let generator = serving(snapshot_of(&[("a-vs.yaml", vs), ("mesh.yaml", MESH)]));
     let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
     let routes = &config.virtual_hosts[0].routes;
     assert_eq!(routes.len(), 3);
@@ -716,12 +715,7 @@ fn redirects_direct_responses_rewrites_headers_and_mirrors() {
 fn consistent_hashing_sets_the_cluster_balancer_and_the_route_hash() {
     use weft_xds::envoy::envoy::config::route::v3::route::Action as RouteKind;
     let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a-sticky, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: X-User\n        ringHash: {minimumRingSize: 2048}\n";
-    let mut loader = Loader::new(Limits::default());
-    loader.load_str("a-dr.yaml", rule);
-    loader.load_str("mesh.yaml", MESH);
-    let state = merge(&ConfigState::default(), loader.finish());
-    let generator = MeshGenerator::default();
-    generator.set(Arc::new(MeshSnapshot::build(1, &state, &[])));
+    let generator = serving(snapshot_of(&[("a-dr.yaml", rule), ("mesh.yaml", MESH)]));
 
     let cluster: Cluster = one(
         &generator,
