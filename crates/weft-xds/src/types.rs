@@ -1,5 +1,9 @@
 //! xDS resource type URLs and packing of messages into `google.protobuf.Any`.
 
+use std::collections::HashMap;
+use std::hash::{Hash, RandomState};
+use std::sync::LazyLock;
+
 use envoy_types::pb::google::protobuf::Any;
 
 /// Listeners (LDS).
@@ -35,4 +39,48 @@ pub fn pack<M: prost::Message + prost::Name>(message: &M) -> Any {
 /// A short name for a type URL, for logs and debug pages (`Cluster`, `Listener`, …).
 pub fn short_name(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// A protobuf map field whose encoding depends on its content alone. prost writes a map in
+/// its iteration order, and every std `HashMap` gets its own random order, so two equal
+/// resources could encode to different bytes, look changed, and be pushed again for
+/// nothing. Maps built here share one hasher and receive their entries in key order, which
+/// makes their iteration order — and the bytes — a function of the content.
+pub fn proto_map<K: Ord + Hash, V>(entries: impl IntoIterator<Item = (K, V)>) -> HashMap<K, V> {
+    static SHARED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let mut entries: Vec<(K, V)> = entries.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = HashMap::with_capacity_and_hasher(entries.len(), SHARED.clone());
+    map.extend(entries);
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+    #[test]
+    fn equal_maps_encode_to_equal_bytes() {
+        let build = |order: &[usize]| {
+            let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+            Struct {
+                fields: proto_map(order.iter().map(|&i| {
+                    (
+                        keys[i].to_string(),
+                        Value {
+                            kind: Some(Kind::NumberValue(i as f64)),
+                        },
+                    )
+                })),
+            }
+            .encode_to_vec()
+        };
+        let first = build(&[0, 1, 2, 3, 4, 5, 6, 7]);
+        for _ in 0..20 {
+            assert_eq!(build(&[7, 3, 5, 1, 0, 2, 6, 4]), first);
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //!   does not verify yet): in an ALLOW rule the rule is dropped (it allows less), in a DENY rule
 //!   the field is ignored (it denies more) — never the other way round.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use weft_api::meta::labels_match;
 use weft_api::security::authorization_policy::{
@@ -33,6 +33,7 @@ use weft_xds::envoy::envoy::r#type::matcher::v3::{
     PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher::MatchPattern,
 };
 use weft_xds::envoy::google::protobuf::UInt32Value;
+use weft_xds::types::proto_map;
 
 use crate::model::MeshSnapshot;
 use weft_api::analyze::ROOT_NAMESPACE;
@@ -119,8 +120,8 @@ pub(crate) fn inbound_rbac(
                     .as_ref()
                     .is_some_and(|s| labels_match(&s.match_labels, workload.labels)))
     };
-    let mut deny = HashMap::new();
-    let mut allow = HashMap::new();
+    let mut deny = BTreeMap::new();
+    let mut allow = BTreeMap::new();
     let mut any_allow = false;
     for (resource, ap) in snapshot
         .authorization_policies
@@ -155,13 +156,13 @@ pub(crate) fn inbound_rbac(
     InboundRbac {
         deny: (!deny.is_empty()).then(|| Rbac {
             action: RbacAction::Deny as i32,
-            policies: deny,
+            policies: proto_map(deny),
             ..Rbac::default()
         }),
         // With any ALLOW policy the filter must exist, even empty: an empty ALLOW list denies all.
         allow: any_allow.then(|| Rbac {
             action: RbacAction::Allow as i32,
-            policies: allow,
+            policies: proto_map(allow),
             ..Rbac::default()
         }),
     }

@@ -2,8 +2,6 @@
 //! identity it must present and, for mesh workloads, the `tlsMode: istio` mark auto-mTLS
 //! keys on.
 
-use std::collections::HashMap;
-
 use weft_api::networking::service_entry::Location;
 use weft_xds::envoy::envoy::config::core::v3::{
     Address, HealthStatus, Locality, Metadata, SocketAddress, address,
@@ -15,7 +13,7 @@ use weft_xds::envoy::envoy::config::endpoint::v3::{
 use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
 use weft_xds::server::Resource;
-use weft_xds::types::pack;
+use weft_xds::types::{pack, proto_map};
 
 use super::{parse_cluster_name, tls};
 use crate::model::MeshSnapshot;
@@ -100,7 +98,7 @@ fn metadata(endpoint: &crate::registry::Endpoint, mesh: bool, trust_domain: &str
         kind: Some(Kind::StringValue(s)),
     };
     let identity = Struct {
-        fields: [
+        fields: proto_map([
             ("namespace".to_string(), text(endpoint.namespace.clone())),
             (
                 "identity".to_string(),
@@ -109,19 +107,17 @@ fn metadata(endpoint: &crate::registry::Endpoint, mesh: bool, trust_domain: &str
                     endpoint.namespace, endpoint.service_account
                 )),
             ),
-        ]
-        .into_iter()
-        .collect(),
+        ]),
     };
-    let mut filter_metadata = HashMap::from([("istio".to_string(), identity)]);
+    let mut filter_metadata = vec![("istio".to_string(), identity)];
     if mesh {
-        filter_metadata.insert(
+        filter_metadata.push((
             tls::TRANSPORT_SOCKET_MATCH.to_string(),
             tls::mesh_endpoint_match(),
-        );
+        ));
     }
     Metadata {
-        filter_metadata,
+        filter_metadata: proto_map(filter_metadata),
         ..Metadata::default()
     }
 }

@@ -37,7 +37,7 @@ use weft_xds::envoy::envoy::r#type::matcher::v3::{
 use weft_xds::envoy::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use weft_xds::envoy::google::protobuf::{Any, BoolValue, UInt32Value};
 use weft_xds::server::Resource;
-use weft_xds::types::pack;
+use weft_xds::types::{pack, proto_map};
 
 use super::listener::FAULT_FILTER;
 use super::{Client, cluster_name, duration, resolve_target};
@@ -706,5 +706,5 @@ fn fault_config(fault: Option<&HttpFaultInjection>) -> HashMap<String, Any> {
         abort,
         ..HttpFault::default()
     };
-    HashMap::from([(FAULT_FILTER.to_string(), pack(&config))])
+    proto_map([(FAULT_FILTER.to_string(), pack(&config))])
 }
