@@ -19,7 +19,7 @@ use weft_xds::envoy::envoy::config::core::v3::Node;
 use weft_xds::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_xds::envoy::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use weft_xds::envoy::google::rpc::Status as RpcStatus;
-use weft_xds::server::{AdsServer, Generator, Ledger, Resource};
+use weft_xds::server::{AdsServer, Generator, Ledger, Resource, ResourceSet};
 use weft_xds::types::{self, CLUSTER, ENDPOINT};
 
 /// Resources set by the test, per type.
@@ -27,19 +27,15 @@ use weft_xds::types::{self, CLUSTER, ENDPOINT};
 struct Fixed(Mutex<BTreeMap<&'static str, Vec<String>>>);
 
 impl Generator for Fixed {
-    fn generate(
-        &self,
-        _node: &Node,
-        type_url: &str,
-        names: Option<&[String]>,
-    ) -> Vec<Arc<Resource>> {
+    fn generate(&self, _node: &Node, type_url: &str, names: Option<&[String]>) -> Arc<ResourceSet> {
         let all = self.0.lock().unwrap();
         let key = if type_url == CLUSTER {
             CLUSTER
         } else {
             ENDPOINT
         };
-        all.get(key)
+        let resources = all
+            .get(key)
             .into_iter()
             .flatten()
             .filter(|n| {
@@ -59,7 +55,8 @@ impl Generator for Fixed {
                 });
                 Arc::new(Resource::new(name, body))
             })
-            .collect()
+            .collect();
+        Arc::new(ResourceSet::new(resources))
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use weft_xds::envoy::envoy::config::core::v3::Node;
 use weft_xds::envoy::google::protobuf::Duration as PbDuration;
-use weft_xds::server::{Generator, Resource};
+use weft_xds::server::{Generator, Resource, ResourceSet};
 use weft_xds::types;
 
 use crate::model::MeshSnapshot;
@@ -116,16 +116,56 @@ impl ClientKey {
     }
 }
 
-/// Resources of one type for one kind of client, by name (`None`: no such resource).
-type Built = HashMap<String, Option<Arc<Resource>>>;
+/// Resources of one type for one kind of client, by name.
+type Built = HashMap<String, Arc<Resource>>;
+
+/// What a set of resources was built for: a kind of client, a type, and a hash of the names
+/// asked for (`None`: a wildcard request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SetKey {
+    client: ClientKey,
+    type_url: String,
+    names: Option<u64>,
+}
+
+/// A set built for a request, with the names it was built for (hashes can collide).
+#[derive(Debug)]
+struct CachedSet {
+    names: Option<Vec<String>>,
+    set: Arc<ResourceSet>,
+}
 
 /// Resources built from one snapshot, shared by every stream that asks for the same thing:
-/// a push translates each resource once, not once per proxy. Looked up with one lock per
-/// request, not per resource.
+/// a push translates each resource once, not once per proxy, and proxies of the same kind
+/// that ask for the same names share one set, so their streams see "unchanged" by comparing
+/// two digests. Looked up with one lock per request, not per resource.
 #[derive(Debug, Default)]
 struct Cache {
     generation: u64,
     resources: HashMap<(ClientKey, String), Built>,
+    sets: HashMap<SetKey, CachedSet>,
+}
+
+/// How many sets one snapshot's cache keeps; past it the cache starts over, so clients asking
+/// for ever new lists of names cannot grow it without bound.
+const MAX_CACHED_SETS: usize = 4096;
+
+impl Cache {
+    /// The cache, emptied if it holds another snapshot's resources.
+    fn for_generation(&mut self, generation: u64) -> &mut Self {
+        if self.generation != generation {
+            self.generation = generation;
+            self.resources.clear();
+            self.sets.clear();
+        }
+        self
+    }
+}
+
+fn names_hash(names: &[String]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(names, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
 }
 
 /// The mesh's identity: what workload certificates are issued in and chain to.
@@ -198,25 +238,27 @@ impl MeshGenerator {
         names: &[String],
     ) -> Vec<Arc<Resource>> {
         let key = (ClientKey::of(client), type_url.to_string());
-        let mut found: Vec<Option<Option<Arc<Resource>>>> = {
+        let mut found: Vec<Option<Arc<Resource>>> = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.generation != snapshot.version {
-                cache.generation = snapshot.version;
-                cache.resources.clear();
-            }
-            let built = cache.resources.entry(key.clone()).or_default();
+            let built = cache
+                .for_generation(snapshot.version)
+                .resources
+                .entry(key.clone())
+                .or_default();
             names
                 .iter()
                 .map(|name| built.get(name.as_str()).cloned())
                 .collect()
         };
         // Built outside the lock; two streams racing may both build one, which is harmless.
+        // Names that match nothing are not cached: they cost little to look up again.
         let mut fresh = Vec::new();
         for (slot, name) in found.iter_mut().zip(names) {
             if slot.is_none() {
-                let resource = self.build(snapshot, client, type_url, name).map(Arc::new);
-                fresh.push((name.clone(), resource.clone()));
-                *slot = Some(resource);
+                *slot = self.build(snapshot, client, type_url, name).map(Arc::new);
+                if let Some(resource) = slot {
+                    fresh.push((name.clone(), resource.clone()));
+                }
             }
         }
         if !fresh.is_empty() {
@@ -225,7 +267,51 @@ impl MeshGenerator {
                 cache.resources.entry(key).or_default().extend(fresh);
             }
         }
-        found.into_iter().flatten().flatten().collect()
+        found.into_iter().flatten().collect()
+    }
+
+    /// The set for a request, from the cache when a client of the same kind asked for the
+    /// same names of this snapshot; `list` names everything a wildcard request gets.
+    fn shared_set(
+        &self,
+        snapshot: &MeshSnapshot,
+        client: &Client,
+        type_url: &str,
+        names: Option<&[String]>,
+        list: impl FnOnce() -> Vec<String>,
+    ) -> Arc<ResourceSet> {
+        let key = SetKey {
+            client: ClientKey::of(client),
+            type_url: type_url.to_string(),
+            names: names.map(names_hash),
+        };
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = cache.for_generation(snapshot.version).sets.get(&key)
+                && cached.names.as_deref() == names
+            {
+                return cached.set.clone();
+            }
+        }
+        let set = Arc::new(ResourceSet::new(match names {
+            Some(names) => self.resources(snapshot, client, type_url, names),
+            None => self.resources(snapshot, client, type_url, &list()),
+        }));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == snapshot.version {
+            if cache.sets.len() >= MAX_CACHED_SETS {
+                cache.sets.clear();
+            }
+            let names = names.map(<[String]>::to_vec);
+            cache.sets.insert(
+                key,
+                CachedSet {
+                    names,
+                    set: set.clone(),
+                },
+            );
+        }
+        set
     }
 
     fn build(
@@ -255,65 +341,71 @@ impl MeshGenerator {
 }
 
 impl Generator for MeshGenerator {
-    fn generate(
-        &self,
-        node: &Node,
-        type_url: &str,
-        names: Option<&[String]>,
-    ) -> Vec<Arc<Resource>> {
+    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Arc<ResourceSet> {
         let snapshot = self.current();
         let client = Client::from_node(node);
-        let all;
-        let names = match names {
-            Some(names) => names,
-            None => {
-                // What a Sidecar resource lets the client reach; everything without one.
-                let visible = snapshot.visible(&client.namespace, &client.labels);
-                let visible = visible.as_deref();
-                all = match type_url {
-                    types::LISTENER if client.proxyless_grpc => {
-                        listener::all_names(&snapshot, visible)
-                    }
-                    types::LISTENER => {
-                        let mut names = listener::sidecar_names(&snapshot, visible);
-                        if client.workload.is_some() {
-                            names.push(inbound::INBOUND_LISTENER.to_string());
-                        }
-                        names
-                    }
-                    types::CLUSTER => {
-                        let mut names = cluster::all_names(&snapshot, visible);
-                        if !client.proxyless_grpc {
-                            names.push(listener::PASSTHROUGH_CLUSTER.to_string());
-                        }
-                        names.extend(client.workload.iter().flat_map(inbound::cluster_names));
-                        names
-                    }
-                    _ => Vec::new(),
-                };
-                &all
-            }
-        };
         // A workload's own inbound side is built for it alone, not cached.
-        let own = |name: &String| match (type_url, &client.workload) {
-            (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => {
-                Some(Some(Arc::new(inbound::listener(
-                    &snapshot,
-                    workload,
-                    &self.identity.trust_domain,
-                ))))
-            }
+        let own = |name: &str| match (type_url, &client.workload) {
+            (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => Some(Some(
+                inbound::listener(&snapshot, workload, &self.identity.trust_domain),
+            )),
             (types::CLUSTER, Some(_)) if name.starts_with("inbound|") => {
-                Some(inbound::cluster(name).map(Arc::new))
+                Some(inbound::cluster(name))
             }
             _ => None,
         };
-        let (own_names, shared): (Vec<&String>, Vec<&String>) =
-            names.iter().partition(|n| own(n).is_some());
-        let shared: Vec<String> = shared.into_iter().cloned().collect();
-        let mut resources = self.resources(&snapshot, &client, type_url, &shared);
-        resources.extend(own_names.into_iter().filter_map(|n| own(n).flatten()));
-        resources
+        let (shared, own_resources): (Arc<ResourceSet>, Vec<Resource>) = match names {
+            Some(names) if client.workload.is_some() => {
+                let (own_names, shared): (Vec<&String>, Vec<&String>) =
+                    names.iter().partition(|n| own(n).is_some());
+                let shared: Vec<String> = shared.into_iter().cloned().collect();
+                (
+                    self.shared_set(&snapshot, &client, type_url, Some(&shared), Vec::new),
+                    own_names
+                        .into_iter()
+                        .filter_map(|n| own(n).flatten())
+                        .collect(),
+                )
+            }
+            Some(names) => (
+                self.shared_set(&snapshot, &client, type_url, Some(names), Vec::new),
+                Vec::new(),
+            ),
+            None => {
+                let shared = self.shared_set(&snapshot, &client, type_url, None, || {
+                    // What a Sidecar resource lets the client reach; everything without one.
+                    let visible = snapshot.visible(&client.namespace, &client.labels);
+                    let visible = visible.as_deref();
+                    match type_url {
+                        types::LISTENER if client.proxyless_grpc => {
+                            listener::all_names(&snapshot, visible)
+                        }
+                        types::LISTENER => listener::sidecar_names(&snapshot, visible),
+                        types::CLUSTER => {
+                            let mut names = cluster::all_names(&snapshot, visible);
+                            if !client.proxyless_grpc {
+                                names.push(listener::PASSTHROUGH_CLUSTER.to_string());
+                            }
+                            names
+                        }
+                        _ => Vec::new(),
+                    }
+                });
+                let own_names: Vec<String> = match (type_url, &client.workload) {
+                    (types::LISTENER, Some(_)) => vec![inbound::INBOUND_LISTENER.to_string()],
+                    (types::CLUSTER, Some(workload)) => inbound::cluster_names(workload),
+                    _ => Vec::new(),
+                };
+                let own_resources = own_names.iter().filter_map(|n| own(n).flatten()).collect();
+                (shared, own_resources)
+            }
+        };
+        if own_resources.is_empty() {
+            return shared;
+        }
+        let mut resources = shared.resources().to_vec();
+        resources.extend(own_resources.into_iter().map(Arc::new));
+        Arc::new(ResourceSet::new(resources))
     }
 
     fn connected(&self, stream: u64, node: &Node) {

@@ -583,6 +583,46 @@ mod inbound_security {
         let listeners = generator.generate(&envoy_node(), types::LISTENER, None);
         assert!(listeners.iter().all(|l| l.name != "virtualInbound"));
     }
+
+    /// Equal content must give equal versions, or every reload re-pushes everything: protobuf
+    /// maps (metadata, RBAC policies) must not encode in a random order.
+    #[test]
+    fn an_unchanged_mesh_translates_to_unchanged_versions() {
+        let policies = format!(
+            "{PA}metadata: {{name: default, namespace: shop}}\nspec: {{mtls: {{mode: PERMISSIVE}}}}\n---\n{}",
+            ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|name| format!("{AP}metadata: {{name: {name}, namespace: shop}}\nspec:\n  rules:\n  - to: [{{operation: {{paths: [/{name}]}}}}]\n---\n"))
+                .collect::<String>()
+        );
+        let generator = MeshGenerator::default();
+        let digests = |version: u64| {
+            let mut snapshot = snapshot(&policies);
+            snapshot.version = version;
+            generator.set(Arc::new(snapshot));
+            let endpoints: Vec<String> = [
+                "outbound|9080||reviews.shop.svc.cluster.local",
+                "outbound|9080|v1|reviews.shop.svc.cluster.local",
+            ]
+            .map(String::from)
+            .to_vec();
+            [
+                generator
+                    .generate(&sidecar_node(), types::LISTENER, None)
+                    .digest(),
+                generator
+                    .generate(&sidecar_node(), types::CLUSTER, None)
+                    .digest(),
+                generator
+                    .generate(&sidecar_node(), types::ENDPOINT, Some(&endpoints))
+                    .digest(),
+            ]
+        };
+        let first = digests(1);
+        for version in 2..10 {
+            assert_eq!(digests(version), first, "snapshot {version}");
+        }
+    }
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::ResourceSet;
+
 /// The status of all streams, by stream id.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
@@ -15,7 +17,7 @@ pub struct Ledger {
 }
 
 /// One stream.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamStatus {
     /// The node id the proxy sent.
@@ -27,7 +29,7 @@ pub struct StreamStatus {
 }
 
 /// One resource type of one stream.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TypeStatus {
     /// Version last sent.
@@ -40,6 +42,9 @@ pub struct TypeStatus {
     pub acked_version: String,
     /// The last rejection, if the proxy rejected anything.
     pub last_nack: Option<NackRecord>,
+    /// The resources the proxy holds after the last response (what a config dump shows).
+    #[serde(skip)]
+    pub resources: Option<Arc<ResourceSet>>,
 }
 
 /// A rejected response.

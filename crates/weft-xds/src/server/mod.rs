@@ -7,63 +7,40 @@
 //! Versions are digests of the content, so a proxy that reconnects with the version it holds
 //! is recognised, and a NACKed version is never pushed again unchanged.
 
+mod codec;
 mod ledger;
 mod metrics;
+mod resource;
+mod service;
 mod stream;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Status, Streaming};
 
 pub use ledger::{Ledger, NackRecord, StreamStatus, TypeStatus};
 pub use metrics::XdsMetrics;
+pub use resource::{Resource, ResourceSet};
+pub use service::AdsService;
 
-/// One named resource, packed, with a hash of its content so streams can tell what changed
-/// without comparing bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resource {
-    /// The resource's name (a listener, cluster, route configuration, … name).
-    pub name: String,
-    /// The resource itself.
-    pub body: Any,
-    /// A hash of `body`.
-    pub hash: u64,
-}
-
-impl Resource {
-    /// Wraps a packed resource, hashing it once.
-    pub fn new(name: impl Into<String>, body: Any) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&body.type_url, &mut hasher);
-        std::hash::Hash::hash(&body.value, &mut hasher);
-        Self {
-            name: name.into(),
-            hash: std::hash::Hasher::finish(&hasher),
-            body,
-        }
-    }
-}
+use codec::PreparedResponse;
 
 /// Decides what each proxy gets. Called on a stream's own task, never under a lock held by
 /// the server; it should be quick (read a snapshot, translate or look up a cache).
 pub trait Generator: Send + Sync + 'static {
     /// The resources of `type_url` for the proxy `node`. `names` lists what the proxy asked
-    /// for; `None` means everything of the type (a wildcard subscription).
-    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>)
-    -> Vec<Arc<Resource>>;
+    /// for, sorted; `None` means everything of the type (a wildcard subscription). Proxies
+    /// that get the same resources should get the same set: a stream compares a set's digest
+    /// with what it sent last, so an unchanged set costs nothing to push.
+    fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Arc<ResourceSet>;
 
     /// A stream identified itself with `node` (its first request). The control plane uses
     /// this to register the workload behind it.
@@ -83,7 +60,7 @@ pub struct AdsServer {
     ledger: Ledger,
     metrics: XdsMetrics,
     next_stream: AtomicU64,
-    identifier: String,
+    identifier: Arc<str>,
 }
 
 impl AdsServer {
@@ -100,7 +77,7 @@ impl AdsServer {
             ledger: Ledger::default(),
             metrics: XdsMetrics::default(),
             next_stream: AtomicU64::new(1),
-            identifier: identifier.into(),
+            identifier: Arc::from(identifier.into()),
         }
     }
 
@@ -115,8 +92,8 @@ impl AdsServer {
     }
 
     /// The server as a tonic service, to serve beside others on one port.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 
     /// Serves ADS on `listener` until `shutdown` completes. HTTP/2 keepalive pings detect dead
@@ -130,22 +107,19 @@ impl AdsServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
-            .add_service(AggregatedDiscoveryServiceServer::new(self))
+            .add_service(self.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Starts serving one stream of `requests` on its own task; returns what to send back.
+    fn open_stream(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
+        requests: Streaming<DiscoveryRequest>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<Result<PreparedResponse, Status>> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = stream::AdsStream::new(
@@ -157,21 +131,11 @@ impl AggregatedDiscoveryService for AdsServer {
             tx,
         );
         let changes = self.changes.clone();
-        let requests = request.into_inner();
         tokio::spawn(async move {
             tracing::debug!(stream = id, ?peer, "ADS stream opened");
             stream.run(requests, changes).await;
             tracing::debug!(stream = id, ?peer, "ADS stream closed");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "Weft serves state-of-the-world ADS (StreamAggregatedResources); incremental xDS is not supported yet",
-        ))
+        rx
     }
 }

@@ -11,25 +11,24 @@
 //!   when its content changed — and for route configurations and endpoints, only the
 //!   resources that changed.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::{Generator, Ledger, NackRecord, Resource, TypeStatus, XdsMetrics};
+use super::{Generator, Ledger, NackRecord, PreparedResponse, ResourceSet, TypeStatus, XdsMetrics};
 use crate::types::{PUSH_ORDER, is_wildcard_type, short_name};
 
 /// What one resource type of the stream is subscribed to and was sent.
 #[derive(Debug, Default)]
 struct Subscription {
-    /// Names asked for; `None` is a wildcard subscription (everything of the type).
-    names: Option<BTreeSet<String>>,
+    /// Names asked for, sorted and without repeats; `None` is a wildcard subscription
+    /// (everything of the type).
+    names: Option<Vec<String>>,
     sent: Option<Sent>,
 }
 
@@ -37,10 +36,8 @@ struct Subscription {
 struct Sent {
     version: String,
     nonce: String,
-    digest: u64,
-    /// The hash of each resource the proxy holds, by the hash of its name: 16 bytes a
-    /// resource instead of a copy of every name, for proxies holding thousands.
-    hashes: HashMap<u64, u64>,
+    /// What the proxy holds now: shared with other streams, not copied.
+    set: Arc<ResourceSet>,
 }
 
 pub(super) struct AdsStream {
@@ -48,8 +45,8 @@ pub(super) struct AdsStream {
     generator: Arc<dyn Generator>,
     ledger: Ledger,
     metrics: XdsMetrics,
-    identifier: String,
-    responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    identifier: Arc<str>,
+    responses: mpsc::Sender<Result<PreparedResponse, Status>>,
     node: Option<Node>,
     subscriptions: BTreeMap<String, Subscription>,
     nonces: u64,
@@ -61,8 +58,8 @@ impl AdsStream {
         generator: Arc<dyn Generator>,
         ledger: Ledger,
         metrics: XdsMetrics,
-        identifier: String,
-        responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        identifier: Arc<str>,
+        responses: mpsc::Sender<Result<PreparedResponse, Status>>,
     ) -> Self {
         Self {
             id,
@@ -175,10 +172,6 @@ impl AdsStream {
                         .nacks
                         .get_or_create(&XdsMetrics::label(&short))
                         .inc();
-                    self.metrics
-                        .nacks
-                        .get_or_create(&XdsMetrics::label(&short))
-                        .inc();
                     let record = NackRecord {
                         rejected_version: sent_version,
                         kept_version: request.version_info.clone(),
@@ -197,8 +190,10 @@ impl AdsStream {
                 }
             }
         }
-        let asked: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        let wildcard = asked.contains("*")
+        let mut asked = request.resource_names;
+        asked.sort_unstable();
+        asked.dedup();
+        let wildcard = asked.iter().any(|n| n == "*")
             || (asked.is_empty()
                 && is_wildcard_type(&type_url)
                 && (first || subscription.names.is_none()));
@@ -239,47 +234,35 @@ impl AdsStream {
             return true;
         };
         let started = std::time::Instant::now();
-        let names: Option<Vec<String>> = subscription
-            .names
-            .as_ref()
-            .map(|n| n.iter().cloned().collect());
-        let resources = self.generator.generate(node, type_url, names.as_deref());
-        let digest = digest(type_url, &resources);
-        let hashes: HashMap<u64, u64> = resources
-            .iter()
-            .map(|r| (name_hash(&r.name), r.hash))
-            .collect();
-        let previous = subscription.sent.as_ref();
-        if !force && previous.is_some_and(|s| s.digest == digest) {
+        let set = self
+            .generator
+            .generate(node, type_url, subscription.names.as_deref());
+        let previous = subscription.sent.as_ref().map(|s| &s.set);
+        if !force && previous.is_some_and(|p| p.digest() == set.digest()) {
             return true;
         }
         let partial = !force && !is_wildcard_type(type_url) && previous.is_some();
-        let outgoing: Vec<&Arc<Resource>> = resources
+        let outgoing = set
+            .resources()
             .iter()
-            .filter(|r| {
-                !partial
-                    || previous.and_then(|p| p.hashes.get(&name_hash(&r.name))) != Some(&r.hash)
-            })
+            .filter(|r| !partial || !previous.is_some_and(|p| p.holds(r)))
+            .cloned()
             .collect();
         self.nonces += 1;
-        let version = format!("{digest:016x}");
+        let version = format!("{:016x}", set.digest());
         let nonce = self.nonces.to_string();
-        let count = resources.len();
-        let response = DiscoveryResponse {
+        let count = set.len();
+        let response = PreparedResponse {
             version_info: version.clone(),
-            resources: outgoing.into_iter().map(|r| r.body.clone()).collect(),
+            resources: outgoing,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
-            control_plane: Some(ControlPlane {
-                identifier: self.identifier.clone(),
-            }),
-            ..DiscoveryResponse::default()
+            control_plane: self.identifier.clone(),
         };
         subscription.sent = Some(Sent {
             version: version.clone(),
             nonce: nonce.clone(),
-            digest,
-            hashes,
+            set: set.clone(),
         });
         let short = short_name(type_url).to_string();
         let label = XdsMetrics::label(&short);
@@ -293,26 +276,8 @@ impl AdsStream {
             status.sent_version = version;
             status.sent_nonce = nonce;
             status.sent_resources = count;
+            status.resources = Some(set);
         });
         self.responses.send(Ok(response)).await.is_ok()
     }
-}
-
-/// A digest of a type's resources: equal content, equal digest, whatever the order.
-fn digest(type_url: &str, resources: &[Arc<Resource>]) -> u64 {
-    let mut sorted: Vec<(&str, u64)> = resources
-        .iter()
-        .map(|r| (r.name.as_str(), r.hash))
-        .collect();
-    sorted.sort_unstable();
-    let mut hasher = DefaultHasher::new();
-    type_url.hash(&mut hasher);
-    sorted.hash(&mut hasher);
-    hasher.finish()
-}
-
-fn name_hash(name: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    name.hash(&mut hasher);
-    hasher.finish()
 }
