@@ -196,6 +196,7 @@ fn main() {
     let control = common::Control::start(&config);
     let pid = control.child.id();
     let addr = control.xds.clone();
+    let rss_idle = proc_field(pid, "status", "VmRSS:");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -244,8 +245,10 @@ fn main() {
         );
         println!("  control-plane CPU per push: median {:.2} s", median(push_cpu));
         println!(
-            "  control-plane RSS: {:.0} MiB with clients connected, peak {:.0} MiB",
+            "  control-plane RSS: {:.0} MiB before clients, {:.0} MiB after the initial sync, {:.0} MiB after the pushes, peak {:.0} MiB",
+            rss_idle as f64 / 1024.0,
             rss_connected as f64 / 1024.0,
+            proc_field(pid, "status", "VmRSS:") as f64 / 1024.0,
             proc_field(pid, "status", "VmHWM:") as f64 / 1024.0
         );
     });

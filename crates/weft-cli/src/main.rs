@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc returns freed memory to the system promptly, so a control plane or proxy that
+/// served a burst goes back to its baseline instead of keeping the peak.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Weft: a service mesh configured with the Istio API.
 #[derive(Parser)]
 #[command(name = "weft", version, about, long_about = None)]
