@@ -240,3 +240,17 @@ async fn survives_abuse_and_returns_to_its_footprint() {
         "grew from {after_first} KiB to {after_second} KiB between identical rounds"
     );
 }
+
+#[test]
+fn config_dump_queries_that_name_no_proxy_get_4xx() {
+    let mut control = start();
+    let (status, body) = common::get_status(&control.debug, "/debug/config_dump");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("?proxy=ID"), "{body}");
+    for query in ["proxy=nobody", "proxy=%zz%", "proxy=", "proxy", "other=1"] {
+        let path = format!("/debug/config_dump?{query}");
+        let (status, body) = common::get_status(&control.debug, &path);
+        assert!(status == 400 || status == 404, "{path}: {status} {body}");
+    }
+    assert!(control.alive());
+}

@@ -339,6 +339,59 @@ fn weighted_split_and_header_routing_follow_the_yaml() {
         );
         assert!(status["lastNack"].is_null(), "{kind}: {syncz}");
     }
+    // And what it was sent, as an Envoy config dump; `name.namespace` finds it too.
+    let dump = get_json(
+        &mesh.debug_addr,
+        "/debug/config_dump?proxy=sidecar~127.0.0.1~client.test~test.svc.cluster.local",
+    );
+    assert_eq!(
+        get_json(&mesh.debug_addr, "/debug/config_dump?proxy=client.test"),
+        dump
+    );
+    let config = |kind: &str| {
+        dump["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{kind}"))
+            .unwrap_or_else(|| panic!("no {kind} in {dump}"))
+            .clone()
+    };
+    let listener = &config("ListenersConfigDump")["dynamicListeners"][0];
+    assert_eq!(
+        listener["name"], "echo.test.svc.cluster.local:9000",
+        "{dump}"
+    );
+    assert_eq!(
+        listener["activeState"]["versionInfo"],
+        proxy["types"]["Listener"]["sentVersion"]
+    );
+    let route = &config("RoutesConfigDump")["dynamicRouteConfigs"][0]["routeConfig"];
+    let weighted = &route["virtualHosts"][0]["routes"][0]["route"]["weightedClusters"];
+    let clusters: Vec<(&str, u64)> = weighted["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("outbound|9000|v1|echo.test.svc.cluster.local", 80),
+            ("outbound|9000|v2|echo.test.svc.cluster.local", 20)
+        ],
+        "{route}"
+    );
+    let endpoints = config("EndpointsConfigDump");
+    assert_eq!(
+        endpoints["dynamicEndpointConfigs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "v1 and v2: {endpoints}"
+    );
+
     let registry = get_json(&mesh.debug_addr, "/debug/registry");
     assert_eq!(
         registry["services"][0]["host"],

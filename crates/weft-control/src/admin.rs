@@ -5,6 +5,9 @@
 //! * `/debug/syncz` — each connected proxy: node id, per type the version sent and ACKed,
 //!   the last NACK and its error;
 //! * `/debug/analysis` — the messages about the configuration, as `weft analyze -o json`;
+//! * `/debug/config_dump?proxy=ID` — what one proxy was sent, as an Envoy config dump in
+//!   JSON; `ID` is its node id, the `name.namespace` of an Istio-format node id, or the
+//!   stream number `/debug/syncz` shows;
 //! * `/debug/registry` — services, ports and endpoints;
 //! * `/metrics` — Prometheus metrics: connected proxies, pushes and their build time, NACKs,
 //!   reloads, resources and messages, certificates issued and refused.
@@ -72,9 +75,10 @@ fn respond(state: &DebugState, request: &Request<Incoming>) -> Response<Full<Byt
         "/debug/syncz" => json_response(syncz(&state.ledger)),
         "/debug/analysis" => json_response(analysis(&state.config.borrow())),
         "/debug/registry" => json_response(registry(&state.generator.current())),
+        "/debug/config_dump" => config_dump(&state.ledger, request.uri().query()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /metrics, /debug/syncz, /debug/analysis or /debug/registry\n",
+            "not found; try /ready, /metrics, /debug/syncz, /debug/analysis, /debug/config_dump?proxy=ID or /debug/registry\n",
         ),
     }
 }
@@ -96,8 +100,8 @@ fn metrics(registry: &prometheus_client::registry::Registry) -> Response<Full<By
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
 }
@@ -126,6 +130,82 @@ fn syncz(ledger: &Ledger) -> Value {
         })
         .collect();
     json!({ "proxies": streams })
+}
+
+/// The config dump of the proxy the query's `proxy` names; the newest stream wins when one
+/// proxy has several.
+fn config_dump(ledger: &Ledger, query: Option<&str>) -> Response<Full<Bytes>> {
+    let streams = ledger.snapshot();
+    let known = || {
+        streams
+            .values()
+            .map(|s| s.node_id.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Some(wanted) = query_param(query.unwrap_or(""), "proxy") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("say which proxy: ?proxy=ID; connected now:\n{}\n", known()),
+        );
+    };
+    let found = streams.iter().rev().find(|(id, status)| {
+        status.node_id == wanted
+            || id.to_string() == wanted
+            || status.node_id.split('~').nth(2) == Some(wanted.as_str())
+    });
+    let Some((_, status)) = found else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no connected proxy is {wanted:?}; connected now:\n{}\n",
+                known()
+            ),
+        );
+    };
+    let dump = weft_xds::types::pack(&weft_xds::dump::config_dump(&status.types));
+    match weft_xds::dump::any_to_json(&dump) {
+        Ok(json) => json_response(json),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the config dump cannot be shown: {error}\n"),
+        ),
+    }
+}
+
+/// The value of `name` in a URL query, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 fn analysis(state: &ConfigState) -> Value {

@@ -5,11 +5,13 @@
 //! * [`types`] names the resource types and packs messages into `Any`;
 //! * [`server`] runs state-of-the-world ADS streams: per-type versions and nonces, ACK and
 //!   NACK, pushes only when a proxy's resources changed, and a [`server::Ledger`] of what each
-//!   stream was sent and acknowledged (what `/debug/syncz` shows).
+//!   stream was sent and acknowledged (what `/debug/syncz` shows);
+//! * [`dump`] turns what a proxy was sent into an Envoy config dump, as JSON.
 //!
 //! What the resources *are* is decided by a [`server::Generator`]; the control plane provides
 //! one that translates the mesh model.
 
+pub mod dump;
 pub mod server;
 pub mod types;
 

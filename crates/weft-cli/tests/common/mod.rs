@@ -63,8 +63,8 @@ impl Drop for Control {
     }
 }
 
-/// GETs a page over HTTP/1.1 and returns its body; the page must answer 200.
-pub fn get(addr: &str, path: &str) -> String {
+/// GETs a page over HTTP/1.1; returns the status code and the body.
+pub fn get_status(addr: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("the debug port accepts");
     write!(
         stream,
@@ -73,11 +73,23 @@ pub fn get(addr: &str, path: &str) -> String {
     .expect("request sent");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// GETs a page over HTTP/1.1 and returns its body; the page must answer 200.
+pub fn get(addr: &str, path: &str) -> String {
+    let (status, body) = get_status(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 /// GETs a page and parses its JSON.
