@@ -140,21 +140,6 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
 }
 
 fn policy_fields(policy: &TrafficPolicy, path: &str, found: &mut Vec<(String, &str)>) {
-    if let Some(http) = policy
-        .connection_pool
-        .as_ref()
-        .and_then(|p| p.http.as_ref())
-    {
-        if http.max_requests_per_connection.is_some()
-            || http.idle_timeout.is_some()
-            || http.h2_upgrade_policy.is_some()
-        {
-            found.push((
-                format!("{path}.connectionPool.http"),
-                "maxRequestsPerConnection, idleTimeout and h2UpgradePolicy",
-            ));
-        }
-    }
     if policy.tunnel.is_some() {
         found.push((format!("{path}.tunnel"), "tunnelling through HTTP CONNECT"));
     }

@@ -3,9 +3,10 @@
 //! field by field, as in Istio).
 
 use weft_api::networking::destination_rule::{
-    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection as IstioOutlier, SimpleLb,
-    TrafficPolicy,
+    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection as IstioOutlier, SimpleLb, TcpKeepalive as IstioTcpKeepalive, TrafficPolicy,
 };
+use weft_xds::envoy::envoy::config::cluster::v3::UpstreamConnectionOptions;
 use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
     LbConfig, MaglevLbConfig, RingHashLbConfig,
 };
@@ -14,9 +15,18 @@ use weft_xds::envoy::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
+use weft_xds::envoy::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpProtocolOptions,
+    KeepaliveSettings, TcpKeepalive,
+};
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    explicit_http_config::ProtocolConfig,
+};
 use weft_xds::envoy::google::protobuf::{UInt32Value, UInt64Value};
 use weft_xds::server::Resource;
-use weft_xds::types::pack;
+use weft_xds::types::{pack, proto_map};
 
 use super::listener::ads;
 use super::{Client, cluster_name, duration, parse_cluster_name};
@@ -161,8 +171,22 @@ fn cluster(
         lb_config: hash_config(policy.load_balancer.as_ref()),
         circuit_breakers: policy.connection_pool.as_ref().map(circuit_breakers),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
+        upstream_connection_options: policy
+            .connection_pool
+            .as_ref()
+            .and_then(|p| p.tcp.as_ref()?.tcp_keepalive.as_ref())
+            .map(tcp_keepalive),
         ..Cluster::default()
     };
+    if !client.proxyless_grpc
+        && let Some(options) = http_protocol_options(
+            policy.connection_pool.as_ref(),
+            &service.port(Some(port))?.protocol,
+        )
+    {
+        cluster.typed_extension_protocol_options =
+            proto_map([(HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options))]);
+    }
     // Proxyless gRPC clients take their TLS from their own credentials, not from SDS.
     if !client.proxyless_grpc {
         super::tls::apply(
@@ -218,6 +242,93 @@ fn lb_policy(settings: Option<&LoadBalancerSettings>, client: &Client) -> LbPoli
             LbPolicy::LeastRequest
         }
         _ => LbPolicy::RoundRobin,
+    }
+}
+
+/// The key Envoy reads a cluster's HTTP protocol options under.
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// How a proxy speaks HTTP to the upstream, for ports routed as HTTP: HTTP/2 for `GRPC` and
+/// `HTTP2` ports or when `h2UpgradePolicy: UPGRADE`, the client's own protocol with
+/// `useClientProtocol`, else HTTP/1.1; and the pool's per-connection limits (`idleTimeout`,
+/// `maxRequestsPerConnection`, `maxConnectionDuration`, `maxConcurrentStreams`,
+/// `http2KeepAlive`). Envoy's defaults (1 h idle timeout, no other limit) stand where the
+/// DestinationRule says nothing. `None` for TCP ports.
+fn http_protocol_options(
+    pool: Option<&ConnectionPoolSettings>,
+    protocol: &str,
+) -> Option<HttpProtocolOptions> {
+    if !super::route::is_http(protocol) {
+        return None;
+    }
+    let http = pool.and_then(|p| p.http.as_ref());
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http2 = Http2ProtocolOptions {
+        max_concurrent_streams: http
+            .and_then(|h| h.max_concurrent_streams)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .map(|value| UInt32Value { value }),
+        connection_keepalive: http.and_then(|h| h.http2_keep_alive.as_ref()).map(|k| {
+            KeepaliveSettings {
+                interval: k.interval.as_ref().map(|d| duration(d.get())),
+                timeout: k.timeout.as_ref().map(|d| duration(d.get())),
+                ..KeepaliveSettings::default()
+            }
+        }),
+        ..Http2ProtocolOptions::default()
+    };
+    let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
+    let speaks_http2 = matches!(protocol, "GRPC" | "GRPC-WEB" | "HTTP2") || upgrade;
+    let upstream_protocol = if http.is_some_and(|h| h.use_client_protocol) {
+        UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http2_protocol_options: Some(http2),
+            ..UseDownstreamHttpConfig::default()
+        })
+    } else if speaks_http2 {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(http2)),
+        })
+    } else {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            )),
+        })
+    };
+    Some(HttpProtocolOptions {
+        common_http_protocol_options: Some(CommonHttpProtocolOptions {
+            idle_timeout: http
+                .and_then(|h| h.idle_timeout.as_ref())
+                .map(|d| duration(d.get())),
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration.as_ref())
+                .map(|d| duration(d.get())),
+            max_requests_per_connection: http
+                .and_then(|h| h.max_requests_per_connection)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .map(|value| UInt32Value { value }),
+            ..CommonHttpProtocolOptions::default()
+        }),
+        upstream_protocol_options: Some(upstream_protocol),
+        ..HttpProtocolOptions::default()
+    })
+}
+
+/// TCP keepalive probes towards the upstream; unset fields keep the system's values.
+fn tcp_keepalive(keepalive: &IstioTcpKeepalive) -> UpstreamConnectionOptions {
+    let seconds = |d: &weft_api::duration::Duration| UInt32Value {
+        value: u32::try_from(d.get().as_secs()).unwrap_or(u32::MAX),
+    };
+    UpstreamConnectionOptions {
+        tcp_keepalive: Some(TcpKeepalive {
+            keepalive_probes: keepalive.probes.map(|value| UInt32Value { value }),
+            keepalive_time: keepalive.time.as_ref().map(seconds),
+            keepalive_interval: keepalive.interval.as_ref().map(seconds),
+        }),
+        ..UpstreamConnectionOptions::default()
     }
 }
 

@@ -782,3 +782,90 @@ fn consistent_hashing_sets_the_cluster_balancer_and_the_route_hash() {
     };
     assert!(to_v2.hash_policy.is_empty());
 }
+
+#[test]
+fn connection_pools_become_protocol_options_and_keepalives() {
+    use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+    let extra = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grpc, namespace: shop}
+spec:
+  hosts: [grpc]
+  location: MESH_INTERNAL
+  ports: [{number: 7070, name: grpc, protocol: GRPC}, {number: 3306, name: db, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.5}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: grpc, namespace: shop}
+spec:
+  host: grpc
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnectionDuration: 10m
+        tcpKeepalive: {probes: 3, time: 60s, interval: 10s}
+      http:
+        maxRequestsPerConnection: 1
+        idleTimeout: 30s
+        maxConcurrentStreams: 50
+        http2KeepAlive: {interval: 20s, timeout: 5s}
+"#;
+    let generator = generator_with(extra, None);
+    let cluster = |name: &str| {
+        let resources =
+            generator.generate(&envoy_node(), types::CLUSTER, Some(&[name.to_string()]));
+        Cluster::decode(resources[0].body.value.as_slice()).unwrap()
+    };
+    let options = |cluster: &Cluster| {
+        cluster
+            .typed_extension_protocol_options
+            .get(cluster::HTTP_PROTOCOL_OPTIONS)
+            .map(|any| HttpProtocolOptions::decode(any.value.as_slice()).unwrap())
+    };
+
+    let grpc = cluster("outbound|7070||grpc.shop.svc.cluster.local");
+    let http = options(&grpc).expect("an HTTP port has protocol options");
+    let common = http.common_http_protocol_options.unwrap();
+    assert_eq!(common.idle_timeout.unwrap().seconds, 30);
+    assert_eq!(common.max_connection_duration.unwrap().seconds, 600);
+    assert_eq!(common.max_requests_per_connection.unwrap().value, 1);
+    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+        http.upstream_protocol_options
+    else {
+        panic!("a gRPC port is spoken to in HTTP/2 explicitly");
+    };
+    let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = explicit.protocol_config else {
+        panic!("HTTP/2 for gRPC");
+    };
+    assert_eq!(h2.max_concurrent_streams.unwrap().value, 50);
+    assert_eq!(
+        h2.connection_keepalive.unwrap().interval.unwrap().seconds,
+        20
+    );
+    let keepalive = grpc
+        .upstream_connection_options
+        .unwrap()
+        .tcp_keepalive
+        .unwrap();
+    assert_eq!(keepalive.keepalive_probes.unwrap().value, 3);
+    assert_eq!(keepalive.keepalive_time.unwrap().value, 60);
+
+    // A TCP port gets no HTTP options; a plain HTTP port with no pool speaks HTTP/1.1.
+    let tcp = cluster("outbound|3306||grpc.shop.svc.cluster.local");
+    assert!(options(&tcp).is_none());
+    let reviews = cluster("outbound|9080||reviews.shop.svc.cluster.local");
+    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+        options(&reviews).unwrap().upstream_protocol_options
+    else {
+        panic!("explicit HTTP/1.1");
+    };
+    assert!(matches!(
+        explicit.protocol_config,
+        Some(ProtocolConfig::HttpProtocolOptions(_))
+    ));
+}
