@@ -30,18 +30,13 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
                         .as_ref()
                         .and_then(|d| d.body.as_ref())
                         .is_some_and(|b| b.bytes.is_some());
-                    let not_yet: [(bool, &str, &str); 3] = [
+                    let not_yet: [(bool, &str, &str); 2] = [
                         (
                             bytes_body,
                             "directResponse.body.bytes",
                             "binary direct-response bodies",
                         ),
                         (rule.cors_policy.is_some(), "corsPolicy", "CORS policies"),
-                        (
-                            rule.route.iter().any(|d| d.headers.is_some()),
-                            "route",
-                            "per-destination header manipulation",
-                        ),
                     ];
                     for (present, field, feature) in not_yet {
                         if present {

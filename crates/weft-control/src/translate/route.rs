@@ -203,7 +203,15 @@ fn virtual_service_routes(
             let prefix_matched = m
                 .and_then(|m| m.uri.as_ref())
                 .is_some_and(|u| u.prefix.is_some());
-            let (request_headers, response_headers) = header_operations(rule.headers.as_ref());
+            let (mut request_headers, mut response_headers) =
+                header_operations(rule.headers.as_ref());
+            // A single destination's header changes apply to the whole route, as in Istio;
+            // with several, each weighted cluster carries its own.
+            if let [only] = rule.route.as_slice() {
+                let (request, response) = header_operations(only.headers.as_ref());
+                request_headers.extend(request);
+                response_headers.extend(response);
+            }
             routes.push(Route {
                 name,
                 r#match: Some(route_match),
@@ -407,6 +415,13 @@ struct HeaderChanges {
     remove: Vec<String>,
 }
 
+impl HeaderChanges {
+    fn extend(&mut self, more: HeaderChanges) {
+        self.add.extend(more.add);
+        self.remove.extend(more.remove);
+    }
+}
+
 /// Istio's header manipulation as Envoy's: `set` overwrites, `add` appends, `remove` removes.
 fn header_operations(headers: Option<&Headers>) -> (HeaderChanges, HeaderChanges) {
     let convert = |operations: Option<&HeaderOperations>| {
@@ -455,7 +470,7 @@ fn route_action(
     if rule.route.is_empty() {
         return None;
     }
-    let clusters: Vec<(String, u32)> = rule
+    let clusters: Vec<(String, u32, Option<&Headers>)> = rule
         .route
         .iter()
         .map(|d| {
@@ -463,6 +478,7 @@ fn route_action(
             (
                 destination_cluster(snapshot, &d.destination, namespace, service, port),
                 weight,
+                d.headers.as_ref(),
             )
         })
         .collect();
@@ -473,11 +489,18 @@ fn route_action(
         ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: clusters
                 .into_iter()
-                .filter(|(_, weight)| *weight > 0)
-                .map(|(name, weight)| ClusterWeight {
-                    name,
-                    weight: Some(UInt32Value { value: weight }),
-                    ..ClusterWeight::default()
+                .filter(|(_, weight, _)| *weight > 0)
+                .map(|(name, weight, headers)| {
+                    let (request, response) = header_operations(headers);
+                    ClusterWeight {
+                        name,
+                        weight: Some(UInt32Value { value: weight }),
+                        request_headers_to_add: request.add,
+                        request_headers_to_remove: request.remove,
+                        response_headers_to_add: response.add,
+                        response_headers_to_remove: response.remove,
+                        ..ClusterWeight::default()
+                    }
                 })
                 .collect(),
             ..WeightedCluster::default()

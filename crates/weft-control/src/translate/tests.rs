@@ -869,3 +869,39 @@ spec:
         Some(ProtocolConfig::HttpProtocolOptions(_))
     ));
 }
+
+#[test]
+fn per_destination_headers_go_on_the_weighted_cluster_or_the_single_route() {
+    use weft_xds::envoy::envoy::config::route::v3::route::Action as RouteKind;
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {prefix: /one}}]\n    headers: {request: {set: {x-rule: r}}}\n    route:\n    - destination: {host: reviews, subset: v1}\n      headers: {request: {set: {x-dest: v1}}, response: {remove: [server]}}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n      headers: {request: {add: {x-dest: v1}}}\n    - destination: {host: reviews, subset: v2}\n      weight: 50\n      headers: {response: {set: {x-served-by: v2}}}\n";
+    let generator = serving(snapshot_of(&[("a-vs.yaml", vs), ("mesh.yaml", MESH)]));
+    let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
+    let routes = &config.virtual_hosts[0].routes;
+    let keys = |options: &[weft_xds::envoy::envoy::config::core::v3::HeaderValueOption]| {
+        options
+            .iter()
+            .map(|o| o.header.as_ref().unwrap().key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&routes[0].request_headers_to_add),
+        ["x-rule", "x-dest"]
+    );
+    assert_eq!(routes[0].response_headers_to_remove, ["server"]);
+    let Some(RouteKind::Route(action)) = &routes[1].action else {
+        panic!("{:?}", routes[1].action)
+    };
+    let Some(ClusterSpecifier::WeightedClusters(weighted)) = &action.cluster_specifier else {
+        panic!("{action:?}")
+    };
+    assert_eq!(
+        keys(&weighted.clusters[0].request_headers_to_add),
+        ["x-dest"]
+    );
+    assert!(weighted.clusters[0].response_headers_to_add.is_empty());
+    assert_eq!(
+        keys(&weighted.clusters[1].response_headers_to_add),
+        ["x-served-by"]
+    );
+    assert!(routes[1].request_headers_to_add.is_empty());
+}
