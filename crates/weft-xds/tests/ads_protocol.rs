@@ -385,3 +385,36 @@ async fn pushes_of_named_types_carry_only_what_changed() {
     h.set(CLUSTER, &["a", "b=v2"]);
     assert_eq!(names(&client.next().await), ["a", "b"]);
 }
+
+/// Encoded responses share a send budget; proxies that never read keep theirs, and a healthy
+/// proxy must still be served (after a short wait at most), not stall behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_that_never_read_cannot_stall_the_others() {
+    let h = Harness::start().await;
+    // 30 proxies × 3 MiB is more than the 64 MiB budget.
+    let big = format!("big={}", "x".repeat(3 << 20));
+    h.set(CLUSTER, &[&big]);
+    let mut stuck = Vec::new();
+    for _ in 0..30 {
+        let client = h.connect().await;
+        client.send(CLUSTER, &[], "", "", None).await;
+        stuck.push(client);
+    }
+    h.ledger_until(|ledger| {
+        ledger
+            .snapshot()
+            .values()
+            .filter(|s| {
+                s.types
+                    .get("Cluster")
+                    .is_some_and(|t| t.sent_resources == 1)
+            })
+            .count()
+            == 30
+    })
+    .await;
+    let mut healthy = h.connect().await;
+    healthy.send(CLUSTER, &[], "", "", None).await;
+    assert_eq!(names(&healthy.next().await), ["big"]);
+    drop(stuck);
+}

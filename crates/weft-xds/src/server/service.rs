@@ -6,6 +6,12 @@
 //! generated tonic server would encode into one buffer per stream that keeps the capacity of
 //! the largest message it ever sent: megabytes per proxy in a large mesh, for as long as the
 //! proxy stays connected.
+//!
+//! A response is encoded only when HTTP/2 can take it, and encoded responses not yet written
+//! to the network share one budget ([`SEND_BUDGET_BYTES`]): when a hundred proxies reconnect
+//! at once, they are served a few at a time instead of the control plane holding every
+//! proxy's configuration in memory together. A response that waits longer than
+//! [`BUDGET_WAIT`] goes out anyway, so proxies that never read cannot stall the others.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,8 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use prost::bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use prost::bytes::{BufMut, Bytes};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::codec::Streaming;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
@@ -31,16 +39,27 @@ const STREAM_METHOD: &str =
 /// The largest request accepted, as tonic's default.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// How many bytes of encoded responses may wait for the network at once, over all streams.
+const SEND_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// The budget is counted in KiB, so a permit count fits a `u32`.
+const BUDGET_UNIT: usize = 1024;
+
+/// How long a response waits for the budget before it goes out regardless.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
 /// The aggregated discovery service, to add to a tonic server.
 #[derive(Clone)]
 pub struct AdsService {
     server: Arc<AdsServer>,
+    budget: Arc<Semaphore>,
 }
 
 impl AdsService {
     pub(super) fn new(server: AdsServer) -> Self {
         Self {
             server: Arc::new(server),
+            budget: Arc::new(Semaphore::new(SEND_BUDGET_BYTES / BUDGET_UNIT)),
         }
     }
 }
@@ -85,6 +104,8 @@ where
         let responses = self.server.open_stream(requests, peer);
         let mut response = http::Response::new(tonic::body::Body::new(ResponseBody {
             responses,
+            budget: self.budget.clone(),
+            next: None,
             finished: false,
         }));
         response.headers_mut().insert(
@@ -107,10 +128,33 @@ fn remote_addr<B>(request: &http::Request<B>) -> Option<SocketAddr> {
         })
 }
 
+/// A share of the send budget, held until the response is written out.
+type Admission = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
 /// The response stream: one gRPC message per response, then the status as trailers.
 struct ResponseBody {
     responses: mpsc::Receiver<Result<PreparedResponse, Status>>,
+    budget: Arc<Semaphore>,
+    /// The response to send next, waiting for its share of the budget.
+    next: Option<(PreparedResponse, Admission)>,
     finished: bool,
+}
+
+impl ResponseBody {
+    fn admission(&self, response: &PreparedResponse) -> Admission {
+        let units = response
+            .encoded_len()
+            .div_ceil(BUDGET_UNIT)
+            .min(SEND_BUDGET_BYTES / BUDGET_UNIT);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        let budget = self.budget.clone();
+        Box::pin(async move {
+            tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(units))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        })
+    }
 }
 
 impl http_body::Body for ResponseBody {
@@ -118,22 +162,34 @@ impl http_body::Body for ResponseBody {
     type Error = Status;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        if self.finished {
+        let this = self.get_mut();
+        if this.finished {
             return Poll::Ready(None);
         }
-        let status = match ready!(self.responses.poll_recv(cx)) {
-            Some(Ok(response)) => match grpc_message(&response) {
-                Ok(message) => return Poll::Ready(Some(Ok(http_body::Frame::data(message)))),
-                Err(status) => status,
-            },
-            Some(Err(status)) => status,
-            // The stream ended: the proxy closed its side or the server is shutting down.
-            None => Status::ok(""),
+        let status = loop {
+            if let Some((response, admission)) = &mut this.next {
+                let permit = ready!(admission.as_mut().poll(cx));
+                let message = grpc_message(response, permit);
+                this.next = None;
+                match message {
+                    Ok(message) => return Poll::Ready(Some(Ok(http_body::Frame::data(message)))),
+                    Err(status) => break status,
+                }
+            }
+            match ready!(this.responses.poll_recv(cx)) {
+                Some(Ok(response)) => {
+                    let admission = this.admission(&response);
+                    this.next = Some((response, admission));
+                }
+                Some(Err(status)) => break status,
+                // The stream ended: the proxy closed its side or the server is shutting down.
+                None => break Status::ok(""),
+            }
         };
-        self.finished = true;
+        this.finished = true;
         Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers(&status)))))
     }
 
@@ -142,19 +198,38 @@ impl http_body::Body for ResponseBody {
     }
 }
 
+/// An encoded response and its share of the send budget, given back when HTTP/2 has written
+/// the bytes and drops them.
+struct Budgeted {
+    message: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.message
+    }
+}
+
 /// A response as one gRPC message: a byte saying it is not compressed, its length, itself.
-fn grpc_message(response: &PreparedResponse) -> Result<Bytes, Status> {
+fn grpc_message(
+    response: &PreparedResponse,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<Bytes, Status> {
     let len = response.encoded_len();
     let Ok(prefix) = u32::try_from(len) else {
         return Err(Status::resource_exhausted(format!(
             "a {len}-byte response is too large for gRPC"
         )));
     };
-    let mut message = BytesMut::with_capacity(5 + len);
+    let mut message = Vec::with_capacity(5 + len);
     message.put_u8(0);
     message.put_u32(prefix);
     response.encode(&mut message);
-    Ok(message.freeze())
+    Ok(Bytes::from_owner(Budgeted {
+        message,
+        _permit: permit,
+    }))
 }
 
 fn trailers(status: &Status) -> http::HeaderMap {
