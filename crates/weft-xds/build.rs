@@ -1,4 +1,5 @@
-//! Compiles the protobuf descriptors of the Envoy types Weft sends (listeners, routes,
+//! Generates the client and server of Istio's certificate API (`src/istio_ca.rs` holds its
+//! messages) with tonic's manual builder, and compiles the protobuf descriptors of the Envoy types Weft sends (listeners, routes,
 //! clusters, endpoints, secrets, the filters inside them, and the admin config dump) into
 //! one `FileDescriptorSet`, so resources can be shown as JSON with their field names
 //! (`/debug/config_dump`). The `.proto` files come from the `envoy-types` crate that
@@ -40,6 +41,7 @@ const INCLUDES: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    certificate_service();
     let protos = envoy_types_dir()?.join("proto");
     let includes: Vec<PathBuf> = INCLUDES.iter().map(|i| protos.join(i)).collect();
     let descriptors = protox::Compiler::new(&includes)?
@@ -51,6 +53,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out, descriptors)?;
     println!("cargo::rerun-if-changed=build.rs");
     Ok(())
+}
+
+fn certificate_service() {
+    let method = tonic_build::manual::Method::builder()
+        .name("create_certificate")
+        .route_name("CreateCertificate")
+        .input_type("crate::istio_ca::IstioCertificateRequest")
+        .output_type("crate::istio_ca::IstioCertificateResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("IstioCertificateService")
+        .package("istio.v1.auth")
+        .method(method)
+        .build();
+    tonic_build::manual::Builder::new().compile(&[service]);
 }
 
 /// Where cargo unpacked the `envoy-types` package this build uses.

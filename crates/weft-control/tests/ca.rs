@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tonic::transport::Channel;
-use weft_control::ca::proto::IstioCertificateRequest;
-use weft_control::ca::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use weft_control::ca::token::JoinTokens;
 use weft_control::ca::{CaService, CertificateAuthority};
+use weft_xds::istio_ca::IstioCertificateRequest;
+use weft_xds::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 struct Ca {

@@ -6,12 +6,14 @@
 //! * [`server`] runs state-of-the-world ADS streams: per-type versions and nonces, ACK and
 //!   NACK, pushes only when a proxy's resources changed, and a [`server::Ledger`] of what each
 //!   stream was sent and acknowledged (what `/debug/syncz` shows);
+//! * [`istio_ca`] is Istio's certificate API, which proxies call with a CSR;
 //! * [`dump`] turns what a proxy was sent into an Envoy config dump, as JSON.
 //!
 //! What the resources *are* is decided by a [`server::Generator`]; the control plane provides
 //! one that translates the mesh model.
 
 pub mod dump;
+pub mod istio_ca;
 pub mod server;
 pub mod types;
 

@@ -12,7 +12,6 @@
 //! with a [join token](token) in `authorization: Bearer <token>`, and may only get a
 //! certificate for the identity their token names.
 
-pub mod proto;
 pub mod token;
 
 use std::fmt;
@@ -28,11 +27,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
-use proto::istio_certificate_service_server::{
+use token::JoinTokens;
+use weft_xds::istio_ca::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
-use proto::{IstioCertificateRequest, IstioCertificateResponse};
-use token::JoinTokens;
+use weft_xds::istio_ca::{IstioCertificateRequest, IstioCertificateResponse};
 
 use crate::metrics::ControlMetrics;
 
