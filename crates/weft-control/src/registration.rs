@@ -7,7 +7,10 @@
 //! * `INSTANCE_IPS` — the workload's address (the first one is used);
 //! * `SERVICES` — what it serves, each `<service>:<port>` or `<service>:<port>:<targetPort>`
 //!   (a list, or one comma-separated string). A service written without dots is
-//!   `<service>.<namespace>.svc.cluster.local`, as in Istio.
+//!   `<service>.<namespace>.svc.cluster.local`, as in Istio;
+//! * `APP_PORT` (Weft's own) — for a proxy reached on its own inbound port rather than by
+//!   interception (`weft proxy` without iptables): the target ports are then the proxy's, and
+//!   the application listens on loopback at this port.
 //!
 //! A workload without an address or without services is only a client and is not registered.
 //! The grace period keeps a restarting proxy's endpoint in place, so a quick reconnect does
@@ -48,6 +51,8 @@ pub struct RegisteredWorkload {
     pub address: String,
     /// What it serves.
     pub serves: Vec<ServedPort>,
+    /// Where the application listens on loopback, when not at the target ports.
+    pub app_port: Option<u32>,
 }
 
 impl RegisteredWorkload {
@@ -85,6 +90,9 @@ impl RegisteredWorkload {
                 .unwrap_or_else(|| "default".to_string()),
             address,
             serves,
+            app_port: node::string(node, "APP_PORT")
+                .and_then(|p| p.trim().parse().ok())
+                .filter(|p| (1..=65535).contains(p)),
         })
     }
 }

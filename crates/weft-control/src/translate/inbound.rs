@@ -96,13 +96,15 @@ fn cluster_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
-/// An inbound cluster: the application on 127.0.0.1 at the port the name gives.
-pub(crate) fn cluster(name: &str) -> Option<Resource> {
+/// An inbound cluster: the application on 127.0.0.1 at the port the name gives, or at the
+/// workload's `APP_PORT`.
+pub(crate) fn cluster(name: &str, workload: &RegisteredWorkload) -> Option<Resource> {
     let port: u32 = name
         .strip_prefix("inbound|")?
         .strip_suffix("||")?
         .parse()
         .ok()?;
+    let port = workload.app_port.unwrap_or(port);
     let endpoint = LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
             address: Some(socket_address("127.0.0.1", port)),

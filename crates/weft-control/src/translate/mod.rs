@@ -349,8 +349,8 @@ impl Generator for MeshGenerator {
             (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => Some(Some(
                 inbound::listener(&snapshot, workload, &self.identity.trust_domain),
             )),
-            (types::CLUSTER, Some(_)) if name.starts_with("inbound|") => {
-                Some(inbound::cluster(name))
+            (types::CLUSTER, Some(workload)) if name.starts_with("inbound|") => {
+                Some(inbound::cluster(name, workload))
             }
             _ => None,
         };
