@@ -28,6 +28,9 @@ enum Command {
     Control(cmd::control::Args),
     /// Print a join token: what a workload presents to get certificates for one identity.
     JoinToken(cmd::join_token::Args),
+    /// Run a sidecar for one workload: mTLS, routing and load balancing, configured by
+    /// `weft control`.
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,3 +3,4 @@
 pub mod analyze;
 pub mod control;
 pub mod join_token;
+pub mod proxy;

@@ -96,3 +96,105 @@ pub fn get(addr: &str, path: &str) -> String {
 pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&get(addr, path)).expect("the page is JSON")
 }
+
+/// A running `weft proxy`, killed when dropped.
+pub struct Proxy {
+    pub child: Child,
+    /// Inbound listener.
+    pub inbound: String,
+    /// Outbound listener (the explicit HTTP proxy).
+    pub outbound: String,
+    /// Admin pages.
+    pub admin: String,
+}
+
+impl Proxy {
+    /// Starts `weft proxy` with `args` (ports default to ephemeral ones) and waits for the
+    /// addresses it logs.
+    pub fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.args(["proxy", "--log", "warn,weft=info"]);
+        for (flag, default) in [
+            ("--inbound-port", "0"),
+            ("--outbound-port", "0"),
+            ("--admin-port", "0"),
+        ] {
+            if !args.contains(&flag) {
+                command.args([flag, default]);
+            }
+        }
+        let mut child = command
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weft proxy starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(ports) = line.split("listening: ").nth(1) {
+                    let _ = tx.send(ports.to_string());
+                }
+            }
+        });
+        let ports = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("weft proxy logs its ports");
+        let words: Vec<&str> = ports.split_whitespace().collect();
+        let after = |name: &str| {
+            words
+                .iter()
+                .position(|w| *w == name)
+                .and_then(|i| words.get(i + 1))
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| panic!("no {name} in {ports:?}"))
+        };
+        Self {
+            inbound: after("inbound"),
+            outbound: after("outbound"),
+            admin: after("admin"),
+            child,
+        }
+    }
+
+    /// Waits until `/healthz/ready` answers 200.
+    pub fn until_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while get_status(&self.admin, "/healthz/ready").0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy at {} never became ready",
+                self.admin
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A join token for an identity, from `weft join-token`.
+pub fn join_token(config_dir: &Path, namespace: &str, service_account: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "join-token",
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])
+        .arg("--config-dir")
+        .arg(config_dir)
+        .output()
+        .expect("weft join-token runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string()
+}

@@ -1,0 +1,148 @@
+//! `weft proxy`: a sidecar for one workload. It registers the workload with `weft control`,
+//! gets the workload's certificate, and proxies: outbound as an explicit HTTP proxy (point
+//! the application's `HTTP_PROXY` at it), inbound with mesh mTLS in front of the application.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use weft_proxy::Settings;
+
+/// Arguments of `weft proxy`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The control plane's xDS address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    control: String,
+    /// Workload name.
+    #[arg(long)]
+    name: String,
+    /// Namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// A service the workload serves, `NAME:PORT` (repeatable). A name without dots is
+    /// `NAME.<namespace>.svc.cluster.local`.
+    #[arg(long = "service", value_parser = parse_service)]
+    services: Vec<(String, u16)>,
+    /// Workload labels, `k=v,k=v`.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    labels: BTreeMap<String, String>,
+    /// Service account (the identity's last part).
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Where the application listens on loopback.
+    #[arg(long)]
+    app_port: Option<u16>,
+    /// Inbound listener port (0: any free port).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Outbound listener port, the explicit HTTP proxy (0: any free port).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Admin port on loopback (0: any free port).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Address the inbound and outbound listeners bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Address other sidecars reach this one on.
+    #[arg(long, default_value = "127.0.0.1")]
+    instance_ip: IpAddr,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The join token for this identity (`weft join-token`); or set `WEFT_JOIN_TOKEN`.
+    #[arg(
+        long,
+        env = "WEFT_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Log filter, as `RUST_LOG`.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn parse_service(text: &str) -> Result<(String, u16), String> {
+    let (name, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has no service name"));
+    }
+    Ok((name.to_string(), port))
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Runs the sidecar until Ctrl-C or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!(
+            "give the workload's join token with --token, --token-file or WEFT_JOIN_TOKEN (see `weft join-token`)"
+        ),
+    };
+    let settings = Settings {
+        control: args.control,
+        name: args.name,
+        namespace: args.namespace,
+        service_account: args.service_account,
+        labels: args.labels,
+        services: args.services,
+        app_port: args.app_port,
+        bind: args.bind,
+        instance_ip: args.instance_ip,
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        admin_port: args.admin_port,
+        trust_domain: args.trust_domain,
+        token,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let ports = weft_proxy::start(settings)
+            .await
+            .context("starting the proxy")?;
+        tracing::info!(
+            "listening: inbound {} outbound {} admin {}",
+            ports.inbound,
+            ports.outbound,
+            ports.admin
+        );
+        super::control::shutdown_signal().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,280 @@
+//! Two workloads, each behind a real `weft proxy`, configured by a real `weft control`: a
+//! client calls through its sidecar's outbound (explicit HTTP proxy) listener; the request
+//! crosses to the server's sidecar over mesh mTLS and reaches the server application with
+//! the caller's SPIFFE ID in `x-forwarded-client-cert`.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly when its own setup fails"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: test}
+spec:
+  hosts: [echo.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: echo}
+";
+
+/// An application that answers every request with the request's own head, so a test sees
+/// what arrived.
+fn echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || serve_echo(stream));
+        }
+    });
+    port
+}
+
+fn serve_echo(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        head.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.write_all(&head);
+}
+
+/// A TCP relay from `listen` to `target` that keeps what the client side sent.
+fn relay(listen: &str, target: String) -> Arc<Mutex<Vec<u8>>> {
+    let listener = TcpListener::bind(listen).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut client_read, mut server_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16384];
+                while let Ok(n) = client_read.read(&mut buffer) {
+                    if n == 0 || server_write.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+                let _ = server_write.shutdown(Shutdown::Write);
+            });
+            let (mut server_read, mut client_write) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server_read, &mut client_write);
+                let _ = client_write.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    seen
+}
+
+/// A free port on loopback (bound and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends one HTTP/1.1 request through an explicit proxy; returns status and body.
+fn via_proxy(proxy: &str, url: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    write!(
+        stream,
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    _control: common::Control,
+    server: common::Proxy,
+    client: common::Proxy,
+    /// What crossed from the client's sidecar to the server's.
+    wire: Arc<Mutex<Vec<u8>>>,
+}
+
+fn config_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("config")
+}
+
+impl Mesh {
+    fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(config_dir(dir.path())).unwrap();
+        std::fs::write(
+            config_dir(dir.path()).join("echo.yaml"),
+            format!("{SERVICE}---\n{extra}"),
+        )
+        .unwrap();
+        let control = common::Control::start(&config_dir(dir.path()));
+        let app = echo_app();
+        // The server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2, where a
+        // relay records what the client's sidecar sends.
+        let inbound = free_port();
+        let wire = relay(
+            &format!("127.0.0.2:{inbound}"),
+            format!("127.0.0.1:{inbound}"),
+        );
+        let server_token = common::join_token(&config_dir(dir.path()), "test", "echo");
+        let server = common::Proxy::start(&[
+            "--control",
+            &control.xds,
+            "--name",
+            "echo-v1",
+            "--namespace",
+            "test",
+            "--service",
+            "echo:8080",
+            "--labels",
+            "app=echo,version=v1",
+            "--service-account",
+            "echo",
+            "--app-port",
+            &app.to_string(),
+            "--inbound-port",
+            &inbound.to_string(),
+            "--instance-ip",
+            "127.0.0.2",
+            "--token",
+            &server_token,
+        ]);
+        let client_token = common::join_token(&config_dir(dir.path()), "test", "client");
+        let client = common::Proxy::start(&[
+            "--control",
+            &control.xds,
+            "--name",
+            "client",
+            "--namespace",
+            "test",
+            "--service-account",
+            "client",
+            "--token",
+            &client_token,
+        ]);
+        server.until_ready();
+        client.until_ready();
+        // Wait until the client's sidecar knows the server's endpoint.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let clusters = common::get(&client.admin, "/clusters");
+            if clusters.contains(&format!("127.0.0.2:{inbound}")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the endpoint never arrived: {clusters}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mesh {
+            dir,
+            _control: control,
+            server,
+            client,
+            wire,
+        }
+    }
+}
+
+#[test]
+fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity() {
+    let mesh = Mesh::start("");
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/hello",
+    );
+    assert_eq!(status, 200, "{body}");
+    let xfcc = body
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("x-forwarded-client-cert:")
+        })
+        .unwrap_or_else(|| panic!("no XFCC in what the server got: {body}"));
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/test/sa/client"),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.contains("By=spiffe://cluster.local/ns/test/sa/echo"),
+        "{xfcc}"
+    );
+    assert!(body.starts_with("GET /hello HTTP/1.1"), "{body}");
+
+    // What crossed between the sidecars was TLS, not the request.
+    let wire = mesh.wire.lock().unwrap().clone();
+    assert!(wire.len() > 100, "{} bytes crossed", wire.len());
+    assert_eq!(&wire[..2], &[0x16, 0x03], "a TLS handshake record first");
+    let text = String::from_utf8_lossy(&wire);
+    // (The TLS ClientHello names the service in its SNI, in clear, as TLS does.)
+    assert!(
+        !text.contains("/hello") && !text.contains("HTTP/1.1") && !text.contains("spiffe://"),
+        "plaintext on the wire"
+    );
+
+    // The admin pages show the certificate and the route.
+    let certs = common::get_json(&mesh.client.admin, "/certs");
+    assert_eq!(
+        certs["spiffeId"],
+        "spiffe://cluster.local/ns/test/sa/client"
+    );
+    let dump = common::get(&mesh.client.admin, "/config_dump");
+    assert!(
+        dump.contains("outbound|8080||echo.test.svc.cluster.local"),
+        "{dump}"
+    );
+    drop(mesh.dir);
+}
+
+#[test]
+fn unknown_hosts_get_404_with_the_nr_flag() {
+    let mesh = Mesh::start("");
+    let (status, _) = via_proxy(
+        &mesh.client.outbound,
+        "http://nowhere.test.svc.cluster.local:8080/",
+    );
+    assert_eq!(status, 404);
+    drop(mesh.server);
+}

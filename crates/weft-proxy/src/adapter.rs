@@ -1,0 +1,582 @@
+//! The one place Envoy's protobuf types are read: xDS resources in, the proxy's
+//! [`Model`] out. A resource that cannot be applied is an error naming it, which the xDS
+//! client sends back as a NACK while the proxy keeps its last good model.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use regex::Regex;
+use weft_xds::envoy::envoy::config::cluster::v3::Cluster as XdsCluster;
+use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
+use weft_xds::envoy::envoy::config::core::v3::{
+    Address, HeaderValueOption, TransportSocket, address, header_value_option::HeaderAppendAction,
+    socket_address::PortSpecifier, transport_socket,
+};
+use weft_xds::envoy::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use weft_xds::envoy::envoy::config::listener::v3::{Listener, filter};
+use weft_xds::envoy::envoy::config::route::v3::{
+    HeaderMatcher, RouteConfiguration,
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier,
+    redirect_action,
+    route::Action as XdsAction,
+    route_action::{ClusterSpecifier, HostRewriteSpecifier},
+    route_match::PathSpecifier,
+};
+use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
+use weft_xds::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use weft_xds::envoy::google::protobuf::{Any, value::Kind};
+
+use crate::model::{
+    Action, Cluster, Endpoint, Forward, HeaderChanges, HeaderMatch, InboundPort, LoadBalancer,
+    MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite, Route, RouteMatch, RouteTable,
+    StringMatch, VirtualHost, WeightedCluster,
+};
+
+/// The resources a proxy holds, as received, by type and name.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    /// Listeners.
+    pub listeners: HashMap<String, Any>,
+    /// Route configurations.
+    pub routes: HashMap<String, Any>,
+    /// Clusters.
+    pub clusters: HashMap<String, Any>,
+    /// Cluster load assignments.
+    pub endpoints: HashMap<String, Any>,
+}
+
+/// A resource the proxy cannot apply.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name}: {reason}")]
+pub struct Rejected {
+    kind: &'static str,
+    name: String,
+    reason: String,
+}
+
+fn rejected(kind: &'static str, name: &str, reason: impl Into<String>) -> Rejected {
+    Rejected {
+        kind,
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn decode<M: Message + Default>(kind: &'static str, name: &str, any: &Any) -> Result<M, Rejected> {
+    M::decode(any.value.as_slice()).map_err(|e| rejected(kind, name, format!("undecodable: {e}")))
+}
+
+/// The route configurations and clusters the listeners and clusters refer to, to ask for
+/// over RDS and EDS.
+pub fn wanted_routes(received: &Received) -> Vec<String> {
+    let mut names: Vec<String> = received
+        .listeners
+        .iter()
+        .filter_map(|(name, any)| decode::<Listener>("listener", name, any).ok())
+        .flat_map(|listener| listener.filter_chains)
+        .flat_map(|chain| chain.filters)
+        .filter_map(|filter| match filter.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|manager| match manager.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The clusters whose endpoints come over EDS.
+pub fn wanted_endpoints(received: &Received) -> Vec<String> {
+    let mut names: Vec<String> = received
+        .clusters
+        .iter()
+        .filter_map(|(name, any)| decode::<XdsCluster>("cluster", name, any).ok())
+        .filter(|c| c.eds_cluster_config.is_some())
+        .map(|c| {
+            c.eds_cluster_config
+                .map(|e| e.service_name)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(c.name)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Builds the model from everything received.
+pub fn build(received: &Received) -> Result<Model, Rejected> {
+    let mut model = Model::default();
+    for (name, any) in &received.listeners {
+        let listener: Listener = decode("listener", name, any)?;
+        if let Some(port) = name.strip_prefix("0.0.0.0_").and_then(|p| p.parse().ok()) {
+            if let Some(route) = wanted_routes(&Received {
+                listeners: HashMap::from([(name.clone(), any.clone())]),
+                ..Received::default()
+            })
+            .into_iter()
+            .next()
+            {
+                model.outbound_ports.insert(port, route);
+            }
+        } else if listener.traffic_direction
+            == weft_xds::envoy::envoy::config::core::v3::TrafficDirection::Inbound as i32
+        {
+            for chain in &listener.filter_chains {
+                let Some(matched) = &chain.filter_chain_match else {
+                    continue;
+                };
+                let Some(port) = matched
+                    .destination_port
+                    .as_ref()
+                    .and_then(|p| u16::try_from(p.value).ok())
+                else {
+                    continue;
+                };
+                let entry = model.inbound.entry(port).or_insert(InboundPort {
+                    mtls: false,
+                    plaintext: false,
+                });
+                match matched.transport_protocol.as_str() {
+                    "tls" => entry.mtls = true,
+                    _ => entry.plaintext = true,
+                }
+            }
+        }
+    }
+    for (name, any) in &received.routes {
+        let config: RouteConfiguration = decode("route configuration", name, any)?;
+        model
+            .routes
+            .insert(name.clone(), Arc::new(route_table(config)?));
+    }
+    for (name, any) in &received.clusters {
+        let cluster: XdsCluster = decode("cluster", name, any)?;
+        let service_name = cluster
+            .eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| cluster.name.clone());
+        let assignment = match &cluster.load_assignment {
+            Some(assignment) => Some(assignment.clone()),
+            None => received
+                .endpoints
+                .get(&service_name)
+                .map(|any| decode::<ClusterLoadAssignment>("endpoints", &service_name, any))
+                .transpose()?,
+        };
+        model
+            .clusters
+            .insert(name.clone(), Arc::new(cluster_model(cluster, assignment)?));
+    }
+    Ok(model)
+}
+
+fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
+    let name = config.name.clone();
+    let mut virtual_hosts = Vec::new();
+    for vh in config.virtual_hosts {
+        let mut routes = Vec::new();
+        for route in vh.routes {
+            let matcher = route_match(&name, route.r#match.unwrap_or_default())?;
+            let action = match route.action {
+                Some(XdsAction::Route(action)) => {
+                    let clusters = match action.cluster_specifier {
+                        Some(ClusterSpecifier::Cluster(cluster)) => vec![WeightedCluster {
+                            name: cluster,
+                            weight: 1,
+                            request_headers: HeaderChanges::default(),
+                            response_headers: HeaderChanges::default(),
+                        }],
+                        Some(ClusterSpecifier::WeightedClusters(weighted)) => weighted
+                            .clusters
+                            .into_iter()
+                            .map(|c| WeightedCluster {
+                                request_headers: header_changes(
+                                    &c.request_headers_to_add,
+                                    &c.request_headers_to_remove,
+                                ),
+                                response_headers: header_changes(
+                                    &c.response_headers_to_add,
+                                    &c.response_headers_to_remove,
+                                ),
+                                name: c.name,
+                                weight: c.weight.map_or(1, |w| w.value),
+                            })
+                            .collect(),
+                        _ => return Err(rejected("route configuration", &name, "a route names no cluster")),
+                    };
+                    Action::Forward(Forward {
+                        clusters,
+                        timeout: action
+                            .timeout
+                            .map(duration)
+                            .filter(|t| !t.is_zero()),
+                        prefix_rewrite: Some(action.prefix_rewrite).filter(|p| !p.is_empty()),
+                        regex_rewrite: action
+                            .regex_rewrite
+                            .map(|r| {
+                                Ok::<_, Rejected>(RegexRewrite {
+                                    pattern: regex(&name, &r.pattern.unwrap_or_default().regex)?,
+                                    substitution: r.substitution,
+                                })
+                            })
+                            .transpose()?,
+                        host_rewrite: match action.host_rewrite_specifier {
+                            Some(HostRewriteSpecifier::HostRewriteLiteral(host)) => Some(host),
+                            _ => None,
+                        },
+                    })
+                }
+                Some(XdsAction::Redirect(redirect)) => Action::Redirect(Redirect {
+                    status: match redirect_action::RedirectResponseCode::try_from(
+                        redirect.response_code,
+                    ) {
+                        Ok(redirect_action::RedirectResponseCode::Found) => 302,
+                        Ok(redirect_action::RedirectResponseCode::SeeOther) => 303,
+                        Ok(redirect_action::RedirectResponseCode::TemporaryRedirect) => 307,
+                        Ok(redirect_action::RedirectResponseCode::PermanentRedirect) => 308,
+                        _ => 301,
+                    },
+                    scheme: match redirect.scheme_rewrite_specifier {
+                        Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s),
+                        Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)) => {
+                            Some("https".to_string())
+                        }
+                        _ => None,
+                    },
+                    host: Some(redirect.host_redirect).filter(|h| !h.is_empty()),
+                    port: u16::try_from(redirect.port_redirect).ok().filter(|p| *p != 0),
+                    path: match &redirect.path_rewrite_specifier {
+                        Some(redirect_action::PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
+                        _ => None,
+                    },
+                    prefix: match redirect.path_rewrite_specifier {
+                        Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(p)) => Some(p),
+                        _ => None,
+                    },
+                }),
+                Some(XdsAction::DirectResponse(direct)) => Action::Direct {
+                    status: u16::try_from(direct.status).unwrap_or(500),
+                    body: direct
+                        .body
+                        .and_then(|b| match b.specifier {
+                            Some(weft_xds::envoy::envoy::config::core::v3::data_source::Specifier::InlineString(s)) => Some(s),
+                            _ => None,
+                        })
+                        .unwrap_or_default(),
+                },
+                _ => {
+                    return Err(rejected(
+                        "route configuration",
+                        &name,
+                        format!("route {} has an action this proxy does not support", route.name),
+                    ));
+                }
+            };
+            routes.push(Route {
+                name: route.name,
+                matcher,
+                action,
+                request_headers: header_changes(
+                    &route.request_headers_to_add,
+                    &route.request_headers_to_remove,
+                ),
+                response_headers: header_changes(
+                    &route.response_headers_to_add,
+                    &route.response_headers_to_remove,
+                ),
+            });
+        }
+        virtual_hosts.push(VirtualHost {
+            name: vh.name,
+            domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            routes,
+        });
+    }
+    Ok(RouteTable { virtual_hosts })
+}
+
+fn regex(config: &str, pattern: &str) -> Result<Regex, Rejected> {
+    // Envoy's regexes match the whole value.
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        rejected(
+            "route configuration",
+            config,
+            format!("bad regex {pattern:?}: {e}"),
+        )
+    })
+}
+
+fn route_match(
+    config: &str,
+    m: weft_xds::envoy::envoy::config::route::v3::RouteMatch,
+) -> Result<RouteMatch, Rejected> {
+    let path = match m.path_specifier {
+        Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix(prefix),
+        Some(PathSpecifier::Path(path)) => PathMatch::Exact(path),
+        Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(regex(config, &r.regex)?),
+        _ => PathMatch::Prefix(String::new()),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .map(|h| header_match(config, h))
+        .collect::<Result<_, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .map(|q| {
+            Ok(QueryMatch {
+                name: q.name.clone(),
+                condition: match &q.query_parameter_match_specifier {
+                    Some(QueryParameterMatchSpecifier::StringMatch(s)) => string_match(config, s)?,
+                    _ => StringMatch::Present,
+                },
+            })
+        })
+        .collect::<Result<_, Rejected>>()?;
+    Ok(RouteMatch {
+        path,
+        ignore_case: m.case_sensitive.is_some_and(|c| !c.value),
+        headers,
+        query,
+    })
+}
+
+#[allow(
+    deprecated,
+    reason = "older control planes still send the deprecated matchers"
+)]
+fn header_match(config: &str, h: &HeaderMatcher) -> Result<HeaderMatch, Rejected> {
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        condition: match &h.header_match_specifier {
+            Some(HeaderMatchSpecifier::StringMatch(s)) => string_match(config, s)?,
+            Some(HeaderMatchSpecifier::ExactMatch(s)) => StringMatch::Exact(s.clone()),
+            Some(HeaderMatchSpecifier::PrefixMatch(s)) => StringMatch::Prefix(s.clone()),
+            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+                StringMatch::Regex(regex(config, &r.regex)?)
+            }
+            _ => StringMatch::Present,
+        },
+        invert: h.invert_match,
+        missing_is_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+fn string_match(config: &str, s: &StringMatcher) -> Result<StringMatch, Rejected> {
+    let case = |text: &str| regex::escape(text);
+    Ok(match (&s.match_pattern, s.ignore_case) {
+        (Some(MatchPattern::Exact(v)), true) => {
+            StringMatch::Regex(regex(config, &format!("(?i){}", case(v)))?)
+        }
+        (Some(MatchPattern::Prefix(v)), true) => {
+            StringMatch::Regex(regex(config, &format!("(?i){}.*", case(v)))?)
+        }
+        (Some(MatchPattern::Exact(v)), false) => StringMatch::Exact(v.clone()),
+        (Some(MatchPattern::Prefix(v)), false) => StringMatch::Prefix(v.clone()),
+        (Some(MatchPattern::Suffix(v)), _) => StringMatch::Suffix(v.clone()),
+        (Some(MatchPattern::Contains(v)), _) => StringMatch::Contains(v.clone()),
+        (Some(MatchPattern::SafeRegex(r)), _) => StringMatch::Regex(regex(config, &r.regex)?),
+        _ => StringMatch::Present,
+    })
+}
+
+fn header_changes(add: &[HeaderValueOption], remove: &[String]) -> HeaderChanges {
+    let mut changes = HeaderChanges {
+        remove: remove.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        ..HeaderChanges::default()
+    };
+    for option in add {
+        let Some(header) = &option.header else {
+            continue;
+        };
+        let pair = (header.key.to_ascii_lowercase(), header.value.clone());
+        if option.append_action == HeaderAppendAction::AppendIfExistsOrAdd as i32 {
+            changes.add.push(pair);
+        } else {
+            changes.set.push(pair);
+        }
+    }
+    changes
+}
+
+fn duration(d: weft_xds::envoy::google::protobuf::Duration) -> Duration {
+    Duration::new(
+        u64::try_from(d.seconds).unwrap_or(0),
+        u32::try_from(d.nanos).unwrap_or(0),
+    )
+}
+
+fn cluster_model(
+    cluster: XdsCluster,
+    assignment: Option<ClusterLoadAssignment>,
+) -> Result<Cluster, Rejected> {
+    let name = cluster.name.clone();
+    let passthrough = matches!(
+        cluster.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32
+    );
+    let lb = match LbPolicy::try_from(cluster.lb_policy) {
+        Ok(LbPolicy::Random) => LoadBalancer::Random,
+        Ok(LbPolicy::LeastRequest) => LoadBalancer::LeastRequest,
+        _ => LoadBalancer::RoundRobin,
+    };
+    let mut mesh_tls = None;
+    for socket_match in &cluster.transport_socket_matches {
+        let is_mesh = socket_match
+            .r#match
+            .as_ref()
+            .and_then(|m| m.fields.get("tlsMode"))
+            .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(s)) if s == "istio"));
+        if is_mesh {
+            mesh_tls = socket_match
+                .transport_socket
+                .as_ref()
+                .map(|s| upstream_tls(&name, s))
+                .transpose()?
+                .flatten();
+        }
+    }
+    let default_tls = cluster
+        .transport_socket
+        .as_ref()
+        .map(|s| upstream_tls(&name, s))
+        .transpose()?
+        .flatten();
+    let http2 = cluster
+        .typed_extension_protocol_options
+        .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
+        .and_then(|o| o.upstream_protocol_options)
+        .is_some_and(|o| match o {
+            UpstreamProtocolOptions::ExplicitHttpConfig(e) => {
+                matches!(
+                    e.protocol_config,
+                    Some(ProtocolConfig::Http2ProtocolOptions(_))
+                )
+            }
+            _ => false,
+        });
+    let mut endpoints = Vec::new();
+    for locality in assignment.map(|a| a.endpoints).unwrap_or_default() {
+        for lb_endpoint in locality.lb_endpoints {
+            let Some(HostIdentifier::Endpoint(endpoint)) = &lb_endpoint.host_identifier else {
+                continue;
+            };
+            let Some(address) = endpoint.address.as_ref().and_then(socket_addr) else {
+                return Err(rejected(
+                    "cluster",
+                    &name,
+                    "an endpoint has no IP address and port",
+                ));
+            };
+            let metadata = lb_endpoint.metadata.as_ref();
+            let field = |filter: &str, key: &str| {
+                metadata
+                    .and_then(|m| m.filter_metadata.get(filter))
+                    .and_then(|s| s.fields.get(key))
+                    .and_then(|v| match &v.kind {
+                        Some(Kind::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+            };
+            endpoints.push(Endpoint {
+                address,
+                weight: lb_endpoint
+                    .load_balancing_weight
+                    .map_or(1, |w| w.value.max(1)),
+                healthy: lb_endpoint.health_status
+                    != weft_xds::envoy::envoy::config::core::v3::HealthStatus::Unhealthy as i32,
+                mesh: field("envoy.transport_socket_match", "tlsMode").as_deref() == Some("istio"),
+                identity: field("istio", "identity"),
+            });
+        }
+    }
+    Ok(Cluster {
+        name,
+        lb,
+        endpoints,
+        mesh_tls,
+        default_tls,
+        http2,
+        connect_timeout: cluster
+            .connect_timeout
+            .map_or(Duration::from_secs(10), duration),
+        passthrough,
+    })
+}
+
+/// The mesh TLS an upstream transport socket asks for; `None` for plaintext. Only mesh mTLS
+/// (certificates from SDS) is supported so far.
+fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<MeshTls>, Rejected> {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+        return Ok(None);
+    };
+    if !any.type_url.ends_with("UpstreamTlsContext") {
+        return Ok(None);
+    }
+    let context: UpstreamTlsContext = decode("cluster", cluster, any)?;
+    let common = context.common_tls_context.unwrap_or_default();
+    if common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(rejected(
+            "cluster",
+            cluster,
+            "TLS origination with files (DestinationRule SIMPLE or MUTUAL) is not supported by this proxy yet",
+        ));
+    }
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let identities = match common.validation_context_type {
+        Some(ValidationContextType::CombinedValidationContext(combined)) => combined
+            .default_validation_context
+            .map(|v| {
+                v.match_typed_subject_alt_names
+                    .into_iter()
+                    .filter_map(|m| match m.matcher.and_then(|m| m.match_pattern) {
+                        Some(MatchPattern::Exact(id)) => Some(id),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(Some(MeshTls {
+        sni: context.sni,
+        identities,
+    }))
+}
+
+fn socket_addr(address: &Address) -> Option<SocketAddr> {
+    let Some(address::Address::SocketAddress(socket)) = &address.address else {
+        return None;
+    };
+    let ip: IpAddr = socket.address.parse().ok()?;
+    let Some(PortSpecifier::PortValue(port)) = socket.port_specifier else {
+        return None;
+    };
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}

@@ -1,0 +1,226 @@
+//! The inbound side: connections from other sidecars (and, where PeerAuthentication allows,
+//! plaintext clients) to this workload. Each connection is told apart by its first byte —
+//! a TLS handshake or not — and accepted or refused by the port's mode: STRICT takes mTLS
+//! only, PERMISSIVE both, DISABLE plaintext only. mTLS peers must present a mesh certificate
+//! of this trust domain; their identity reaches the application in
+//! `x-forwarded-client-cert`, in Envoy's format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::identity::{CurrentIdentity, peer_spiffe_id, trust_domain};
+use crate::model::InboundPort;
+use crate::outbound::{local_response, strip_hop_by_hop};
+use crate::upstream::{Body, ORIGINAL_PROTOCOL, Upstreams};
+use crate::xds::Config;
+
+/// The header that tells the application who called.
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// How long a client may take to send its first byte or finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the inbound side reads.
+#[derive(Clone)]
+pub struct Inbound {
+    /// The configuration in force.
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The workload's identity.
+    pub identity: CurrentIdentity,
+    /// Connections to the application.
+    pub upstreams: Upstreams,
+    /// The port this listener is on (its chains are keyed by it).
+    pub port: u16,
+}
+
+/// The verified caller of an mTLS connection.
+#[derive(Debug, Clone)]
+struct Peer {
+    spiffe_id: String,
+    cert_hash: String,
+}
+
+impl Inbound {
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let inbound = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(reason) = inbound.connection(stream).await {
+                            tracing::debug!(%peer, reason, "inbound connection refused");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn mode(&self) -> InboundPort {
+        // Before any configuration: mTLS only, the safe choice.
+        self.config
+            .borrow()
+            .model
+            .inbound
+            .get(&self.port)
+            .copied()
+            .unwrap_or(InboundPort {
+                mtls: true,
+                plaintext: false,
+            })
+    }
+
+    async fn connection(self, stream: TcpStream) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+            .await
+            .map_err(|_| "no bytes in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        if peeked == 0 {
+            return Ok(());
+        }
+        let mode = self.mode();
+        // 0x16 starts a TLS handshake record.
+        if first[0] == 0x16 {
+            if !mode.mtls {
+                return Err("TLS on a port whose PeerAuthentication is DISABLE".into());
+            }
+            let config = crate::tls::server_config(&self.identity).map_err(|e| e.to_string())?;
+            let tls = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                tokio_rustls::TlsAcceptor::from(config).accept(stream),
+            )
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .ok_or("no client certificate")?;
+            let spiffe_id =
+                peer_spiffe_id(certificate).ok_or("the client certificate has no SPIFFE ID")?;
+            let own = self
+                .identity
+                .get()
+                .map(|i| i.spiffe_id.clone())
+                .unwrap_or_default();
+            if trust_domain(&spiffe_id) != trust_domain(&own) {
+                return Err(format!("{spiffe_id} is not in this mesh's trust domain"));
+            }
+            let cert_hash = hex(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+            let peer = Peer {
+                spiffe_id,
+                cert_hash,
+            };
+            self.serve_http(TokioIo::new(tls), Some(peer)).await
+        } else {
+            if !mode.plaintext {
+                return Err("plaintext on a port whose PeerAuthentication is STRICT".into());
+            }
+            self.serve_http(TokioIo::new(stream), None).await
+        }
+    }
+
+    async fn serve_http<T>(&self, io: TokioIo<T>, peer: Option<Peer>) -> Result<(), String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let inbound = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let inbound = inbound.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, peer).await) }
+        });
+        auto::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, request: Request<Incoming>, peer: Option<Peer>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        // Only this proxy may say who the caller is.
+        parts.headers.remove(XFCC);
+        if let Some(peer) = &peer {
+            let own = self
+                .identity
+                .get()
+                .map(|i| i.spiffe_id.clone())
+                .unwrap_or_default();
+            let xfcc = format!(
+                "By={own};Hash={};Subject=\"\";URI={}",
+                peer.cert_hash, peer.spiffe_id
+            );
+            if let Ok(value) = HeaderValue::from_str(&xfcc) {
+                parts.headers.insert(HeaderName::from_static(XFCC), value);
+            }
+        }
+        // A request that was HTTP/1.1 before the sidecars' HTTP/2 hop goes to the app as it was.
+        let http1 = parts.headers.remove(ORIGINAL_PROTOCOL).is_some()
+            || parts.version != hyper::Version::HTTP_2;
+        let config = self.config.borrow().clone();
+        let cluster_name = format!("inbound|{}||", self.port);
+        let Some(cluster) = config.model.clusters.get(&cluster_name) else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("NC"),
+                "no inbound cluster\n",
+            );
+        };
+        let Some(endpoint) = cluster.endpoints.first() else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("UH"),
+                "no application\n",
+            );
+        };
+        if let Some(path) = parts.uri.path_and_query().cloned() {
+            parts.uri = hyper::Uri::from(path);
+        }
+        let request = Request::from_parts(parts, body.boxed());
+        match self
+            .upstreams
+            .send(
+                endpoint.address,
+                None,
+                !http1,
+                cluster.connect_timeout,
+                request,
+            )
+            .await
+        {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(error.flag()),
+                format!("{error}\n"),
+            ),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

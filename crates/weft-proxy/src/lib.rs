@@ -1,0 +1,247 @@
+//! The Weft sidecar proxy (`weft proxy`): the data plane beside one workload.
+//!
+//! A request from the application goes: [`outbound`] (the explicit HTTP proxy listener) →
+//! [`router`] (route, weighted cluster, endpoint) → [`upstream`] (pooled connection, mesh
+//! mTLS from [`tls`] with the certificate from [`identity`]) → the peer sidecar's
+//! [`inbound`] listener (mTLS or plaintext as PeerAuthentication says, caller identity in
+//! `x-forwarded-client-cert`) → its application. Configuration arrives over ADS ([`xds`]),
+//! is turned into the proxy's own [`model`] by [`adapter`], and is swapped whole; [`admin`]
+//! shows it.
+
+pub mod adapter;
+pub mod admin;
+pub mod identity;
+pub mod inbound;
+pub mod model;
+pub mod outbound;
+pub mod router;
+pub mod tls;
+pub mod upstream;
+pub mod xds;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+use weft_xds::envoy::envoy::config::core::v3::Node;
+use weft_xds::envoy::google::protobuf::{ListValue, Struct, Value, value::Kind};
+
+/// What a sidecar is started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The control plane's xDS address (`host:port`).
+    pub control: String,
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Workload labels.
+    pub labels: BTreeMap<String, String>,
+    /// Services and ports the workload serves.
+    pub services: Vec<(String, u16)>,
+    /// Where the application listens on loopback.
+    pub app_port: Option<u16>,
+    /// Address the listeners bind.
+    pub bind: IpAddr,
+    /// Address other sidecars reach this one on.
+    pub instance_ip: IpAddr,
+    /// Inbound listener port (0: any free port).
+    pub inbound_port: u16,
+    /// Outbound listener port (0: any free port).
+    pub outbound_port: u16,
+    /// Admin port (0: any free port), on loopback.
+    pub admin_port: u16,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// The join token the CA wants.
+    pub token: String,
+}
+
+/// Where a started sidecar listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Inbound (mTLS from peers).
+    pub inbound: SocketAddr,
+    /// Outbound (the explicit HTTP proxy).
+    pub outbound: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The control plane address is not usable.
+    #[error("bad control plane address {0:?}: {1}")]
+    Control(String, tonic::transport::Error),
+}
+
+/// Binds the listeners and starts everything; returns where it listens. The tasks run on
+/// the current runtime until the process ends.
+pub async fn start(settings: Settings) -> Result<Ports, StartError> {
+    let bind = |port: u16| async move {
+        let addr = SocketAddr::new(settings.bind, port);
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind(addr, e))
+    };
+    let inbound_listener = bind(settings.inbound_port).await?;
+    let outbound_listener = bind(settings.outbound_port).await?;
+    let admin_addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), settings.admin_port);
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| StartError::Bind(admin_addr, e))?;
+    let local =
+        |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
+    let ports = Ports {
+        inbound: local(
+            &inbound_listener,
+            SocketAddr::new(settings.bind, settings.inbound_port),
+        ),
+        outbound: local(
+            &outbound_listener,
+            SocketAddr::new(settings.bind, settings.outbound_port),
+        ),
+        admin: local(&admin_listener, admin_addr),
+    };
+
+    let channel = Endpoint::from_shared(format!("http://{}", settings.control))
+        .map_err(|e| StartError::Control(settings.control.clone(), e))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    let identity = identity::CurrentIdentity::default();
+    let spiffe_id = identity::spiffe_id(
+        &settings.trust_domain,
+        &settings.namespace,
+        &settings.service_account,
+    );
+    tokio::spawn(identity::renew_forever(
+        identity.clone(),
+        channel.clone(),
+        settings.token.clone(),
+        spiffe_id,
+    ));
+    let (config_tx, config) = watch::channel(Arc::new(xds::Config::default()));
+    tokio::spawn(xds::run(
+        channel,
+        node(&settings, ports.inbound.port()),
+        config_tx,
+    ));
+
+    let upstreams = upstream::Upstreams::new(identity.clone());
+    let inbound = inbound::Inbound {
+        config: config.clone(),
+        identity: identity.clone(),
+        upstreams: upstreams.clone(),
+        port: ports.inbound.port(),
+    };
+    tokio::spawn(inbound.serve(inbound_listener));
+    let outbound = outbound::Outbound {
+        config: config.clone(),
+        upstreams,
+        balancers: router::Balancers::default(),
+    };
+    tokio::spawn(serve_outbound(outbound, outbound_listener));
+    tokio::spawn(admin::Admin { config, identity }.serve(admin_listener));
+    Ok(ports)
+}
+
+async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let outbound = outbound.clone();
+                async move { Ok::<_, std::convert::Infallible>(outbound.handle(request).await) }
+            });
+            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "outbound connection ended");
+            }
+        });
+    }
+}
+
+/// The node this sidecar presents: Istio's node id, and the metadata the control plane
+/// registers the workload from. Its services are reached on its inbound port; the
+/// application behind it on `APP_PORT`.
+fn node(settings: &Settings, inbound_port: u16) -> Node {
+    let text = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let list = |items: Vec<String>| Value {
+        kind: Some(Kind::ListValue(ListValue {
+            values: items.into_iter().map(text).collect(),
+        })),
+    };
+    let mut fields = vec![
+        ("NAME".to_string(), text(settings.name.clone())),
+        ("NAMESPACE".to_string(), text(settings.namespace.clone())),
+        (
+            "SERVICE_ACCOUNT".to_string(),
+            text(settings.service_account.clone()),
+        ),
+        (
+            "LABELS".to_string(),
+            Value {
+                kind: Some(Kind::StructValue(Struct {
+                    fields: weft_xds::types::proto_map(
+                        settings
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), text(v.clone()))),
+                    ),
+                })),
+            },
+        ),
+        (
+            "INSTANCE_IPS".to_string(),
+            list(vec![settings.instance_ip.to_string()]),
+        ),
+    ];
+    if !settings.services.is_empty() {
+        fields.push((
+            "SERVICES".to_string(),
+            list(
+                settings
+                    .services
+                    .iter()
+                    .map(|(service, port)| format!("{service}:{port}:{inbound_port}"))
+                    .collect(),
+            ),
+        ));
+    }
+    if let Some(app_port) = settings.app_port {
+        fields.push(("APP_PORT".to_string(), text(app_port.to_string())));
+    }
+    Node {
+        id: format!(
+            "sidecar~{}~{}.{}~{}.svc.cluster.local",
+            settings.instance_ip, settings.name, settings.namespace, settings.namespace
+        ),
+        user_agent_name: "weft".to_string(),
+        metadata: Some(Struct {
+            fields: weft_xds::types::proto_map(fields),
+        }),
+        ..Node::default()
+    }
+}

@@ -1,0 +1,331 @@
+//! The proxy's own configuration model: what the data path reads on every request, built
+//! from xDS by [`crate::adapter`] and swapped whole when a new configuration is accepted.
+//! Nothing here is a protobuf type.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Serialize;
+
+/// One accepted configuration.
+#[derive(Debug, Default, Serialize)]
+pub struct Model {
+    /// Route tables by name: `<port>` for outbound ports.
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    /// The route table of each outbound port.
+    pub outbound_ports: HashMap<u16, String>,
+    /// Clusters by name (`outbound|9080|v1|reviews.shop.svc.cluster.local`).
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// How each inbound port accepts connections.
+    pub inbound: HashMap<u16, InboundPort>,
+}
+
+impl Model {
+    /// The route table for an outbound HTTP port.
+    pub fn route_table(&self, port: u16) -> Option<&RouteTable> {
+        self.routes
+            .get(self.outbound_ports.get(&port)?)
+            .map(Arc::as_ref)
+    }
+}
+
+/// What an inbound port accepts (from PeerAuthentication, through the inbound listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InboundPort {
+    /// Mesh mTLS connections.
+    pub mtls: bool,
+    /// Plaintext connections.
+    pub plaintext: bool,
+}
+
+/// The virtual hosts of one outbound port.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    /// Virtual hosts in order.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+impl RouteTable {
+    /// The virtual host for a Host (`authority`, with or without its port): an exact domain
+    /// first, then `*.suffix` and `prefix*` wildcards, then `*`.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let authority = authority.to_ascii_lowercase();
+        let exact = self
+            .virtual_hosts
+            .iter()
+            .find(|vh| vh.domains.contains(&authority));
+        exact
+            .or_else(|| {
+                self.virtual_hosts.iter().find(|vh| {
+                    vh.domains.iter().any(|d| {
+                        d != "*"
+                            && (d.strip_prefix('*').is_some_and(|s| authority.ends_with(s))
+                                || d.strip_suffix('*')
+                                    .is_some_and(|p| authority.starts_with(p)))
+                    })
+                })
+            })
+            .or_else(|| {
+                self.virtual_hosts
+                    .iter()
+                    .find(|vh| vh.domains.iter().any(|d| d == "*"))
+            })
+    }
+}
+
+/// One virtual host: the routes of a service, tried in order.
+#[derive(Debug, Serialize)]
+pub struct VirtualHost {
+    /// Its name.
+    pub name: String,
+    /// Host names, lower case, some with `:port`.
+    pub domains: Vec<String>,
+    /// Routes in order; the first that matches wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route.
+#[derive(Debug, Serialize)]
+pub struct Route {
+    /// Its name (the VirtualService rule's).
+    pub name: String,
+    /// When it applies.
+    pub matcher: RouteMatch,
+    /// What it does.
+    pub action: Action,
+    /// Headers changed on the request.
+    pub request_headers: HeaderChanges,
+    /// Headers changed on the response.
+    pub response_headers: HeaderChanges,
+}
+
+/// Conditions on a request; all must hold.
+#[derive(Debug, Serialize)]
+pub struct RouteMatch {
+    /// The path condition.
+    pub path: PathMatch,
+    /// Whether the path comparison ignores case.
+    pub ignore_case: bool,
+    /// Header conditions (`:method` and `:authority` included).
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions.
+    pub query: Vec<QueryMatch>,
+}
+
+/// How a path is compared.
+#[derive(Debug, Serialize)]
+pub enum PathMatch {
+    /// Starts with.
+    Prefix(String),
+    /// Equals.
+    Exact(String),
+    /// Matches the whole path.
+    Regex(#[serde(with = "regex_text")] Regex),
+}
+
+/// A string condition.
+#[derive(Debug, Serialize)]
+pub enum StringMatch {
+    /// Equals.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Contains.
+    Contains(String),
+    /// Matches entirely.
+    Regex(#[serde(with = "regex_text")] Regex),
+    /// Present, whatever the value.
+    Present,
+}
+
+impl StringMatch {
+    /// Whether `value` satisfies the condition (`None`: absent).
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let Some(value) = value else { return false };
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::Suffix(s) => value.ends_with(s.as_str()),
+            Self::Contains(s) => value.contains(s.as_str()),
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+        }
+    }
+}
+
+/// A header condition.
+#[derive(Debug, Serialize)]
+pub struct HeaderMatch {
+    /// Header name, lower case (`:method`, `:authority` too).
+    pub name: String,
+    /// The condition.
+    pub condition: StringMatch,
+    /// Holds when the condition does not (`withoutHeaders`).
+    pub invert: bool,
+    /// An absent header counts as empty.
+    pub missing_is_empty: bool,
+}
+
+/// A query parameter condition.
+#[derive(Debug, Serialize)]
+pub struct QueryMatch {
+    /// Parameter name.
+    pub name: String,
+    /// The condition.
+    pub condition: StringMatch,
+}
+
+/// What a route does.
+#[derive(Debug, Serialize)]
+pub enum Action {
+    /// Forward to clusters, by weight.
+    Forward(Forward),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct {
+        /// Status code.
+        status: u16,
+        /// Body.
+        body: String,
+    },
+}
+
+/// Forwarding.
+#[derive(Debug, Serialize)]
+pub struct Forward {
+    /// Clusters with their weights (weights of one cluster alone do not matter).
+    pub clusters: Vec<WeightedCluster>,
+    /// The whole request's deadline; none when zero.
+    pub timeout: Option<Duration>,
+    /// Replace a matched prefix of the path.
+    pub prefix_rewrite: Option<String>,
+    /// Replace the path by a regex substitution.
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Replace the Host.
+    pub host_rewrite: Option<String>,
+}
+
+/// A regex substitution of the path.
+#[derive(Debug, Serialize)]
+pub struct RegexRewrite {
+    /// What to replace.
+    #[serde(with = "regex_text")]
+    pub pattern: Regex,
+    /// What to put instead (`\1` for groups).
+    pub substitution: String,
+}
+
+/// One destination of a forwarding route.
+#[derive(Debug, Serialize)]
+pub struct WeightedCluster {
+    /// The cluster.
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Headers changed on requests to it.
+    pub request_headers: HeaderChanges,
+    /// Headers changed on its responses.
+    pub response_headers: HeaderChanges,
+}
+
+/// A redirect.
+#[derive(Debug, Serialize)]
+pub struct Redirect {
+    /// Status code (301, 302, 303, 307, 308).
+    pub status: u16,
+    /// New scheme, if any.
+    pub scheme: Option<String>,
+    /// New host, if any.
+    pub host: Option<String>,
+    /// New port, if any.
+    pub port: Option<u16>,
+    /// New path, if any.
+    pub path: Option<String>,
+    /// Replacement for the matched prefix, if any.
+    pub prefix: Option<String>,
+}
+
+/// Header changes: set (overwrite), add (append), remove.
+#[derive(Debug, Default, Serialize)]
+pub struct HeaderChanges {
+    /// Overwritten.
+    pub set: Vec<(String, String)>,
+    /// Appended.
+    pub add: Vec<(String, String)>,
+    /// Removed.
+    pub remove: Vec<String>,
+}
+
+/// A cluster: where a route sends requests.
+#[derive(Debug, Serialize)]
+pub struct Cluster {
+    /// Its name.
+    pub name: String,
+    /// How an endpoint is chosen.
+    pub lb: LoadBalancer,
+    /// Its endpoints (from EDS, or static).
+    pub endpoints: Vec<Endpoint>,
+    /// How to connect to endpoints marked as mesh workloads (auto-mTLS).
+    pub mesh_tls: Option<MeshTls>,
+    /// How to connect to the others.
+    pub default_tls: Option<MeshTls>,
+    /// Whether to speak HTTP/2 to the upstream.
+    pub http2: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Whether this is the passthrough cluster (to the original destination).
+    pub passthrough: bool,
+}
+
+/// Mesh mTLS towards an upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshTls {
+    /// SNI sent.
+    pub sni: String,
+    /// SPIFFE IDs the server may present (any mesh identity when empty).
+    pub identities: Vec<String>,
+}
+
+/// Load balancing policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// In turn.
+    RoundRobin,
+    /// The less busy of two picked at random.
+    LeastRequest,
+    /// At random.
+    Random,
+}
+
+/// One endpoint.
+#[derive(Debug, Serialize)]
+pub struct Endpoint {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Relative weight.
+    pub weight: u32,
+    /// Whether the control plane says it is healthy.
+    pub healthy: bool,
+    /// A mesh workload (auto-mTLS applies).
+    pub mesh: bool,
+    /// The identity it must present.
+    pub identity: Option<String>,
+}
+
+mod regex_text {
+    use regex::Regex;
+    use serde::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        regex: &Regex,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(regex.as_str())
+    }
+}

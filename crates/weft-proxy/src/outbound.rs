@@ -1,0 +1,319 @@
+//! The outbound side: requests from the application to the mesh. The outbound listener is
+//! an explicit HTTP proxy (the application sets `HTTP_PROXY`): each request names its
+//! destination in its absolute URI or its Host, is routed by the route table of the
+//! destination port, and is sent to an endpoint of the chosen cluster.
+//!
+//! Errors are answered as Envoy answers them, with its response flag in the
+//! [`RESPONSE_FLAGS`] header: no route `404 NR`, no cluster `503 NC`, no healthy endpoint
+//! `503 UH`, connect failure `503 UF`, reset `503 UR`, timeout `504 UT`.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use tokio::sync::watch;
+
+use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
+use crate::router::{self, Balancers};
+use crate::upstream::{Body, Upstreams};
+use crate::xds::Config;
+
+/// The response header that carries Envoy-style response flags of locally answered errors.
+pub const RESPONSE_FLAGS: &str = "weft-response-flags";
+
+/// What the outbound handler reads.
+#[derive(Clone)]
+pub struct Outbound {
+    /// The configuration in force.
+    pub config: watch::Receiver<Arc<Config>>,
+    /// Upstream connections.
+    pub upstreams: Upstreams,
+    /// Load-balancer state.
+    pub balancers: Balancers,
+}
+
+/// A response made by the proxy itself.
+pub fn local_response(
+    status: StatusCode,
+    flag: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    if let Some(flag) = flag.and_then(|f| HeaderValue::from_str(f).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(RESPONSE_FLAGS), flag);
+    }
+    response
+}
+
+/// Headers that belong to one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+/// Applies header changes: remove, then set (overwrite), then add (append).
+pub fn apply_changes(headers: &mut hyper::HeaderMap, changes: &HeaderChanges) {
+    for name in &changes.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &changes.set {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    for (name, value) in &changes.add {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+impl Outbound {
+    /// Proxies one request from the application.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            return local_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                "CONNECT is not supported by this proxy yet\n",
+            );
+        }
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let Some(authority) = authority else {
+            return local_response(StatusCode::BAD_REQUEST, None, "the request names no host\n");
+        };
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(80);
+        let config = self.config.borrow().clone();
+        let route = config
+            .model
+            .route_table(port)
+            .and_then(|table| table.virtual_host(&authority))
+            .and_then(|vh| router::select(&vh.routes, &parts, &authority));
+        let Some(route) = route else {
+            return local_response(StatusCode::NOT_FOUND, Some("NR"), "no route\n");
+        };
+        let mut response = match &route.action {
+            Action::Direct { status, body } => local_response(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                None,
+                body.clone(),
+            ),
+            Action::Redirect(redirect) => {
+                redirect_response(redirect, route, &parts.uri, &authority)
+            }
+            Action::Forward(forward) => {
+                strip_hop_by_hop(&mut parts.headers);
+                apply_changes(&mut parts.headers, &route.request_headers);
+                self.forward(&config, forward, route, parts, authority, body)
+                    .await
+            }
+        };
+        apply_changes(response.headers_mut(), &route.response_headers);
+        response
+    }
+
+    async fn forward(
+        &self,
+        config: &Config,
+        forward: &Forward,
+        route: &Route,
+        mut parts: hyper::http::request::Parts,
+        authority: String,
+        body: Incoming,
+    ) -> Response<Body> {
+        let Some(weighted) = router::pick_cluster(forward) else {
+            return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
+        };
+        let Some(cluster) = config.model.clusters.get(&weighted.name) else {
+            return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
+        };
+        let Some(pick) = self.balancers.pick(cluster) else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("UH"),
+                "no healthy upstream\n",
+            );
+        };
+        apply_changes(&mut parts.headers, &weighted.request_headers);
+        let path = rewritten_path(forward, route, &parts.uri);
+        parts.uri = match Uri::builder().path_and_query(path).build() {
+            Ok(uri) => uri,
+            Err(_) => return local_response(StatusCode::BAD_REQUEST, None, "bad path\n"),
+        };
+        let host = forward.host_rewrite.clone().unwrap_or(authority);
+        if let Ok(host) = HeaderValue::from_str(&host) {
+            parts.headers.insert(HOST, host);
+        }
+        let request = Request::from_parts(parts, body.boxed());
+        let tls = if pick.endpoint.mesh {
+            cluster.mesh_tls.as_ref()
+        } else {
+            cluster.default_tls.as_ref()
+        };
+        let sending = self.upstreams.send(
+            pick.endpoint.address,
+            tls,
+            cluster.http2,
+            cluster.connect_timeout,
+            request,
+        );
+        let result = match forward.timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, sending).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Some("UT"),
+                        "upstream request timeout\n",
+                    );
+                }
+            },
+            None => sending.await,
+        };
+        drop(pick);
+        match result {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                apply_changes(&mut parts.headers, &weighted.response_headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => {
+                tracing::debug!(%error, cluster = cluster.name, "upstream failed");
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(error.flag()),
+                    format!("{error}\n"),
+                )
+            }
+        }
+    }
+}
+
+/// The path (and query) sent upstream, after the route's rewrite.
+fn rewritten_path(forward: &Forward, route: &Route, uri: &Uri) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let new_path = if let Some(rewrite) = &forward.regex_rewrite {
+        // Envoy writes groups as \1; the regex crate as ${1}.
+        let substitution = Regex::new(r"\\(\d)")
+            .map(|r| r.replace_all(&rewrite.substitution, "$${$1}").into_owned())
+            .unwrap_or_else(|_| rewrite.substitution.clone());
+        rewrite
+            .pattern
+            .replace(path, substitution.as_str())
+            .into_owned()
+    } else if let (Some(prefix), PathMatch::Prefix(matched)) =
+        (&forward.prefix_rewrite, &route.matcher.path)
+    {
+        format!("{prefix}{}", path.get(matched.len()..).unwrap_or(""))
+    } else {
+        path.to_string()
+    };
+    let new_path = if new_path.is_empty() {
+        "/".to_string()
+    } else {
+        new_path
+    };
+    format!("{new_path}{query}")
+}
+
+use regex::Regex;
+
+fn redirect_response(
+    redirect: &Redirect,
+    route: &Route,
+    uri: &Uri,
+    authority: &str,
+) -> Response<Body> {
+    let scheme = redirect
+        .scheme
+        .clone()
+        .unwrap_or_else(|| "http".to_string());
+    let (host, original_port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host.to_string(), Some(port.to_string())),
+        None => (authority.to_string(), None),
+    };
+    let host = redirect.host.clone().unwrap_or(host);
+    let port = redirect
+        .port
+        .map(|p| p.to_string())
+        .or(if redirect.host.is_some() {
+            None
+        } else {
+            original_port
+        });
+    let path = match (&redirect.path, &redirect.prefix, &route.matcher.path) {
+        (Some(path), _, _) => path.clone(),
+        (None, Some(prefix), PathMatch::Prefix(matched)) => {
+            format!("{prefix}{}", uri.path().get(matched.len()..).unwrap_or(""))
+        }
+        _ => uri.path().to_string(),
+    };
+    let location = match port {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    };
+    let mut response = local_response(
+        StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        None,
+        Bytes::new(),
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}

@@ -1,0 +1,159 @@
+//! mTLS between sidecars with rustls: each side presents the workload certificate in force
+//! ([`CurrentIdentity`]) and accepts a peer only if its chain leads to the mesh root.
+//!
+//! * Inbound, the client must present a certificate (mesh mTLS is mutual); its SPIFFE ID is
+//!   read after the handshake and must be in the mesh's trust domain.
+//! * Outbound, the server's certificate must chain to the root and carry one of the SPIFFE
+//!   IDs the endpoint is expected to have (EDS metadata) — there is no DNS name to check.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::identity::{CurrentIdentity, peer_spiffe_id};
+
+/// ALPN offered and accepted between sidecars.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(identity: &CurrentIdentity) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    if let Some(current) = identity.get() {
+        roots.add(current.root.clone())?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Serves the current certificate to peers, inbound and outbound.
+#[derive(Debug)]
+struct Presenter(CurrentIdentity);
+
+impl ResolvesServerCert for Presenter {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get()?.certified.clone())
+    }
+}
+
+impl ResolvesClientCert for Presenter {
+    fn resolve(
+        &self,
+        _issuers: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.get()?.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+/// The inbound TLS configuration: client certificates required and verified against the
+/// mesh root of the identity in force. Built per connection, so a new root takes effect at
+/// once.
+pub fn server_config(
+    identity: &CurrentIdentity,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Presenter(identity.clone())));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The outbound TLS configuration for an endpoint expected to be one of `identities` (any
+/// mesh identity when empty).
+pub fn client_config(
+    identity: &CurrentIdentity,
+    identities: Vec<String>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = provider();
+    let verifier = PeerVerifier {
+        roots: roots(identity)?,
+        algorithms: provider.signature_verification_algorithms,
+        identities,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(Presenter(identity.clone())));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Checks a mesh peer's certificate: chain to the mesh root, then SPIFFE ID.
+#[derive(Debug)]
+struct PeerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    identities: Vec<String>,
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let Some(peer) = peer_spiffe_id(end_entity) else {
+            return Err(rustls::Error::General(
+                "the peer's certificate has no SPIFFE ID".into(),
+            ));
+        };
+        if !self.identities.is_empty() && !self.identities.contains(&peer) {
+            return Err(rustls::Error::General(format!(
+                "the peer is {peer}, expected one of {:?}",
+                self.identities
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

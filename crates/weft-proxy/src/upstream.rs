@@ -1,0 +1,263 @@
+//! Connections to upstreams: TCP, then mesh mTLS when the endpoint is a mesh workload, then
+//! HTTP/1.1 or HTTP/2, pooled per endpoint. Between sidecars HTTP/2 is negotiated with ALPN,
+//! so HTTP/1.1 requests from applications share multiplexed connections; the original
+//! protocol travels in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::identity::CurrentIdentity;
+use crate::model::MeshTls;
+use crate::tls;
+
+/// The body every proxied message is converted to.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Header that carries an HTTP/1.1 request's protocol across an HTTP/2 hop between sidecars.
+pub const ORIGINAL_PROTOCOL: &str = "weft-orig-proto";
+
+/// Why a request did not reach the upstream, with Envoy's response flag.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP or TLS connection failed (`UF`).
+    #[error("upstream connect error: {0}")]
+    Connect(String),
+    /// The connection broke or was reset before a response (`UR`).
+    #[error("upstream reset: {0}")]
+    Reset(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Envoy's response flag.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "UF",
+            Self::Reset(_) => "UR",
+        }
+    }
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    address: SocketAddr,
+    tls: Option<(String, Vec<String>)>,
+    http2: bool,
+}
+
+/// How many idle HTTP/1.1 connections to keep per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 32;
+
+/// The pool of upstream connections and the TLS settings they use.
+#[derive(Clone)]
+pub struct Upstreams {
+    identity: CurrentIdentity,
+    http1_idle: Arc<Mutex<HashMap<PoolKey, Vec<http1::SendRequest<Body>>>>>,
+    http2: Arc<Mutex<HashMap<PoolKey, http2::SendRequest<Body>>>>,
+}
+
+impl Upstreams {
+    /// A pool whose TLS uses the workload's `identity`.
+    pub fn new(identity: CurrentIdentity) -> Self {
+        Self {
+            identity,
+            http1_idle: Arc::default(),
+            http2: Arc::default(),
+        }
+    }
+
+    /// Sends `request` to `address`, over mesh mTLS when `tls` is given, in HTTP/2 when
+    /// `http2` (or when the peer sidecar agrees to it over TLS).
+    pub async fn send(
+        &self,
+        address: SocketAddr,
+        tls: Option<&MeshTls>,
+        http2: bool,
+        connect_timeout: Duration,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let key = PoolKey {
+            address,
+            tls: tls.map(|t| (t.sni.clone(), t.identities.clone())),
+            http2,
+        };
+        let sender = match self.pooled(&key) {
+            Some(sender) => sender,
+            None => self.connect(&key, connect_timeout).await?,
+        };
+        match sender {
+            Sender::Http2(mut sender) => {
+                // HTTP/2 carries scheme and authority in the request line.
+                if request.uri().scheme().is_none() {
+                    let authority = request
+                        .headers()
+                        .get(hyper::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("localhost")
+                        .to_string();
+                    let path = request
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string();
+                    if let Ok(uri) = hyper::Uri::builder()
+                        .scheme("http")
+                        .authority(authority)
+                        .path_and_query(path)
+                        .build()
+                    {
+                        *request.uri_mut() = uri;
+                    }
+                }
+                if request.version() != hyper::Version::HTTP_2 {
+                    request.headers_mut().insert(
+                        ORIGINAL_PROTOCOL,
+                        hyper::header::HeaderValue::from_static("HTTP/1.1"),
+                    );
+                    *request.version_mut() = hyper::Version::HTTP_2;
+                }
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(UpstreamError::Reset)
+            }
+            Sender::Http1(mut sender) => {
+                *request.version_mut() = hyper::Version::HTTP_11;
+                // HTTP/1.1 to an origin: the path only, the authority in Host.
+                if request.uri().scheme().is_some() {
+                    if let Some(authority) = request.uri().authority().cloned()
+                        && !request.headers().contains_key(hyper::header::HOST)
+                        && let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str())
+                    {
+                        request.headers_mut().insert(hyper::header::HOST, host);
+                    }
+                    if let Some(path) = request.uri().path_and_query().cloned() {
+                        *request.uri_mut() = hyper::Uri::from(path);
+                    }
+                }
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(UpstreamError::Reset)?;
+                self.release(key, sender);
+                Ok(response)
+            }
+        }
+    }
+
+    fn pooled(&self, key: &PoolKey) -> Option<Sender> {
+        if let Some(sender) = self
+            .http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|s| !s.is_closed())
+        {
+            return Some(Sender::Http2(sender.clone()));
+        }
+        let mut idle = self.http1_idle.lock().unwrap_or_else(|p| p.into_inner());
+        let senders = idle.get_mut(key)?;
+        while let Some(sender) = senders.pop() {
+            if sender.is_ready() {
+                return Some(Sender::Http1(sender));
+            }
+        }
+        None
+    }
+
+    /// Returns an HTTP/1.1 connection to the pool; it is reused once its response is read.
+    fn release(&self, key: PoolKey, sender: http1::SendRequest<Body>) {
+        let mut idle = self.http1_idle.lock().unwrap_or_else(|p| p.into_inner());
+        let senders = idle.entry(key).or_default();
+        senders.retain(|s| !s.is_closed());
+        if senders.len() < MAX_IDLE_PER_ENDPOINT {
+            senders.push(sender);
+        }
+    }
+
+    async fn connect(&self, key: &PoolKey, timeout: Duration) -> Result<Sender, UpstreamError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(key.address))
+            .await
+            .map_err(|_| {
+                UpstreamError::Connect(format!("timed out connecting to {}", key.address))
+            })?
+            .map_err(|e| UpstreamError::Connect(format!("{}: {e}", key.address)))?;
+        let _ = tcp.set_nodelay(true);
+        match &key.tls {
+            None if key.http2 => self.http2_over(TokioIo::new(tcp), key).await,
+            None => http1_over(TokioIo::new(tcp)).await,
+            Some((sni, identities)) => {
+                let config = tls::client_config(&self.identity, identities.clone(), &tls::ALPN)
+                    .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
+                let name = ServerName::try_from(if sni.is_empty() { "mesh.weft" } else { sni })
+                    .map_err(|e| UpstreamError::Connect(format!("SNI {sni:?}: {e}")))?
+                    .to_owned();
+                let stream = tokio::time::timeout(
+                    timeout,
+                    tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+                )
+                .await
+                .map_err(|_| {
+                    UpstreamError::Connect(format!("TLS handshake with {} timed out", key.address))
+                })?
+                .map_err(|e| {
+                    UpstreamError::Connect(format!("TLS handshake with {}: {e}", key.address))
+                })?;
+                let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                if negotiated_h2 {
+                    self.http2_over(TokioIo::new(stream), key).await
+                } else {
+                    http1_over(TokioIo::new(stream)).await
+                }
+            }
+        }
+    }
+
+    async fn http2_over<T>(&self, io: TokioIo<T>, key: &PoolKey) -> Result<Sender, UpstreamError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), sender.clone());
+        Ok(Sender::Http2(sender))
+    }
+}
+
+async fn http1_over<T>(io: TokioIo<T>) -> Result<Sender, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(format!("HTTP/1.1 handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    Ok(Sender::Http1(sender))
+}
