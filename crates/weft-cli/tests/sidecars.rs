@@ -278,3 +278,235 @@ fn unknown_hosts_get_404_with_the_nr_flag() {
     assert_eq!(status, 404);
     drop(mesh.server);
 }
+
+const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: test}
+spec: {mtls: {mode: STRICT}}
+";
+
+/// A client certificate and key, DER.
+type ClientCert = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Accepts any server certificate: these tests check what the server accepts.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Sends a request straight to an inbound listener, in plaintext or over TLS with `cert`;
+/// returns the response, or `None` when the connection was refused or closed.
+fn direct(inbound: &str, tls: Option<Option<ClientCert>>) -> Option<String> {
+    let mut tcp = TcpStream::connect(inbound).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let request = b"GET /direct HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
+    let mut response = Vec::new();
+    match tls {
+        None => {
+            tcp.write_all(request).ok()?;
+            tcp.read_to_end(&mut response).ok()?;
+        }
+        Some(cert) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+            let config = match cert {
+                Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+                None => builder.with_no_client_auth(),
+            };
+            let connection = rustls::ClientConnection::new(
+                Arc::new(config),
+                "echo.test.svc.cluster.local".try_into().unwrap(),
+            )
+            .unwrap();
+            let mut stream = rustls::StreamOwned::new(connection, tcp);
+            stream.write_all(request).ok()?;
+            stream.read_to_end(&mut response).ok()?;
+        }
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    response.starts_with("HTTP/1.1").then_some(response)
+}
+
+/// A certificate for `spiffe_id`, signed by the mesh root in the state dir, or by a CA of its
+/// own; valid now, or expired.
+fn client_cert(mesh: &Mesh, spiffe_id: &str, own_ca: bool, expired: bool) -> ClientCert {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let state = config_dir(mesh.dir.path()).join(".weft");
+    let (issuer_cert, issuer_key) = if own_ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key)
+    } else {
+        (
+            std::fs::read_to_string(state.join("root-cert.pem")).unwrap(),
+            KeyPair::from_pem(&std::fs::read_to_string(state.join("root-key.pem")).unwrap())
+                .unwrap(),
+        )
+    };
+    let issuer = Issuer::from_ca_cert_pem(&issuer_cert, issuer_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.to_string().try_into().unwrap())];
+    let now = time::OffsetDateTime::now_utc();
+    (params.not_before, params.not_after) = if expired {
+        (now - time::Duration::days(2), now - time::Duration::days(1))
+    } else {
+        (
+            now - time::Duration::minutes(1),
+            now + time::Duration::hours(1),
+        )
+    };
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+#[test]
+fn strict_refuses_plaintext_and_tls_without_a_mesh_certificate() {
+    let mesh = Mesh::start(STRICT);
+    assert_eq!(
+        direct(&mesh.server.inbound, None),
+        None,
+        "plaintext is refused"
+    );
+    assert_eq!(
+        direct(&mesh.server.inbound, Some(None)),
+        None,
+        "TLS without a client certificate is refused"
+    );
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/",
+    );
+    assert_eq!(status, 200, "a mesh client still gets through: {body}");
+}
+
+#[test]
+fn permissive_accepts_plaintext_and_mesh_clients_on_one_port() {
+    let mesh = Mesh::start("");
+    let plaintext = direct(&mesh.server.inbound, None).expect("plaintext is accepted");
+    assert!(plaintext.starts_with("HTTP/1.1 200"), "{plaintext}");
+    assert!(
+        !plaintext
+            .to_ascii_lowercase()
+            .contains("x-forwarded-client-cert"),
+        "a plaintext caller has no identity: {plaintext}"
+    );
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("URI=spiffe://cluster.local/ns/test/sa/client"),
+        "{body}"
+    );
+}
+
+#[test]
+fn certificates_of_another_ca_expired_or_of_another_trust_domain_are_refused() {
+    let mesh = Mesh::start("");
+    let good = client_cert(
+        &mesh,
+        "spiffe://cluster.local/ns/test/sa/tester",
+        false,
+        false,
+    );
+    let accepted = direct(&mesh.server.inbound, Some(Some(good)))
+        .expect("a valid mesh certificate is accepted");
+    assert!(
+        accepted.contains("URI=spiffe://cluster.local/ns/test/sa/tester"),
+        "{accepted}"
+    );
+    let cases = [
+        (
+            "another CA",
+            client_cert(
+                &mesh,
+                "spiffe://cluster.local/ns/test/sa/tester",
+                true,
+                false,
+            ),
+        ),
+        (
+            "expired",
+            client_cert(
+                &mesh,
+                "spiffe://cluster.local/ns/test/sa/tester",
+                false,
+                true,
+            ),
+        ),
+        (
+            "another trust domain",
+            client_cert(
+                &mesh,
+                "spiffe://evil.example/ns/test/sa/tester",
+                false,
+                false,
+            ),
+        ),
+    ];
+    for (what, cert) in cases {
+        assert_eq!(
+            direct(&mesh.server.inbound, Some(Some(cert))),
+            None,
+            "{what} must be refused"
+        );
+    }
+}
