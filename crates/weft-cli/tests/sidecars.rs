@@ -28,20 +28,20 @@ spec:
     labels: {app: echo}
 ";
 
-/// An application that answers every request with the request's own head, so a test sees
-/// what arrived.
-fn echo_app() -> u16 {
+/// An application that answers every request with its version and the request's own head,
+/// so a test sees who answered and what arrived.
+fn echo_app(version: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || serve_echo(stream));
+            std::thread::spawn(move || serve_echo(stream, version));
         }
     });
     port
 }
 
-fn serve_echo(mut stream: TcpStream) {
+fn serve_echo(mut stream: TcpStream, version: &str) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -50,12 +50,15 @@ fn serve_echo(mut stream: TcpStream) {
             _ => return,
         }
     }
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        head.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.write_all(&head);
+    let served_by = format!("served-by: {version}\r\n");
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{served_by}",
+        served_by.len() + head.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&head);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.write_all(&response);
 }
 
 /// A TCP relay from `listen` to `target` that keeps what the client side sent.
@@ -102,6 +105,12 @@ fn free_port() -> u16 {
 
 /// Sends one HTTP/1.1 request through an explicit proxy; returns status and body.
 fn via_proxy(proxy: &str, url: &str) -> (u16, String) {
+    request(proxy, url, "")
+}
+
+/// Sends one HTTP/1.1 request with extra header lines (each ending in CRLF) through an
+/// explicit proxy; returns status and body.
+fn request(proxy: &str, url: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(proxy).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -109,7 +118,7 @@ fn via_proxy(proxy: &str, url: &str) -> (u16, String) {
     let host = url.trim_start_matches("http://").split('/').next().unwrap();
     write!(
         stream,
-        "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -129,9 +138,10 @@ fn via_proxy(proxy: &str, url: &str) -> (u16, String) {
 struct Mesh {
     dir: tempfile::TempDir,
     _control: common::Control,
-    server: common::Proxy,
+    /// One server workload per version, first `v1`.
+    servers: Vec<common::Proxy>,
     client: common::Proxy,
-    /// What crossed from the client's sidecar to the server's.
+    /// What crossed from the client's sidecar to the first server's.
     wire: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -141,45 +151,59 @@ fn config_dir(dir: &Path) -> std::path::PathBuf {
 
 impl Mesh {
     fn start(extra: &str) -> Self {
+        Self::with_versions(extra, &["v1"])
+    }
+
+    /// The `echo` service with one workload per version, a client workload, and `extra`
+    /// configuration.
+    fn with_versions(extra: &str, versions: &[&'static str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(config_dir(dir.path())).unwrap();
-        std::fs::write(
-            config_dir(dir.path()).join("echo.yaml"),
-            format!("{SERVICE}---\n{extra}"),
-        )
-        .unwrap();
+        std::fs::write(config_dir(dir.path()).join("echo.yaml"), SERVICE).unwrap();
+        std::fs::write(config_dir(dir.path()).join("extra.yaml"), extra).unwrap();
         let control = common::Control::start(&config_dir(dir.path()));
-        let app = echo_app();
-        // The server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2, where a
-        // relay records what the client's sidecar sends.
-        let inbound = free_port();
-        let wire = relay(
-            &format!("127.0.0.2:{inbound}"),
-            format!("127.0.0.1:{inbound}"),
-        );
         let server_token = common::join_token(&config_dir(dir.path()), "test", "echo");
-        let server = common::Proxy::start(&[
-            "--control",
-            &control.xds,
-            "--name",
-            "echo-v1",
-            "--namespace",
-            "test",
-            "--service",
-            "echo:8080",
-            "--labels",
-            "app=echo,version=v1",
-            "--service-account",
-            "echo",
-            "--app-port",
-            &app.to_string(),
-            "--inbound-port",
-            &inbound.to_string(),
-            "--instance-ip",
-            "127.0.0.2",
-            "--token",
-            &server_token,
-        ]);
+        let mut servers = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut wire = Arc::default();
+        for (index, version) in versions.iter().enumerate() {
+            let app = echo_app(version);
+            // The first server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2,
+            // where a relay records what the client's sidecar sends.
+            let inbound = free_port();
+            let instance_ip = if index == 0 {
+                wire = relay(
+                    &format!("127.0.0.2:{inbound}"),
+                    format!("127.0.0.1:{inbound}"),
+                );
+                "127.0.0.2"
+            } else {
+                "127.0.0.1"
+            };
+            endpoints.push(format!("{instance_ip}:{inbound}"));
+            servers.push(common::Proxy::start(&[
+                "--control",
+                &control.xds,
+                "--name",
+                &format!("echo-{version}"),
+                "--namespace",
+                "test",
+                "--service",
+                "echo:8080",
+                "--labels",
+                &format!("app=echo,version={version}"),
+                "--service-account",
+                "echo",
+                "--app-port",
+                &app.to_string(),
+                "--inbound-port",
+                &inbound.to_string(),
+                "--instance-ip",
+                instance_ip,
+                "--token",
+                &server_token,
+            ]));
+        }
         let client_token = common::join_token(&config_dir(dir.path()), "test", "client");
         let client = common::Proxy::start(&[
             "--control",
@@ -193,27 +217,68 @@ impl Mesh {
             "--token",
             &client_token,
         ]);
-        server.until_ready();
+        for server in &servers {
+            server.until_ready();
+        }
         client.until_ready();
-        // Wait until the client's sidecar knows the server's endpoint.
+        // Wait until the client's sidecar knows every server's endpoint.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let clusters = common::get(&client.admin, "/clusters");
-            if clusters.contains(&format!("127.0.0.2:{inbound}")) {
+            if endpoints.iter().all(|e| clusters.contains(e.as_str())) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "the endpoint never arrived: {clusters}"
+                "the endpoints never arrived: {clusters}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         Mesh {
             dir,
             _control: control,
-            server,
+            servers,
             client,
             wire,
+        }
+    }
+
+    /// Sends `count` requests through the client's sidecar; counts who served them.
+    fn served_by(&self, count: usize, headers: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..count {
+            let (status, body) = request(
+                &self.client.outbound,
+                "http://echo.test.svc.cluster.local:8080/",
+                headers,
+            );
+            let who = if status == 200 {
+                body.lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("served-by: "))
+                    .unwrap_or("?")
+                    .to_string()
+            } else {
+                format!("status {status}")
+            };
+            *counts.entry(who).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Replaces the extra configuration file and waits until the client's sidecar has a new
+    /// route version.
+    fn edit(&self, extra: &str) {
+        let version = || {
+            common::get_json(&self.client.admin, "/config_dump")["versions"][weft_xds::types::ROUTE]
+                .clone()
+        };
+        let before = version();
+        std::fs::write(config_dir(self.dir.path()).join("extra.yaml"), extra).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while version() == before {
+            assert!(Instant::now() < deadline, "the route never changed");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -241,7 +306,7 @@ fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity(
         xfcc.contains("By=spiffe://cluster.local/ns/test/sa/echo"),
         "{xfcc}"
     );
-    assert!(body.starts_with("GET /hello HTTP/1.1"), "{body}");
+    assert!(body.contains("GET /hello HTTP/1.1"), "{body}");
 
     // What crossed between the sidecars was TLS, not the request.
     let wire = mesh.wire.lock().unwrap().clone();
@@ -276,7 +341,7 @@ fn unknown_hosts_get_404_with_the_nr_flag() {
         "http://nowhere.test.svc.cluster.local:8080/",
     );
     assert_eq!(status, 404);
-    drop(mesh.server);
+    drop(mesh.servers);
 }
 
 const STRICT: &str = "apiVersion: security.istio.io/v1
@@ -420,12 +485,12 @@ fn client_cert(mesh: &Mesh, spiffe_id: &str, own_ca: bool, expired: bool) -> Cli
 fn strict_refuses_plaintext_and_tls_without_a_mesh_certificate() {
     let mesh = Mesh::start(STRICT);
     assert_eq!(
-        direct(&mesh.server.inbound, None),
+        direct(&mesh.servers[0].inbound, None),
         None,
         "plaintext is refused"
     );
     assert_eq!(
-        direct(&mesh.server.inbound, Some(None)),
+        direct(&mesh.servers[0].inbound, Some(None)),
         None,
         "TLS without a client certificate is refused"
     );
@@ -439,7 +504,7 @@ fn strict_refuses_plaintext_and_tls_without_a_mesh_certificate() {
 #[test]
 fn permissive_accepts_plaintext_and_mesh_clients_on_one_port() {
     let mesh = Mesh::start("");
-    let plaintext = direct(&mesh.server.inbound, None).expect("plaintext is accepted");
+    let plaintext = direct(&mesh.servers[0].inbound, None).expect("plaintext is accepted");
     assert!(plaintext.starts_with("HTTP/1.1 200"), "{plaintext}");
     assert!(
         !plaintext
@@ -467,7 +532,7 @@ fn certificates_of_another_ca_expired_or_of_another_trust_domain_are_refused() {
         false,
         false,
     );
-    let accepted = direct(&mesh.server.inbound, Some(Some(good)))
+    let accepted = direct(&mesh.servers[0].inbound, Some(Some(good)))
         .expect("a valid mesh certificate is accepted");
     assert!(
         accepted.contains("URI=spiffe://cluster.local/ns/test/sa/tester"),
@@ -504,9 +569,41 @@ fn certificates_of_another_ca_expired_or_of_another_trust_domain_are_refused() {
     ];
     for (what, cert) in cases {
         assert_eq!(
-            direct(&mesh.server.inbound, Some(Some(cert))),
+            direct(&mesh.servers[0].inbound, Some(Some(cert))),
             None,
             "{what} must be refused"
         );
     }
+}
+
+fn split(v1: u32, v3: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: test}}\nspec:\n  host: echo\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n  - {{name: v3, labels: {{version: v3}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: test}}\nspec:\n  hosts: [echo]\n  http:\n  - match:\n    - headers:\n        user-agent: {{regex: \".*Chrome.*\"}}\n    route:\n    - destination: {{host: echo, subset: v2}}\n  - route:\n    - destination: {{host: echo, subset: v1}}\n      weight: {v1}\n    - destination: {{host: echo, subset: v3}}\n      weight: {v3}\n"
+    )
+}
+
+fn share(counts: &std::collections::BTreeMap<String, usize>, who: &str, total: usize) -> f64 {
+    100.0 * *counts.get(who).unwrap_or(&0) as f64 / total as f64
+}
+
+/// The seed's canary: 95/5, then 50/50 between v1 and v3, over 2,000 requests each, within
+/// three points; and its header route: Chrome's user agent goes to v2.
+#[test]
+fn the_canary_split_and_the_header_route_hold() {
+    let mesh = Mesh::with_versions(&split(95, 5), &["v1", "v2", "v3"]);
+    let counts = mesh.served_by(2000, "");
+    let v3 = share(&counts, "v3", 2000);
+    assert!((2.0..=8.0).contains(&v3), "95/5: {counts:?}");
+    assert_eq!(counts.get("v2"), None, "{counts:?}");
+
+    let chrome = mesh.served_by(
+        50,
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36\r\n",
+    );
+    assert_eq!(chrome.get("v2"), Some(&50), "{chrome:?}");
+
+    mesh.edit(&split(50, 50));
+    let counts = mesh.served_by(2000, "");
+    let v3 = share(&counts, "v3", 2000);
+    assert!((47.0..=53.0).contains(&v3), "50/50: {counts:?}");
 }
