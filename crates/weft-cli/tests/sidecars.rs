@@ -137,7 +137,7 @@ fn request(proxy: &str, url: &str, headers: &str) -> (u16, String) {
 
 struct Mesh {
     dir: tempfile::TempDir,
-    _control: common::Control,
+    control: Option<common::Control>,
     /// One server workload per version, first `v1`.
     servers: Vec<common::Proxy>,
     client: common::Proxy,
@@ -236,7 +236,7 @@ impl Mesh {
         }
         Mesh {
             dir,
-            _control: control,
+            control: Some(control),
             servers,
             client,
             wire,
@@ -606,4 +606,33 @@ fn the_canary_split_and_the_header_route_hold() {
     let counts = mesh.served_by(2000, "");
     let v3 = share(&counts, "v3", 2000);
     assert!((47.0..=53.0).contains(&v3), "50/50: {counts:?}");
+}
+
+/// The data plane does not need the control plane to keep working; when it comes back, the
+/// sidecars reconnect and take new configuration.
+#[test]
+fn traffic_flows_without_the_control_plane_and_converges_when_it_returns() {
+    let mut mesh = Mesh::start("");
+    let control = mesh.control.take().unwrap();
+    let xds = control.xds.clone();
+    drop(control);
+    for _ in 0..20 {
+        let (status, body) = via_proxy(
+            &mesh.client.outbound,
+            "http://echo.test.svc.cluster.local:8080/",
+        );
+        assert_eq!(status, 200, "with the control plane gone: {body}");
+    }
+    mesh.control = Some(common::Control::start_at(
+        &config_dir(mesh.dir.path()),
+        &xds,
+    ));
+    mesh.edit(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: echo, namespace: test}\nspec:\n  hosts: [echo]\n  http:\n  - directResponse: {status: 418, body: {string: back}}\n",
+    );
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/",
+    );
+    assert_eq!((status, body.as_str()), (418, "back"));
 }

@@ -20,11 +20,16 @@ pub struct Control {
 impl Control {
     /// Starts `weft control` on `config_dir`, on ephemeral ports, and waits until it serves.
     pub fn start(config_dir: &Path) -> Self {
+        Self::start_at(config_dir, "127.0.0.1:0")
+    }
+
+    /// Starts `weft control` serving xDS on `xds_addr` (a restart on the same address).
+    pub fn start_at(config_dir: &Path, xds_addr: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args([
                 "control",
                 "--xds-addr",
-                "127.0.0.1:0",
+                xds_addr,
                 "--debug-addr",
                 "127.0.0.1:0",
                 "--log",
