@@ -269,15 +269,19 @@ impl Mesh {
     /// Replaces the extra configuration file and waits until the client's sidecar has a new
     /// route version.
     fn edit(&self, extra: &str) {
-        let version = || {
-            common::get_json(&self.client.admin, "/config_dump")["versions"][weft_xds::types::ROUTE]
-                .clone()
-        };
+        self.edit_then(extra, weft_xds::types::ROUTE);
+    }
+
+    /// Replaces the extra configuration file and waits until the client's sidecar has a new
+    /// version of `type_url`.
+    fn edit_then(&self, extra: &str, type_url: &str) {
+        let version =
+            || common::get_json(&self.client.admin, "/config_dump")["versions"][type_url].clone();
         let before = version();
         std::fs::write(config_dir(self.dir.path()).join("extra.yaml"), extra).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while version() == before {
-            assert!(Instant::now() < deadline, "the route never changed");
+            assert!(Instant::now() < deadline, "{type_url} never changed");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -635,4 +639,68 @@ fn traffic_flows_without_the_control_plane_and_converges_when_it_returns() {
         "http://echo.test.svc.cluster.local:8080/",
     );
     assert_eq!((status, body.as_str()), (418, "back"));
+}
+
+fn load_balancer(policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: test}}\nspec:\n  host: echo\n  trafficPolicy:\n    loadBalancer: {policy}\n"
+    )
+}
+
+/// Every load-balancing policy shows its distribution over three endpoints.
+#[test]
+fn each_load_balancer_distributes_as_it_should() {
+    let mesh = Mesh::with_versions(&load_balancer("{simple: ROUND_ROBIN}"), &["a", "b", "c"]);
+    let counts = mesh.served_by(300, "");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [100, 100, 100],
+        "round robin: {counts:?}"
+    );
+
+    for simple in ["RANDOM", "LEAST_REQUEST"] {
+        mesh.edit_then(
+            &load_balancer(&format!("{{simple: {simple}}}")),
+            weft_xds::types::CLUSTER,
+        );
+        let counts = mesh.served_by(600, "");
+        assert_eq!(counts.len(), 3, "{simple}: {counts:?}");
+        assert!(
+            counts.values().all(|n| (130..=270).contains(n)),
+            "{simple}: {counts:?}"
+        );
+    }
+
+    // The route's hash policy changes with the first; only the cluster with the second.
+    for (hash, changes) in [
+        (
+            "{consistentHash: {httpHeaderName: x-user}}",
+            weft_xds::types::ROUTE,
+        ),
+        (
+            "{consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 65537}}}",
+            weft_xds::types::CLUSTER,
+        ),
+    ] {
+        mesh.edit_then(&load_balancer(hash), changes);
+        // One user always reaches the same endpoint; many users spread.
+        let alice = mesh.served_by(50, "x-user: alice\r\n");
+        assert_eq!(alice.len(), 1, "{hash}: {alice:?}");
+        let mut reached = std::collections::BTreeSet::new();
+        for user in 0..30 {
+            let counts = mesh.served_by(3, &format!("x-user: user-{user}\r\n"));
+            assert_eq!(counts.len(), 1, "{hash}: user-{user}: {counts:?}");
+            reached.extend(counts.into_keys());
+        }
+        assert!(
+            reached.len() >= 2,
+            "{hash}: 30 users all reached {reached:?}"
+        );
+    }
+    mesh.edit_then(
+        &load_balancer("{consistentHash: {useSourceIp: true}}"),
+        weft_xds::types::ROUTE,
+    );
+    let same_client = mesh.served_by(50, "");
+    assert_eq!(same_client.len(), 1, "source IP: {same_client:?}");
 }

@@ -11,7 +11,7 @@ use prost::Message;
 use regex::Regex;
 use weft_xds::envoy::envoy::config::cluster::v3::Cluster as XdsCluster;
 use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+    ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy,
 };
 use weft_xds::envoy::envoy::config::core::v3::{
     Address, HeaderValueOption, TransportSocket, address, header_value_option::HeaderAppendAction,
@@ -21,6 +21,7 @@ use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
 };
 use weft_xds::envoy::envoy::config::listener::v3::{Listener, filter};
+use weft_xds::envoy::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, RouteConfiguration,
     header_matcher::HeaderMatchSpecifier,
@@ -41,10 +42,11 @@ use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use weft_xds::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use weft_xds::envoy::google::protobuf::{Any, value::Kind};
 
+use crate::hashing;
 use crate::model::{
-    Action, Cluster, Endpoint, Forward, HeaderChanges, HeaderMatch, InboundPort, LoadBalancer,
-    MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite, Route, RouteMatch, RouteTable,
-    StringMatch, VirtualHost, WeightedCluster,
+    Action, Cluster, Endpoint, Forward, HashOn, HeaderChanges, HeaderMatch, InboundPort,
+    LoadBalancer, MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite, Route, RouteMatch,
+    RouteTable, StringMatch, VirtualHost, WeightedCluster,
 };
 
 /// The resources a proxy holds, as received, by type and name.
@@ -248,6 +250,23 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
                             Some(HostRewriteSpecifier::HostRewriteLiteral(host)) => Some(host),
                             _ => None,
                         },
+                        hash_policy: action
+                            .hash_policy
+                            .into_iter()
+                            .filter_map(|policy| match policy.policy_specifier? {
+                                PolicySpecifier::Header(h) => {
+                                    Some(HashOn::Header(h.header_name.to_ascii_lowercase()))
+                                }
+                                PolicySpecifier::Cookie(c) => Some(HashOn::Cookie(c.name)),
+                                PolicySpecifier::ConnectionProperties(c) if c.source_ip => {
+                                    Some(HashOn::SourceIp)
+                                }
+                                PolicySpecifier::QueryParameter(q) => {
+                                    Some(HashOn::QueryParameter(q.name))
+                                }
+                                _ => None,
+                            })
+                            .collect(),
                     })
                 }
                 Some(XdsAction::Redirect(redirect)) => Action::Redirect(Redirect {
@@ -443,6 +462,8 @@ fn cluster_model(
     let lb = match LbPolicy::try_from(cluster.lb_policy) {
         Ok(LbPolicy::Random) => LoadBalancer::Random,
         Ok(LbPolicy::LeastRequest) => LoadBalancer::LeastRequest,
+        Ok(LbPolicy::RingHash) => LoadBalancer::RingHash,
+        Ok(LbPolicy::Maglev) => LoadBalancer::Maglev,
         _ => LoadBalancer::RoundRobin,
     };
     let mut mesh_tls = None;
@@ -516,9 +537,38 @@ fn cluster_model(
             });
         }
     }
+    let weighted: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    let hash_table = match (lb, &cluster.lb_config) {
+        (LoadBalancer::RingHash, config) => {
+            let minimum = match config {
+                Some(LbConfig::RingHashLbConfig(ring)) => ring.minimum_ring_size.map(|s| s.value),
+                _ => None,
+            };
+            // At least Istio's 1024 points, at most a million.
+            let size = usize::try_from(minimum.unwrap_or(1024))
+                .unwrap_or(1024)
+                .clamp(1, 1 << 20);
+            hashing::ring(&weighted, size)
+        }
+        (LoadBalancer::Maglev, config) => {
+            let size = match config {
+                Some(LbConfig::MaglevLbConfig(maglev)) => maglev.table_size.map(|s| s.value),
+                _ => None,
+            };
+            let size = usize::try_from(size.unwrap_or(65537))
+                .unwrap_or(65537)
+                .clamp(1, 5_000_011);
+            hashing::maglev(&weighted, size)
+        }
+        _ => Vec::new(),
+    };
     Ok(Cluster {
         name,
         lb,
+        hash_table,
         endpoints,
         mesh_tls,
         default_tls,

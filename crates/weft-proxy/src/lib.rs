@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod hashing;
 pub mod identity;
 pub mod inbound;
 pub mod model;
@@ -160,7 +161,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
 
 async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -169,7 +170,11 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let outbound = outbound.clone();
-                async move { Ok::<_, std::convert::Infallible>(outbound.handle(request).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        outbound.handle(request, Some(peer.ip())).await,
+                    )
+                }
             });
             if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

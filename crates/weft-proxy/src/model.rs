@@ -209,6 +209,21 @@ pub struct Forward {
     pub regex_rewrite: Option<RegexRewrite>,
     /// Replace the Host.
     pub host_rewrite: Option<String>,
+    /// What to hash for consistent-hash clusters; the first that yields a value is used.
+    pub hash_policy: Vec<HashOn>,
+}
+
+/// What a request's hash is taken from (DestinationRule `consistentHash`).
+#[derive(Debug, Clone, Serialize)]
+pub enum HashOn {
+    /// A header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
 }
 
 /// A regex substitution of the path.
@@ -281,6 +296,10 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Whether this is the passthrough cluster (to the original destination).
     pub passthrough: bool,
+    /// For consistent hashing: a sorted ring of (point, endpoint index) for ring hash, or
+    /// Maglev's table (endpoint index by slot, point = slot).
+    #[serde(skip)]
+    pub hash_table: Vec<(u64, usize)>,
 }
 
 /// Mesh mTLS towards an upstream.
@@ -301,6 +320,10 @@ pub enum LoadBalancer {
     LeastRequest,
     /// At random.
     Random,
+    /// Consistent hashing on a ring ([`Cluster::hash_table`]).
+    RingHash,
+    /// Consistent hashing with Maglev's lookup table ([`Cluster::hash_table`]).
+    Maglev,
 }
 
 /// One endpoint.

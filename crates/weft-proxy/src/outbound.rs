@@ -109,7 +109,11 @@ pub fn apply_changes(headers: &mut hyper::HeaderMap, changes: &HeaderChanges) {
 
 impl Outbound {
     /// Proxies one request from the application.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
             return local_response(
@@ -157,7 +161,8 @@ impl Outbound {
             Action::Forward(forward) => {
                 strip_hop_by_hop(&mut parts.headers);
                 apply_changes(&mut parts.headers, &route.request_headers);
-                self.forward(&config, forward, route, parts, authority, body)
+                let request = Request::from_parts(parts, body);
+                self.forward(&config, forward, route, request, authority, client)
                     .await
             }
         };
@@ -170,17 +175,19 @@ impl Outbound {
         config: &Config,
         forward: &Forward,
         route: &Route,
-        mut parts: hyper::http::request::Parts,
+        request: Request<Incoming>,
         authority: String,
-        body: Incoming,
+        client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
         let Some(weighted) = router::pick_cluster(forward) else {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
         };
         let Some(cluster) = config.model.clusters.get(&weighted.name) else {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
         };
-        let Some(pick) = self.balancers.pick(cluster) else {
+        let hash = router::request_hash(&forward.hash_policy, &parts, client);
+        let Some(pick) = self.balancers.pick(cluster, hash) else {
             return local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("UH"),

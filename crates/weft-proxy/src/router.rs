@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use hyper::http::request::Parts;
 
+use crate::hashing;
 use crate::model::{
-    Cluster, Endpoint, Forward, LoadBalancer, PathMatch, Route, RouteMatch, WeightedCluster,
+    Cluster, Endpoint, Forward, HashOn, LoadBalancer, PathMatch, Route, RouteMatch, WeightedCluster,
 };
 
 /// The first route of `routes` that matches the request.
@@ -123,12 +124,18 @@ impl Balancers {
             .clone()
     }
 
-    /// A healthy endpoint of `cluster` by its policy; `None` when none is healthy.
-    pub fn pick<'a>(&self, cluster: &'a Cluster) -> Option<Pick<'a>> {
+    /// A healthy endpoint of `cluster` by its policy; `None` when none is healthy. A
+    /// consistent-hash cluster uses `hash` (a request without one gets a random endpoint).
+    pub fn pick<'a>(&self, cluster: &'a Cluster, hash: Option<u64>) -> Option<Pick<'a>> {
         let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(|e| e.healthy).collect();
         if healthy.is_empty() {
             return None;
         }
+        let hashed = match (cluster.lb, hash) {
+            (LoadBalancer::RingHash, Some(key)) => hashing::ring_lookup(&cluster.hash_table, key),
+            (LoadBalancer::Maglev, Some(key)) => hashing::maglev_lookup(&cluster.hash_table, key),
+            _ => None,
+        };
         let state = self.state(&cluster.name);
         let active = |endpoint: &Endpoint| {
             state
@@ -140,10 +147,20 @@ impl Balancers {
                 .clone()
         };
         let endpoint = match cluster.lb {
+            // The hashed endpoint while it is healthy; else the next healthy one.
+            LoadBalancer::RingHash | LoadBalancer::Maglev if hashed.is_some() => {
+                let start = hashed.unwrap_or(0);
+                let count = cluster.endpoints.len();
+                (0..count)
+                    .map(|i| &cluster.endpoints[(start + i) % count])
+                    .find(|e| e.healthy)?
+            }
             LoadBalancer::RoundRobin => {
                 healthy[state.next.fetch_add(1, Ordering::Relaxed) % healthy.len()]
             }
-            LoadBalancer::Random => healthy[fastrand::usize(..healthy.len())],
+            LoadBalancer::Random | LoadBalancer::RingHash | LoadBalancer::Maglev => {
+                healthy[fastrand::usize(..healthy.len())]
+            }
             LoadBalancer::LeastRequest => {
                 let a = healthy[fastrand::usize(..healthy.len())];
                 let b = healthy[fastrand::usize(..healthy.len())];
@@ -161,4 +178,35 @@ impl Balancers {
             active: counter,
         })
     }
+}
+
+/// The hash of a request by the route's hash policy: the first policy that finds a value.
+pub fn request_hash(
+    policy: &[HashOn],
+    request: &Parts,
+    client: Option<std::net::IpAddr>,
+) -> Option<u64> {
+    policy.iter().find_map(|on| match on {
+        HashOn::Header(name) => request
+            .headers
+            .get(name.as_str())
+            .map(|v| hashing::hash_of(v.as_bytes())),
+        HashOn::Cookie(name) => request
+            .headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| hashing::hash_of(value))
+            }),
+        HashOn::SourceIp => client.map(hashing::hash_of),
+        HashOn::QueryParameter(name) => request.uri.query().and_then(|query| {
+            query.split('&').find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key == name).then(|| hashing::hash_of(value))
+            })
+        }),
+    })
 }

@@ -145,20 +145,22 @@ fn virtual_host(
         Some((resource, vs)) => {
             virtual_service_routes(snapshot, vs, resource.namespace(), client, service, port)
         }
-        None => vec![Route {
-            r#match: Some(prefix_match("")),
-            action: Some(Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(
-                    port,
-                    "",
-                    &service.host,
-                ))),
-                timeout: Some(duration(std::time::Duration::ZERO)),
-                retry_policy: Some(default_retry_policy()),
-                ..RouteAction::default()
-            })),
-            ..Route::default()
-        }],
+        None => {
+            // No VirtualService: everything to the service, with the DestinationRule's
+            // consistent hashing if it has one.
+            let cluster = cluster_name(port, "", &service.host);
+            vec![Route {
+                r#match: Some(prefix_match("")),
+                action: Some(Action::Route(RouteAction {
+                    hash_policy: hash_policy(snapshot, &cluster),
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                    timeout: Some(duration(std::time::Duration::ZERO)),
+                    retry_policy: Some(default_retry_policy()),
+                    ..RouteAction::default()
+                })),
+                ..Route::default()
+            }]
+        }
     };
     VirtualHost {
         name: format!("{}:{port}", service.host),
