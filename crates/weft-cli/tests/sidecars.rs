@@ -41,6 +41,9 @@ fn echo_app(version: &'static str) -> u16 {
     port
 }
 
+/// Requests the `flaky` application has seen; it fails every other one with 503.
+static FLAKY_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn serve_echo(mut stream: TcpStream, version: &str) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -49,6 +52,12 @@ fn serve_echo(mut stream: TcpStream, version: &str) {
             Ok(1) => head.push(byte[0]),
             _ => return,
         }
+    }
+    if version == "flaky" && FLAKY_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+        let _ = stream.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
     }
     let served_by = format!("served-by: {version}\r\n");
     let mut response = format!(
@@ -703,4 +712,56 @@ fn each_load_balancer_distributes_as_it_should() {
     );
     let same_client = mesh.served_by(50, "");
     assert_eq!(same_client.len(), 1, "source IP: {same_client:?}");
+}
+
+fn virtual_service(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: test}}\nspec:\n  hosts: [echo]\n  http:\n  - route:\n    - destination: {{host: echo}}\n{http}"
+    )
+}
+
+/// Retries hide an upstream that fails every other request; without them half fail; fault
+/// injection aborts and delays as the VirtualService says.
+#[test]
+fn retries_hide_a_flaky_upstream_and_faults_are_injected() {
+    use std::sync::atomic::Ordering;
+    let mesh = Mesh::with_versions(
+        &virtual_service("    retries: {attempts: 3, retryOn: 5xx}\n"),
+        &["flaky"],
+    );
+    let seen_before = FLAKY_SEEN.load(Ordering::SeqCst);
+    let counts = mesh.served_by(40, "");
+    assert_eq!(counts.get("flaky"), Some(&40), "{counts:?}");
+    let attempts = FLAKY_SEEN.load(Ordering::SeqCst) - seen_before;
+    assert!(
+        (79..=81).contains(&attempts),
+        "40 requests took {attempts} attempts"
+    );
+
+    mesh.edit(&virtual_service("    retries: {attempts: 0}\n"));
+    let counts = mesh.served_by(40, "");
+    assert_eq!(counts.get("status 503"), Some(&20), "{counts:?}");
+
+    mesh.edit(&virtual_service(
+        "    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n",
+    ));
+    let (status, _) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/",
+    );
+    assert_eq!(status, 418);
+
+    mesh.edit(&virtual_service(
+        "    fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}\n",
+    ));
+    let started = Instant::now();
+    let _ = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/",
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
 }

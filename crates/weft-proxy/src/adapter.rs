@@ -44,9 +44,9 @@ use weft_xds::envoy::google::protobuf::{Any, value::Kind};
 
 use crate::hashing;
 use crate::model::{
-    Action, Cluster, Endpoint, Forward, HashOn, HeaderChanges, HeaderMatch, InboundPort,
-    LoadBalancer, MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite, Route, RouteMatch,
-    RouteTable, StringMatch, VirtualHost, WeightedCluster,
+    Abort, Action, Cluster, Endpoint, Fault, Forward, HashOn, HeaderChanges, HeaderMatch,
+    InboundPort, LoadBalancer, MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite,
+    Retry, Route, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
 };
 
 /// The resources a proxy holds, as received, by type and name.
@@ -250,6 +250,21 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
                             Some(HostRewriteSpecifier::HostRewriteLiteral(host)) => Some(host),
                             _ => None,
                         },
+                        retry: action.retry_policy.map(|policy| Retry {
+                            retries: policy.num_retries.map_or(1, |n| n.value),
+                            on: policy
+                                .retry_on
+                                .split(',')
+                                .map(|c| c.trim().to_string())
+                                .filter(|c| !c.is_empty())
+                                .collect(),
+                            status_codes: policy
+                                .retriable_status_codes
+                                .iter()
+                                .filter_map(|c| u16::try_from(*c).ok())
+                                .collect(),
+                            per_try_timeout: policy.per_try_timeout.map(duration),
+                        }),
                         hash_policy: action
                             .hash_policy
                             .into_iter()
@@ -315,10 +330,17 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
                     ));
                 }
             };
+            let fault = route
+                .typed_per_filter_config
+                .get("envoy.filters.http.fault")
+                .map(|any| fault(&name, any))
+                .transpose()?
+                .flatten();
             routes.push(Route {
                 name: route.name,
                 matcher,
                 action,
+                fault,
                 request_headers: header_changes(
                     &route.request_headers_to_add,
                     &route.request_headers_to_remove,
@@ -336,6 +358,39 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
         });
     }
     Ok(RouteTable { virtual_hosts })
+}
+
+/// The fault filter's per-route configuration; `None` when it injects nothing.
+fn fault(config: &str, any: &Any) -> Result<Option<Fault>, Rejected> {
+    use weft_xds::envoy::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    use weft_xds::envoy::envoy::r#type::v3::FractionalPercent;
+    let fault: HttpFault = decode("route configuration", config, any)?;
+    let per_million = |p: Option<FractionalPercent>| {
+        let p = p.unwrap_or_default();
+        let scale = match p.denominator {
+            0 => 10_000,
+            1 => 100,
+            _ => 1,
+        };
+        p.numerator.saturating_mul(scale).min(1_000_000)
+    };
+    let delay = fault.delay.and_then(|d| match d.fault_delay_secifier {
+        Some(FaultDelaySecifier::FixedDelay(fixed)) => {
+            Some((duration(fixed), per_million(d.percentage)))
+        }
+        _ => None,
+    });
+    let abort = fault.abort.and_then(|a| {
+        let abort = match a.error_type {
+            Some(ErrorType::HttpStatus(status)) => Abort::Http(u16::try_from(status).ok()?),
+            Some(ErrorType::GrpcStatus(code)) => Abort::Grpc(code),
+            _ => return None,
+        };
+        Some((abort, per_million(a.percentage)))
+    });
+    Ok((delay.is_some() || abort.is_some()).then_some(Fault { delay, abort }))
 }
 
 fn regex(config: &str, pattern: &str) -> Result<Regex, Rejected> {

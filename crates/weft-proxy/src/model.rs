@@ -100,6 +100,72 @@ pub struct Route {
     pub request_headers: HeaderChanges,
     /// Headers changed on the response.
     pub response_headers: HeaderChanges,
+    /// Faults to inject (VirtualService `fault`).
+    pub fault: Option<Fault>,
+}
+
+/// Injected faults; each applies to a share of requests, in parts per million.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Wait this long first.
+    pub delay: Option<(Duration, u32)>,
+    /// Answer with this error instead of forwarding.
+    pub abort: Option<(Abort, u32)>,
+}
+
+/// The error an abort fault answers with.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Abort {
+    /// An HTTP status.
+    Http(u16),
+    /// A gRPC status (HTTP 200 with `grpc-status`).
+    Grpc(u32),
+}
+
+/// When and how often to try a request again (VirtualService `retries`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Envoy's `retry_on` conditions (`5xx`, `connect-failure`, `unavailable`, …).
+    pub on: Vec<String>,
+    /// Statuses retried under `retriable-status-codes`.
+    pub status_codes: Vec<u16>,
+    /// Deadline of each attempt.
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl Retry {
+    fn has(&self, condition: &str) -> bool {
+        self.on.iter().any(|c| c == condition)
+    }
+
+    /// Whether an attempt that could not connect, or was reset, is retried.
+    pub fn on_failure(&self, connect: bool) -> bool {
+        self.has("5xx")
+            || self.has("gateway-error")
+            || self.has("reset")
+            || (connect && self.has("connect-failure"))
+            || (!connect && self.has("refused-stream"))
+    }
+
+    /// Whether a response is retried: by status, or by its gRPC status.
+    pub fn on_response(&self, status: u16, grpc_status: Option<u32>) -> bool {
+        (status >= 500 && self.has("5xx"))
+            || (matches!(status, 502..=504) && self.has("gateway-error"))
+            || (self.has("retriable-status-codes") && self.status_codes.contains(&status))
+            || grpc_status.is_some_and(|code| {
+                let name = match code {
+                    1 => "cancelled",
+                    4 => "deadline-exceeded",
+                    8 => "resource-exhausted",
+                    13 => "internal",
+                    14 => "unavailable",
+                    _ => return false,
+                };
+                self.has(name)
+            })
+    }
 }
 
 /// Conditions on a request; all must hold.
@@ -211,6 +277,8 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     /// What to hash for consistent-hash clusters; the first that yields a value is used.
     pub hash_policy: Vec<HashOn>,
+    /// Retries, if any.
+    pub retry: Option<Retry>,
 }
 
 /// What a request's hash is taken from (DestinationRule `consistentHash`).

@@ -8,6 +8,7 @@
 //! `503 UH`, connect failure `503 UF`, reset `503 UR`, timeout `504 UT`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -158,13 +159,16 @@ impl Outbound {
             Action::Redirect(redirect) => {
                 redirect_response(redirect, route, &parts.uri, &authority)
             }
-            Action::Forward(forward) => {
-                strip_hop_by_hop(&mut parts.headers);
-                apply_changes(&mut parts.headers, &route.request_headers);
-                let request = Request::from_parts(parts, body);
-                self.forward(&config, forward, route, request, authority, client)
-                    .await
-            }
+            Action::Forward(forward) => match inject_fault(route.fault.as_ref()).await {
+                Some(aborted) => aborted,
+                None => {
+                    strip_hop_by_hop(&mut parts.headers);
+                    apply_changes(&mut parts.headers, &route.request_headers);
+                    let request = Request::from_parts(parts, body);
+                    self.forward(&config, forward, route, request, authority, client)
+                        .await
+                }
+            },
         };
         apply_changes(response.headers_mut(), &route.response_headers);
         response
@@ -186,14 +190,6 @@ impl Outbound {
         let Some(cluster) = config.model.clusters.get(&weighted.name) else {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
         };
-        let hash = router::request_hash(&forward.hash_policy, &parts, client);
-        let Some(pick) = self.balancers.pick(cluster, hash) else {
-            return local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("UH"),
-                "no healthy upstream\n",
-            );
-        };
         apply_changes(&mut parts.headers, &weighted.request_headers);
         let path = rewritten_path(forward, route, &parts.uri);
         parts.uri = match Uri::builder().path_and_query(path).build() {
@@ -204,50 +200,193 @@ impl Outbound {
         if let Ok(host) = HeaderValue::from_str(&host) {
             parts.headers.insert(HOST, host);
         }
-        let request = Request::from_parts(parts, body.boxed());
-        let tls = if pick.endpoint.mesh {
-            cluster.mesh_tls.as_ref()
-        } else {
-            cluster.default_tls.as_ref()
-        };
-        let sending = self.upstreams.send(
-            pick.endpoint.address,
-            tls,
-            cluster.http2,
-            cluster.connect_timeout,
-            request,
-        );
-        let result = match forward.timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, sending).await {
-                Ok(result) => result,
+        let hash = router::request_hash(&forward.hash_policy, &parts, client);
+        // A request can be tried again only if its body can be sent again: small and whole.
+        let (mut body, mut replay) = (Some(body), None);
+        if forward.retry.as_ref().is_some_and(|r| r.retries > 0)
+            && let Some(whole) = body.take_if(|b| {
+                hyper::body::Body::size_hint(b)
+                    .upper()
+                    .is_some_and(|n| n <= MAX_REPLAYED_BODY)
+            })
+        {
+            match whole.collect().await {
+                Ok(collected) => replay = Some(collected.to_bytes()),
                 Err(_) => {
                     return local_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        Some("UT"),
-                        "upstream request timeout\n",
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        "the request body broke off\n",
                     );
                 }
-            },
-            None => sending.await,
-        };
-        drop(pick);
-        match result {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                apply_changes(&mut parts.headers, &weighted.response_headers);
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(error) => {
-                tracing::debug!(%error, cluster = cluster.name, "upstream failed");
-                local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(error.flag()),
-                    format!("{error}\n"),
-                )
             }
         }
+        let attempts = match (&forward.retry, &replay) {
+            (Some(retry), Some(_)) => 1 + retry.retries,
+            _ => 1,
+        };
+        let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                // Envoy's backoff: 25 ms doubling, jittered.
+                let base = 25u64 << (attempt - 1).min(4);
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=base))).await;
+            }
+            // Another endpoint than those tried, when there is one (Istio's previous-hosts).
+            let mut pick = None;
+            for _ in 0..5 {
+                let candidate = self.balancers.pick(cluster, hash);
+                let fresh = candidate
+                    .as_ref()
+                    .is_some_and(|p| !tried.contains(&p.endpoint.address));
+                pick = candidate;
+                if fresh {
+                    break;
+                }
+            }
+            let Some(pick) = pick else {
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("UH"),
+                    "no healthy upstream\n",
+                );
+            };
+            tried.push(pick.endpoint.address);
+            let mut request = Request::new(match (&replay, body.take()) {
+                (Some(bytes), _) => Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+                (None, Some(body)) => body.boxed(),
+                (None, None) => break,
+            });
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let tls = if pick.endpoint.mesh {
+                cluster.mesh_tls.as_ref()
+            } else {
+                cluster.default_tls.as_ref()
+            };
+            let sending = self.upstreams.send(
+                pick.endpoint.address,
+                tls,
+                cluster.http2,
+                cluster.connect_timeout,
+                request,
+            );
+            let try_deadline = match (
+                forward.retry.as_ref().and_then(|r| r.per_try_timeout),
+                deadline,
+            ) {
+                (Some(per_try), Some(overall)) => {
+                    Some((tokio::time::Instant::now() + per_try).min(overall))
+                }
+                (Some(per_try), None) => Some(tokio::time::Instant::now() + per_try),
+                (None, overall) => overall,
+            };
+            let result = match try_deadline {
+                Some(at) => match tokio::time::timeout_at(at, sending).await {
+                    Ok(result) => result,
+                    Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                        return local_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            Some("UT"),
+                            "upstream request timeout\n",
+                        );
+                    }
+                    Err(_) => {
+                        last_error = Some(local_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            Some("UT"),
+                            "upstream request timeout\n",
+                        ));
+                        continue;
+                    }
+                },
+                None => sending.await,
+            };
+            drop(pick);
+            let retry = forward.retry.as_ref().filter(|_| attempt + 1 < attempts);
+            match result {
+                Ok(response) => {
+                    let grpc_status = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    if retry.is_some_and(|r| r.on_response(response.status().as_u16(), grpc_status))
+                    {
+                        continue;
+                    }
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    apply_changes(&mut parts.headers, &weighted.response_headers);
+                    return Response::from_parts(parts, body.boxed());
+                }
+                Err(error) => {
+                    tracing::debug!(%error, cluster = cluster.name, attempt, "upstream failed");
+                    let connect = matches!(error, crate::upstream::UpstreamError::Connect(_));
+                    last_error = Some(local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(error.flag()),
+                        format!("{error}\n"),
+                    ));
+                    if !retry.is_some_and(|r| r.on_failure(connect)) {
+                        break;
+                    }
+                }
+            }
+        }
+        last_error.unwrap_or_else(|| {
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("URX"),
+                "retries exhausted\n",
+            )
+        })
     }
+}
+
+/// The largest request body kept so the request can be retried (Envoy buffers 64 KiB).
+const MAX_REPLAYED_BODY: u64 = 64 * 1024;
+
+/// Applies a route's fault: maybe waits, maybe answers with the abort's error (flag `FI`).
+async fn inject_fault(fault: Option<&crate::model::Fault>) -> Option<Response<Body>> {
+    let fault = fault?;
+    let hit = |per_million: u32| fastrand::u32(0..1_000_000) < per_million;
+    if let Some((delay, share)) = fault.delay
+        && hit(share)
+    {
+        tokio::time::sleep(delay).await;
+    }
+    let (abort, share) = fault.abort?;
+    if !hit(share) {
+        return None;
+    }
+    Some(match abort {
+        crate::model::Abort::Http(status) => local_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            Some("FI"),
+            "fault filter abort",
+        ),
+        crate::model::Abort::Grpc(code) => {
+            let mut response = local_response(StatusCode::OK, Some("FI"), Bytes::new());
+            let headers = response.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            response
+        }
+    })
 }
 
 /// The path (and query) sent upstream, after the route's rewrite.
