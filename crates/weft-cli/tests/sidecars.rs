@@ -765,3 +765,117 @@ fn retries_hide_a_flaky_upstream_and_faults_are_injected() {
         started.elapsed()
     );
 }
+
+/// Writes `bytes` to `addr` and returns what comes back until the proxy closes (or 20 s).
+fn raw(addr: &str, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn rss_kib(proxy: &common::Proxy) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Bad input at both listeners: the proxies answer or close, never crash, keep serving, and
+/// do not grow.
+#[test]
+fn bad_input_at_both_listeners_is_answered_or_closed() {
+    let mut mesh = Mesh::start("");
+    let outbound = mesh.client.outbound.clone();
+    let inbound = mesh.servers[0].inbound.clone();
+    let host = "echo.test.svc.cluster.local:8080";
+    let baseline = rss_kib(&mesh.client);
+
+    // A client that never finishes its headers is cut off; meanwhile the rest goes on.
+    let slow = {
+        let outbound = outbound.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let answer = raw(&outbound, b"GET / HTTP/1.1\r\nHost: x\r\n");
+            (started.elapsed(), answer)
+        })
+    };
+    // A TLS handshake cut short is cut off too.
+    let stalled_handshake = {
+        let inbound = inbound.clone();
+        std::thread::spawn(move || raw(&inbound, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"))
+    };
+    for round in 0..3 {
+        let answer = raw(&outbound, b"THIS IS NOT HTTP\r\n\r\n");
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "malformed request line: {answer:?}"
+        );
+        let big = format!(
+            "GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70_000)
+        );
+        let answer = raw(&outbound, big.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 431"),
+            "oversize headers: {answer:?}"
+        );
+        let smuggling = format!(
+            "POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        );
+        // hyper reads the body as chunked, drops Content-Length and closes the connection
+        // after the response (RFC 9112 §6.3): the bytes after the body are never read as a
+        // second request.
+        let answer = raw(&outbound, smuggling.as_bytes());
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "CL and TE together: {answer:?}"
+        );
+        assert!(!answer.contains("/smuggled"), "{answer:?}");
+        // TLS garbage and a handshake cut short at the inbound listener.
+        assert_eq!(
+            raw(&inbound, b"\x16\x03\x01\x00\x05hello"),
+            "",
+            "TLS garbage"
+        );
+
+        // Abrupt resets mid-request, both sides.
+        for addr in [&outbound, &inbound] {
+            let stream = TcpStream::connect(addr).unwrap();
+            let _ = (&stream).write_all(b"GET / HTTP/1.1\r\nHo");
+            nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )
+            .unwrap();
+            drop(stream);
+        }
+        let (status, body) = via_proxy(&outbound, &format!("http://{host}/round-{round}"));
+        assert_eq!(status, 200, "still serving: {body}");
+    }
+    assert_eq!(stalled_handshake.join().unwrap(), "");
+    let (waited, answer) = slow.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(15) && !answer.contains("200 OK"),
+        "a client that never finishes its headers is cut off: {waited:?} {answer:?}"
+    );
+    for proxy in [&mut mesh.client, &mut mesh.servers[0]] {
+        assert!(proxy.child.try_wait().unwrap().is_none(), "a proxy died");
+    }
+    let after = rss_kib(&mesh.client);
+    assert!(
+        after < baseline + 8 * 1024,
+        "RSS from {baseline} KiB to {after} KiB"
+    );
+}

@@ -12,8 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -148,7 +147,7 @@ impl Inbound {
             let peer = peer.clone();
             async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, peer).await) }
         });
-        auto::Builder::new(TokioExecutor::new())
+        crate::http_server()
             .serve_connection(io, service)
             .await
             .map_err(|e| e.to_string())

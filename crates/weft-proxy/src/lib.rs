@@ -176,7 +176,7 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
                     )
                 }
             });
-            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            if let Err(error) = http_server()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -184,6 +184,30 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
             }
         });
     }
+}
+
+/// Largest request head accepted (Envoy's default is 60 KiB); a larger one gets 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the proxy serves HTTP/1.1 and HTTP/2 to its clients, with the limits that keep a bad
+/// client from costing it memory or connections: request heads of at most 64 KiB and 100
+/// headers (431 beyond), 10 s to send them.
+pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD as u32);
+    builder
 }
 
 /// The node this sidecar presents: Istio's node id, and the metadata the control plane
