@@ -166,6 +166,16 @@ impl Mesh {
     /// The `echo` service with one workload per version, a client workload, and `extra`
     /// configuration.
     fn with_versions(extra: &str, versions: &[&'static str]) -> Self {
+        Self::with_apps(extra, versions, |version| echo_app(version))
+    }
+
+    /// As [`Mesh::with_versions`], with the application of each version started by `app`
+    /// (which returns its port).
+    fn with_apps(
+        extra: &str,
+        versions: &[&'static str],
+        app: impl Fn(&'static str) -> u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(config_dir(dir.path())).unwrap();
         std::fs::write(config_dir(dir.path()).join("echo.yaml"), SERVICE).unwrap();
@@ -176,7 +186,7 @@ impl Mesh {
         let mut endpoints = Vec::new();
         let mut wire = Arc::default();
         for (index, version) in versions.iter().enumerate() {
-            let app = echo_app(version);
+            let app = app(version);
             // The first server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2,
             // where a relay records what the client's sidecar sends.
             let inbound = free_port();
@@ -878,4 +888,117 @@ fn bad_input_at_both_listeners_is_answered_or_closed() {
         after < baseline + 8 * 1024,
         "RSS from {baseline} KiB to {after} KiB"
     );
+}
+
+/// gRPC through the sidecars, HTTP/2 end to end: a unary call (Istio's certificate API) and
+/// a bidirectional stream (ADS), both served by real gRPC servers behind the server sidecar.
+#[test]
+fn grpc_unary_and_bidirectional_streams_cross_the_sidecars() {
+    use std::sync::Arc as StdArc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use weft_xds::envoy::envoy::config::core::v3::Node;
+    use weft_xds::envoy::envoy::service::discovery::v3::DiscoveryRequest;
+    use weft_xds::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use weft_xds::istio_ca::IstioCertificateRequest;
+    use weft_xds::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let authority = weft_control::ca::CertificateAuthority::load_or_create(
+        state.path(),
+        "cluster.local",
+        weft_control::ca::CertificateAuthority::DEFAULT_TTL,
+    )
+    .unwrap();
+    let tokens =
+        StdArc::new(weft_control::ca::token::JoinTokens::load_or_create(state.path()).unwrap());
+    let token = tokens.issue("test", "grpc");
+    // One gRPC application serving both services.
+    let (changes, watcher) = tokio::sync::watch::channel(0);
+    let generator = StdArc::new(weft_control::translate::MeshGenerator::default());
+    let ads = weft_xds::server::AdsServer::new(generator, watcher, "app");
+    let ca = weft_control::ca::CaService::new(StdArc::new(authority), tokens);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let app_port = listener.local_addr().unwrap().port();
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(ads.into_service())
+            .add_service(ca.into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mesh = Mesh::with_apps("", &["v1"], |_| app_port);
+
+    runtime.block_on(async {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.client.outbound))
+                .unwrap()
+                .origin("http://echo.test.svc.cluster.local:8080".parse().unwrap())
+                .connect()
+                .await
+                .unwrap();
+        // Unary.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/test/sa/grpc"
+                .to_string()
+                .try_into()
+                .unwrap(),
+        )];
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: params.serialize_request(&key).unwrap().pem().unwrap(),
+            validity_duration: 0,
+            metadata: None,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let chain = IstioCertificateServiceClient::new(channel.clone())
+            .create_certificate(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .cert_chain;
+        assert_eq!(chain.len(), 2, "leaf and root");
+        // A refusal travels back as a gRPC status (in trailers).
+        let refused = IstioCertificateServiceClient::new(channel.clone())
+            .create_certificate(IstioCertificateRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+        // Bidirectional: requests and pushes interleave on one stream.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let ask = |nonce: &str| DiscoveryRequest {
+            node: Some(Node {
+                id: "through-sidecars".into(),
+                ..Node::default()
+            }),
+            type_url: weft_xds::types::CLUSTER.into(),
+            response_nonce: nonce.into(),
+            ..DiscoveryRequest::default()
+        };
+        tx.send(ask("")).await.unwrap();
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = responses.message().await.unwrap().unwrap();
+        tx.send(ask(&first.nonce)).await.unwrap();
+        changes.send_replace(1);
+        // The generator has no snapshot: the same (empty) content is not pushed again, so
+        // ask with a new subscription to get a second response on the same stream.
+        tx.send(DiscoveryRequest {
+            resource_names: vec!["outbound|8080||x".into()],
+            ..ask(&first.nonce)
+        })
+        .await
+        .unwrap();
+        let second = responses.message().await.unwrap().unwrap();
+        assert_ne!(first.nonce, second.nonce);
+    });
+    drop(mesh);
 }
