@@ -156,9 +156,14 @@ pub fn build(received: &Received) -> Result<Model, Rejected> {
                 else {
                     continue;
                 };
+                let tcp = chain
+                    .filters
+                    .iter()
+                    .any(|f| f.name == "envoy.filters.network.tcp_proxy");
                 let entry = model.inbound.entry(port).or_insert(InboundPort {
                     mtls: false,
                     plaintext: false,
+                    tcp,
                 });
                 match matched.transport_protocol.as_str() {
                     "tls" => entry.mtls = true,

@@ -80,6 +80,7 @@ impl Inbound {
             .unwrap_or(InboundPort {
                 mtls: true,
                 plaintext: false,
+                tcp: false,
             })
     }
 
@@ -124,6 +125,9 @@ impl Inbound {
                 return Err(format!("{spiffe_id} is not in this mesh's trust domain"));
             }
             let cert_hash = hex(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+            if mode.tcp {
+                return self.splice_to_app(tls).await;
+            }
             let peer = Peer {
                 spiffe_id,
                 cert_hash,
@@ -133,8 +137,39 @@ impl Inbound {
             if !mode.plaintext {
                 return Err("plaintext on a port whose PeerAuthentication is STRICT".into());
             }
+            if mode.tcp {
+                return self.splice_to_app(stream).await;
+            }
             self.serve_http(TokioIo::new(stream), None).await
         }
+    }
+
+    /// Opaque TCP: the bytes go to the application as they are, both ways.
+    async fn splice_to_app<T>(&self, mut downstream: T) -> Result<(), String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let address = {
+            let config = self.config.borrow();
+            let cluster = config
+                .model
+                .clusters
+                .get(&format!("inbound|{}||", self.port))
+                .ok_or("no inbound cluster")?;
+            cluster
+                .endpoints
+                .first()
+                .map(|e| e.address)
+                .ok_or("no application")?
+        };
+        let mut app = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("the application at {address}: {e}"))?;
+        let _ = app.set_nodelay(true);
+        tokio::io::copy_bidirectional(&mut downstream, &mut app)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     async fn serve_http<T>(&self, io: TokioIo<T>, peer: Option<Peer>) -> Result<(), String>

@@ -153,6 +153,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         config: config.clone(),
         upstreams,
         balancers: router::Balancers::default(),
+        namespace: settings.namespace.clone(),
     };
     tokio::spawn(serve_outbound(outbound, outbound_listener));
     tokio::spawn(admin::Admin { config, identity }.serve(admin_listener));
@@ -177,7 +178,7 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
                 }
             });
             if let Err(error) = http_server()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%error, "outbound connection ended");

@@ -39,6 +39,8 @@ pub struct InboundPort {
     pub mtls: bool,
     /// Plaintext connections.
     pub plaintext: bool,
+    /// Opaque TCP to the application rather than HTTP.
+    pub tcp: bool,
 }
 
 /// The virtual hosts of one outbound port.

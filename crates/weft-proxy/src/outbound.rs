@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
 use crate::router::{self, Balancers};
-use crate::upstream::{Body, Upstreams};
+use crate::upstream::{Body, UpstreamError, Upstreams};
 use crate::xds::Config;
 
 /// The response header that carries Envoy-style response flags of locally answered errors.
@@ -33,6 +33,8 @@ pub struct Outbound {
     pub upstreams: Upstreams,
     /// Load-balancer state.
     pub balancers: Balancers,
+    /// The workload's namespace, where short host names resolve.
+    pub namespace: String,
 }
 
 /// A response made by the proxy itself.
@@ -117,11 +119,7 @@ impl Outbound {
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
-            return local_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                "CONNECT is not supported by this proxy yet\n",
-            );
+            return self.tunnel(Request::from_parts(parts, body)).await;
         }
         let authority = parts
             .uri
@@ -347,6 +345,82 @@ impl Outbound {
                 "retries exhausted\n",
             )
         })
+    }
+}
+
+impl Outbound {
+    /// `CONNECT host:port`: a byte tunnel to a mesh service (an endpoint of its cluster, over
+    /// mesh mTLS when it is a mesh workload), or, for a host the mesh does not know, straight
+    /// to it (Istio's `ALLOW_ANY`). The 200 goes out once the upstream is connected.
+    async fn tunnel(&self, request: Request<Incoming>) -> Response<Body> {
+        let Some(authority) = request.uri().authority().cloned() else {
+            return local_response(StatusCode::BAD_REQUEST, None, "CONNECT needs host:port\n");
+        };
+        let Some(port) = authority.port_u16() else {
+            return local_response(StatusCode::BAD_REQUEST, None, "CONNECT needs host:port\n");
+        };
+        let host = authority.host().to_string();
+        let config = self.config.borrow().clone();
+        let cluster = [
+            host.clone(),
+            format!("{host}.{}.svc.cluster.local", self.namespace),
+            format!("{host}.svc.cluster.local"),
+            format!("{host}.cluster.local"),
+        ]
+        .iter()
+        .find_map(|candidate| {
+            config
+                .model
+                .clusters
+                .get(&format!("outbound|{port}||{candidate}"))
+        });
+        let upstream = match cluster {
+            Some(cluster) => {
+                let Some(pick) = self.balancers.pick(cluster, None) else {
+                    return local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some("UH"),
+                        "no healthy upstream\n",
+                    );
+                };
+                let tls = if pick.endpoint.mesh {
+                    cluster.mesh_tls.as_ref()
+                } else {
+                    cluster.default_tls.as_ref()
+                };
+                self.upstreams
+                    .connect_stream(pick.endpoint.address, tls, cluster.connect_timeout)
+                    .await
+            }
+            None => tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {authority}")))
+            .and_then(|r| r.map_err(|e| UpstreamError::Connect(format!("{authority}: {e}"))))
+            .map(|s| Box::new(s) as Box<dyn crate::upstream::Stream>),
+        };
+        let mut upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                return local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(error.flag()),
+                    format!("{error}\n"),
+                );
+            }
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let mut downstream = hyper_util::rt::TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                }
+                Err(error) => tracing::debug!(%error, "CONNECT tunnel was not established"),
+            }
+        });
+        local_response(StatusCode::OK, None, Bytes::new())
     }
 }
 

@@ -23,6 +23,11 @@ use crate::tls;
 /// The body every proxied message is converted to.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A byte stream to an upstream: TCP, or TLS over TCP.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Header that carries an HTTP/1.1 request's protocol across an HTTP/2 hop between sidecars.
 pub const ORIGINAL_PROTOCOL: &str = "weft-orig-proto";
 
@@ -225,6 +230,41 @@ impl Upstreams {
                 }
             }
         }
+    }
+
+    /// A raw connection to `address`, over mesh mTLS when `tls` is given, for opaque TCP.
+    pub async fn connect_stream(
+        &self,
+        address: SocketAddr,
+        tls: Option<&MeshTls>,
+        timeout: Duration,
+    ) -> Result<Box<dyn Stream>, UpstreamError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {address}")))?
+            .map_err(|e| UpstreamError::Connect(format!("{address}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(Box::new(tcp));
+        };
+        let config = tls::client_config(&self.identity, tls.identities.clone(), &[])
+            .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
+        let sni = if tls.sni.is_empty() {
+            "mesh.weft"
+        } else {
+            &tls.sni
+        };
+        let name = ServerName::try_from(sni)
+            .map_err(|e| UpstreamError::Connect(format!("SNI {sni:?}: {e}")))?
+            .to_owned();
+        let stream = tokio::time::timeout(
+            timeout,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| UpstreamError::Connect(format!("TLS handshake with {address} timed out")))?
+        .map_err(|e| UpstreamError::Connect(format!("TLS handshake with {address}: {e}")))?;
+        Ok(Box::new(stream))
     }
 
     async fn http2_over<T>(&self, io: TokioIo<T>, key: &PoolKey) -> Result<Sender, UpstreamError>

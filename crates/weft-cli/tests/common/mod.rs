@@ -118,7 +118,8 @@ impl Proxy {
     /// addresses it logs.
     pub fn start(args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        command.args(["proxy", "--log", "warn,weft=info"]);
+        let log = std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "warn,weft=info".into());
+        command.args(["proxy", "--log", &log]);
         for (flag, default) in [
             ("--inbound-port", "0"),
             ("--outbound-port", "0"),
@@ -137,6 +138,9 @@ impl Proxy {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("WEFT_TEST_PROXY_LOG").is_some() {
+                    eprintln!("{line}");
+                }
                 if let Some(ports) = line.split("listening: ").nth(1) {
                     let _ = tx.send(ports.to_string());
                 }
