@@ -235,6 +235,8 @@ impl Mesh {
             "client",
             "--token",
             &client_token,
+            "--upstream",
+            "0=echo:8080",
         ]);
         for server in &servers {
             server.until_ready();
@@ -330,6 +332,16 @@ fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity(
         "{xfcc}"
     );
     assert!(body.contains("GET /hello HTTP/1.1"), "{body}");
+
+    // A per-upstream local port takes plain requests for that service.
+    let (local, _) = &mesh.client.upstreams[0];
+    let answer = raw(
+        local,
+        b"GET /local HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("GET /local HTTP/1.1"), "{answer}");
+    assert!(answer.contains("host: echo:8080"), "{answer}");
 
     // What crossed between the sidecars was TLS, not the request.
     let wire = mesh.wire.lock().unwrap().clone();
@@ -1143,6 +1155,8 @@ fn raw_tcp_crosses_the_sidecars_through_a_connect_tunnel() {
         "client",
         "--token",
         &common::join_token(&config, "test", "client"),
+        "--upstream",
+        "0=tcpecho:9000",
     ]);
     server.until_ready();
     client.until_ready();
@@ -1181,4 +1195,16 @@ fn raw_tcp_crosses_the_sidecars_through_a_connect_tunnel() {
     tunnel.read_exact(&mut echoed).unwrap();
     sending.join().unwrap();
     assert!(echoed == payload, "the bytes came back changed");
+
+    // The same through a per-upstream local port, for applications that cannot use a proxy.
+    let (local, target) = &client.upstreams[0];
+    assert_eq!(target, "tcpecho:9000");
+    let mut direct = TcpStream::connect(local).unwrap();
+    direct
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    direct.write_all(b"ping through a local port").unwrap();
+    let mut echoed = [0u8; 25];
+    direct.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping through a local port");
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub outbound_port: u16,
     /// Admin port (0: any free port), on loopback.
     pub admin_port: u16,
+    /// Per-upstream local ports: (local port, host, port); local port 0 picks a free one.
+    pub upstreams: Vec<(u16, String, u16)>,
     /// The mesh's trust domain.
     pub trust_domain: String,
     /// The join token the CA wants.
@@ -66,7 +68,7 @@ pub struct Settings {
 }
 
 /// Where a started sidecar listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ports {
     /// Inbound (mTLS from peers).
     pub inbound: SocketAddr,
@@ -74,6 +76,8 @@ pub struct Ports {
     pub outbound: SocketAddr,
     /// Admin.
     pub admin: SocketAddr,
+    /// Per-upstream local ports, with the `host:port` each leads to.
+    pub upstreams: Vec<(SocketAddr, String)>,
 }
 
 /// Why the sidecar could not start.
@@ -104,7 +108,19 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         .map_err(|e| StartError::Bind(admin_addr, e))?;
     let local =
         |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
+    let mut upstream_listeners = Vec::new();
+    for (local, host, port) in &settings.upstreams {
+        let listener = bind(*local).await?;
+        let addr = listener
+            .local_addr()
+            .unwrap_or(SocketAddr::new(settings.bind, *local));
+        upstream_listeners.push((listener, addr, host.clone(), *port));
+    }
     let ports = Ports {
+        upstreams: upstream_listeners
+            .iter()
+            .map(|(_, addr, host, port)| (*addr, format!("{host}:{port}")))
+            .collect(),
         inbound: local(
             &inbound_listener,
             SocketAddr::new(settings.bind, settings.inbound_port),
@@ -155,6 +171,9 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         balancers: router::Balancers::default(),
         namespace: settings.namespace.clone(),
     };
+    for (listener, _, host, port) in upstream_listeners {
+        tokio::spawn(outbound.clone().serve_upstream_port(listener, host, port));
+    }
     tokio::spawn(serve_outbound(outbound, outbound_listener));
     tokio::spawn(admin::Admin { config, identity }.serve(admin_listener));
     Ok(ports)

@@ -359,10 +359,35 @@ impl Outbound {
         let Some(port) = authority.port_u16() else {
             return local_response(StatusCode::BAD_REQUEST, None, "CONNECT needs host:port\n");
         };
-        let host = authority.host().to_string();
+        let mut upstream = match self.connect_to(authority.host(), port).await {
+            Ok(upstream) => upstream,
+            Err(refusal) => return refusal,
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let mut downstream = hyper_util::rt::TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                }
+                Err(error) => tracing::debug!(%error, "CONNECT tunnel was not established"),
+            }
+        });
+        local_response(StatusCode::OK, None, Bytes::new())
+    }
+}
+
+impl Outbound {
+    /// A byte stream to `host:port`: an endpoint of the mesh service (over mesh mTLS when
+    /// it is a mesh workload), or the host itself when the mesh does not know it. A short
+    /// name resolves in this workload's namespace.
+    pub async fn connect_to(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Box<dyn crate::upstream::Stream>, Response<Body>> {
         let config = self.config.borrow().clone();
         let cluster = [
-            host.clone(),
+            host.to_string(),
             format!("{host}.{}.svc.cluster.local", self.namespace),
             format!("{host}.svc.cluster.local"),
             format!("{host}.cluster.local"),
@@ -377,11 +402,11 @@ impl Outbound {
         let upstream = match cluster {
             Some(cluster) => {
                 let Some(pick) = self.balancers.pick(cluster, None) else {
-                    return local_response(
+                    return Err(local_response(
                         StatusCode::SERVICE_UNAVAILABLE,
                         Some("UH"),
                         "no healthy upstream\n",
-                    );
+                    ));
                 };
                 let tls = if pick.endpoint.mesh {
                     cluster.mesh_tls.as_ref()
@@ -394,33 +419,78 @@ impl Outbound {
             }
             None => tokio::time::timeout(
                 Duration::from_secs(10),
-                tokio::net::TcpStream::connect((host.as_str(), port)),
+                tokio::net::TcpStream::connect((host, port)),
             )
             .await
-            .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {authority}")))
-            .and_then(|r| r.map_err(|e| UpstreamError::Connect(format!("{authority}: {e}"))))
+            .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {host}:{port}")))
+            .and_then(|r| r.map_err(|e| UpstreamError::Connect(format!("{host}:{port}: {e}"))))
             .map(|s| Box::new(s) as Box<dyn crate::upstream::Stream>),
         };
-        let mut upstream = match upstream {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                return local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(error.flag()),
-                    format!("{error}\n"),
-                );
-            }
-        };
-        tokio::spawn(async move {
-            match hyper::upgrade::on(request).await {
-                Ok(upgraded) => {
-                    let mut downstream = hyper_util::rt::TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        upstream.map_err(|error| {
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(error.flag()),
+                format!("{error}\n"),
+            )
+        })
+    }
+
+    /// Serves a per-upstream local port: everything that arrives goes to `host:port`. HTTP
+    /// when the mesh routes HTTP on that port (each request is routed as if it named
+    /// `host:port`), opaque TCP otherwise.
+    pub async fn serve_upstream_port(
+        self,
+        listener: tokio::net::TcpListener,
+        host: String,
+        port: u16,
+    ) {
+        loop {
+            let Ok((mut stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let outbound = self.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                let http = outbound.config.borrow().model.route_table(port).is_some();
+                if !http {
+                    if let Ok(mut upstream) = outbound.connect_to(&host, port).await {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                    }
+                    return;
                 }
-                Err(error) => tracing::debug!(%error, "CONNECT tunnel was not established"),
-            }
-        });
-        local_response(StatusCode::OK, None, Bytes::new())
+                let authority = format!("{host}:{port}");
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    let outbound = outbound.clone();
+                    let authority = authority.clone();
+                    async move {
+                        let path = request
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string();
+                        if let Ok(uri) = Uri::builder()
+                            .scheme("http")
+                            .authority(authority.as_str())
+                            .path_and_query(path)
+                            .build()
+                        {
+                            *request.uri_mut() = uri;
+                        }
+                        if let Ok(host) = HeaderValue::from_str(&authority) {
+                            request.headers_mut().insert(HOST, host);
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            outbound.handle(request, Some(peer.ip())).await,
+                        )
+                    }
+                });
+                let _ = crate::http_server()
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     }
 }
 

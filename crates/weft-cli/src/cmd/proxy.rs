@@ -26,6 +26,11 @@ pub struct Args {
     /// `NAME.<namespace>.svc.cluster.local`.
     #[arg(long = "service", value_parser = parse_service)]
     services: Vec<(String, u16)>,
+    /// A per-upstream local port, `LOCAL_PORT=HOST:PORT` (repeatable): every connection to
+    /// it goes to that service, for applications that cannot use an HTTP proxy. `0` picks a
+    /// free port.
+    #[arg(long = "upstream", value_parser = parse_upstream)]
+    upstreams: Vec<(u16, String, u16)>,
     /// Workload labels, `k=v,k=v`.
     #[arg(long, value_parser = parse_labels, default_value = "")]
     labels: BTreeMap<String, String>,
@@ -84,6 +89,17 @@ fn parse_service(text: &str) -> Result<(String, u16), String> {
     Ok((name.to_string(), port))
 }
 
+fn parse_upstream(text: &str) -> Result<(u16, String, u16), String> {
+    let (local, target) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not LOCAL_PORT=HOST:PORT"))?;
+    let local: u16 = local
+        .parse()
+        .map_err(|_| format!("{local:?} is not a port"))?;
+    let (host, port) = parse_service(target)?;
+    Ok((local, host, port))
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
     text.split(',')
         .filter(|pair| !pair.trim().is_empty())
@@ -127,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         admin_port: args.admin_port,
+        upstreams: args.upstreams,
         trust_domain: args.trust_domain,
         token,
     };
@@ -135,8 +152,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ports = weft_proxy::start(settings)
             .await
             .context("starting the proxy")?;
+        let upstreams: String = ports
+            .upstreams
+            .iter()
+            .map(|(addr, target)| format!(" upstream {addr}={target}"))
+            .collect();
         tracing::info!(
-            "listening: inbound {} outbound {} admin {}",
+            "listening: inbound {} outbound {} admin {}{upstreams}",
             ports.inbound,
             ports.outbound,
             ports.admin

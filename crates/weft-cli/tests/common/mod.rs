@@ -111,6 +111,8 @@ pub struct Proxy {
     pub outbound: String,
     /// Admin pages.
     pub admin: String,
+    /// Per-upstream local ports and the `host:port` each leads to.
+    pub upstreams: Vec<(String, String)>,
 }
 
 impl Proxy {
@@ -158,7 +160,14 @@ impl Proxy {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| panic!("no {name} in {ports:?}"))
         };
+        let upstreams = words
+            .windows(2)
+            .filter(|pair| pair[0] == "upstream")
+            .filter_map(|pair| pair[1].split_once('='))
+            .map(|(addr, target)| (addr.to_string(), target.to_string()))
+            .collect();
         Self {
+            upstreams,
             inbound: after("inbound"),
             outbound: after("outbound"),
             admin: after("admin"),
