@@ -1208,3 +1208,67 @@ fn raw_tcp_crosses_the_sidecars_through_a_connect_tunnel() {
     direct.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"ping through a local port");
 }
+
+/// An application that switches to WebSocket on request (`101`), then echoes every byte.
+fn websocket_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: websocket") {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                );
+                let _ = std::io::copy(&mut &stream, &mut &stream);
+            });
+        }
+    });
+    port
+}
+
+/// A WebSocket handshake (`Upgrade`, `101`) passes through both sidecars and the connection
+/// then carries bytes both ways.
+#[test]
+fn websocket_upgrades_cross_the_sidecars() {
+    let mesh = Mesh::with_apps("", &["v1"], |_| websocket_app());
+    let mut stream = TcpStream::connect(&mesh.client.outbound).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let host = "echo.test.svc.cluster.local:8080";
+    write!(
+        stream,
+        "GET http://{host}/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"\x81\x05hello"[..], b"\x81\x05again"] {
+        stream.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+}

@@ -183,7 +183,7 @@ impl Inbound {
             async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, peer).await) }
         });
         crate::http_server()
-            .serve_connection(io, service)
+            .serve_connection_with_upgrades(io, service)
             .await
             .map_err(|e| e.to_string())
     }
@@ -229,19 +229,29 @@ impl Inbound {
         if let Some(path) = parts.uri.path_and_query().cloned() {
             parts.uri = hyper::Uri::from(path);
         }
+        let upgrade = parts.headers.contains_key(hyper::header::UPGRADE);
+        let downstream = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
         let request = Request::from_parts(parts, body.boxed());
-        match self
-            .upstreams
-            .send(
-                endpoint.address,
-                None,
-                !http1,
-                cluster.connect_timeout,
-                request,
-            )
-            .await
-        {
-            Ok(response) => {
+        let sent = if upgrade {
+            self.upstreams
+                .send_upgrade(endpoint.address, None, cluster.connect_timeout, request)
+                .await
+        } else {
+            self.upstreams
+                .send(
+                    endpoint.address,
+                    None,
+                    !http1,
+                    cluster.connect_timeout,
+                    request,
+                )
+                .await
+        };
+        match sent {
+            Ok(mut response) => {
+                crate::outbound::splice_upgrade(downstream, &mut response);
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())

@@ -69,7 +69,9 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, and those the `Connection` header names.
+/// Removes hop-by-hop headers, and those the `Connection` header names. An upgrade
+/// (WebSocket) keeps `Upgrade` and `Connection: upgrade`, the hop-by-hop headers the next hop
+/// needs for it.
 pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let named: Vec<String> = headers
         .get_all(hyper::header::CONNECTION)
@@ -78,6 +80,11 @@ pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .collect();
+    let upgrade = named
+        .iter()
+        .any(|n| n == "upgrade")
+        .then(|| headers.get(hyper::header::UPGRADE).cloned())
+        .flatten();
     for name in HOP_BY_HOP
         .iter()
         .copied()
@@ -85,6 +92,33 @@ pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     {
         headers.remove(name);
     }
+    if let Some(upgrade) = upgrade {
+        headers.insert(hyper::header::UPGRADE, upgrade);
+        headers.insert(
+            hyper::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
+}
+
+/// Once both sides of an upgrade (`101 Switching Protocols`) have switched, copies bytes
+/// between them until either closes.
+pub fn splice_upgrade(
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+    response: &mut Response<Incoming>,
+) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let Some(downstream) = downstream else { return };
+    let upstream = hyper::upgrade::on(response);
+    tokio::spawn(async move {
+        if let (Ok(downstream), Ok(upstream)) = tokio::join!(downstream, upstream) {
+            let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        }
+    });
 }
 
 /// Applies header changes: remove, then set (overwrite), then add (append).
@@ -199,6 +233,9 @@ impl Outbound {
             parts.headers.insert(HOST, host);
         }
         let hash = router::request_hash(&forward.hash_policy, &parts, client);
+        if parts.headers.contains_key(hyper::header::UPGRADE) {
+            return self.forward_upgrade(cluster, parts, body, hash).await;
+        }
         // A request can be tried again only if its body can be sent again: small and whole.
         let (mut body, mut replay) = (Some(body), None);
         if forward.retry.as_ref().is_some_and(|r| r.retries > 0)
@@ -433,6 +470,48 @@ impl Outbound {
                 format!("{error}\n"),
             )
         })
+    }
+
+    /// An upgrade request (WebSocket): one attempt, on an HTTP/1.1 connection of its own to
+    /// the endpoint; after `101` the bytes flow both ways.
+    async fn forward_upgrade(
+        &self,
+        cluster: &crate::model::Cluster,
+        mut parts: hyper::http::request::Parts,
+        body: Incoming,
+        hash: Option<u64>,
+    ) -> Response<Body> {
+        let Some(pick) = self.balancers.pick(cluster, hash) else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("UH"),
+                "no healthy upstream\n",
+            );
+        };
+        let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let tls = if pick.endpoint.mesh {
+            cluster.mesh_tls.as_ref()
+        } else {
+            cluster.default_tls.as_ref()
+        };
+        let request = Request::from_parts(parts, body.boxed());
+        match self
+            .upstreams
+            .send_upgrade(pick.endpoint.address, tls, cluster.connect_timeout, request)
+            .await
+        {
+            Ok(mut response) => {
+                splice_upgrade(downstream, &mut response);
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(error) => local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(error.flag()),
+                format!("{error}\n"),
+            ),
+        }
     }
 
     /// Serves a per-upstream local port: everything that arrives goes to `host:port`. HTTP

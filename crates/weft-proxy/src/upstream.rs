@@ -239,6 +239,44 @@ impl Upstreams {
         tls: Option<&MeshTls>,
         timeout: Duration,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
+        self.connect_stream_with(address, tls, timeout, &[]).await
+    }
+
+    /// Sends an upgrade request (WebSocket) on an HTTP/1.1 connection of its own, so the
+    /// connection can switch protocols after `101`.
+    pub async fn send_upgrade(
+        &self,
+        address: SocketAddr,
+        tls: Option<&MeshTls>,
+        timeout: Duration,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let stream = self
+            .connect_stream_with(address, tls, timeout, &[b"http/1.1"])
+            .await?;
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("HTTP/1.1 handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        *request.version_mut() = hyper::Version::HTTP_11;
+        if let Some(path) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = hyper::Uri::from(path);
+        }
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Reset)
+    }
+
+    async fn connect_stream_with(
+        &self,
+        address: SocketAddr,
+        tls: Option<&MeshTls>,
+        timeout: Duration,
+        alpn: &[&[u8]],
+    ) -> Result<Box<dyn Stream>, UpstreamError> {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {address}")))?
@@ -247,7 +285,7 @@ impl Upstreams {
         let Some(tls) = tls else {
             return Ok(Box::new(tcp));
         };
-        let config = tls::client_config(&self.identity, tls.identities.clone(), &[])
+        let config = tls::client_config(&self.identity, tls.identities.clone(), alpn)
             .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
         let sni = if tls.sni.is_empty() {
             "mesh.weft"
