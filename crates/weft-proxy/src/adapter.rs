@@ -160,11 +160,14 @@ pub fn build(received: &Received) -> Result<Model, Rejected> {
                     .filters
                     .iter()
                     .any(|f| f.name == "envoy.filters.network.tcp_proxy");
-                let entry = model.inbound.entry(port).or_insert(InboundPort {
-                    mtls: false,
-                    plaintext: false,
-                    tcp,
-                });
+                let entry = match model.inbound.entry(port) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => entry.insert(InboundPort {
+                        tcp,
+                        rbac: chain_rbac(name, &chain.filters)?,
+                        ..InboundPort::default()
+                    }),
+                };
                 match matched.transport_protocol.as_str() {
                     "tls" => entry.mtls = true,
                     _ => entry.plaintext = true,
@@ -396,6 +399,176 @@ fn fault(config: &str, any: &Any) -> Result<Option<Fault>, Rejected> {
         Some((abort, per_million(a.percentage)))
     });
     Ok((delay.is_some() || abort.is_some()).then_some(Fault { delay, abort }))
+}
+
+/// The RBAC filters of an inbound chain: the network filters of a TCP chain, or the HTTP
+/// filters inside its connection manager.
+fn chain_rbac(
+    listener: &str,
+    filters: &[weft_xds::envoy::envoy::config::listener::v3::Filter],
+) -> Result<crate::rbac::Rbac, Rejected> {
+    use weft_xds::envoy::envoy::config::rbac::v3::rbac::Action as RbacAction;
+    use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+    let mut rules = Vec::new();
+    for filter in filters {
+        let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+            continue;
+        };
+        match filter.name.as_str() {
+            "envoy.filters.network.rbac" => {
+                let config: NetworkRbac = decode("listener", listener, any)?;
+                rules.extend(config.rules);
+            }
+            "envoy.filters.network.http_connection_manager" => {
+                let manager: HttpConnectionManager = decode("listener", listener, any)?;
+                for http_filter in manager.http_filters {
+                    use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+                    if http_filter.name != "envoy.filters.http.rbac" {
+                        continue;
+                    }
+                    if let Some(ConfigType::TypedConfig(any)) = &http_filter.config_type {
+                        let config: HttpRbac = decode("listener", listener, any)?;
+                        rules.extend(config.rules);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut rbac = crate::rbac::Rbac::default();
+    for rule in rules {
+        let mut policies: Vec<(String, weft_xds::envoy::envoy::config::rbac::v3::Policy)> =
+            rule.policies.into_iter().collect();
+        policies.sort_by(|a, b| a.0.cmp(&b.0));
+        let policies = policies
+            .into_iter()
+            .map(|(name, policy)| {
+                Ok(crate::rbac::Policy {
+                    permissions: policy
+                        .permissions
+                        .iter()
+                        .map(|p| permission(listener, p))
+                        .collect::<Result<_, _>>()?,
+                    principals: policy
+                        .principals
+                        .iter()
+                        .map(|p| principal(listener, p))
+                        .collect::<Result<_, _>>()?,
+                    name,
+                })
+            })
+            .collect::<Result<Vec<_>, Rejected>>()?;
+        match RbacAction::try_from(rule.action) {
+            Ok(RbacAction::Deny) => rbac.deny.get_or_insert_with(Vec::new).extend(policies),
+            Ok(RbacAction::Allow) => rbac.allow.get_or_insert_with(Vec::new).extend(policies),
+            _ => {}
+        }
+    }
+    Ok(rbac)
+}
+
+fn cidr(
+    listener: &str,
+    range: &weft_xds::envoy::envoy::config::core::v3::CidrRange,
+) -> Result<crate::rbac::Cidr, Rejected> {
+    let address = range.address_prefix.parse().map_err(|_| {
+        rejected(
+            "listener",
+            listener,
+            format!("bad address {:?}", range.address_prefix),
+        )
+    })?;
+    Ok(crate::rbac::Cidr {
+        address,
+        prefix: range
+            .prefix_len
+            .map_or(128, |p| u8::try_from(p.value).unwrap_or(128)),
+    })
+}
+
+fn permission(
+    listener: &str,
+    p: &weft_xds::envoy::envoy::config::rbac::v3::Permission,
+) -> Result<crate::rbac::Permission, Rejected> {
+    use crate::rbac::Permission as P;
+    use weft_xds::envoy::envoy::config::rbac::v3::permission::Rule;
+    use weft_xds::envoy::envoy::r#type::matcher::v3::path_matcher;
+    Ok(match &p.rule {
+        Some(Rule::Any(true)) => P::Any,
+        Some(Rule::AndRules(set)) => P::And(
+            set.rules
+                .iter()
+                .map(|r| permission(listener, r))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Rule::OrRules(set)) => P::Or(
+            set.rules
+                .iter()
+                .map(|r| permission(listener, r))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Rule::NotRule(inner)) => P::Not(Box::new(permission(listener, inner)?)),
+        Some(Rule::Header(h)) => P::Header(header_match(listener, h)?),
+        Some(Rule::UrlPath(path)) => match &path.rule {
+            Some(path_matcher::Rule::Path(m)) => P::Path(string_match(listener, m)?),
+            _ => {
+                return Err(rejected(
+                    "listener",
+                    listener,
+                    "an RBAC path rule has no matcher",
+                ));
+            }
+        },
+        Some(Rule::DestinationPort(port)) => P::DestinationPort(u16::try_from(*port).unwrap_or(0)),
+        Some(Rule::DestinationIp(range)) => P::DestinationIp(cidr(listener, range)?),
+        _ => {
+            return Err(rejected(
+                "listener",
+                listener,
+                "an RBAC permission this proxy cannot evaluate",
+            ));
+        }
+    })
+}
+
+fn principal(
+    listener: &str,
+    p: &weft_xds::envoy::envoy::config::rbac::v3::Principal,
+) -> Result<crate::rbac::Principal, Rejected> {
+    use crate::rbac::Principal as P;
+    use weft_xds::envoy::envoy::config::rbac::v3::principal::Identifier;
+    Ok(match &p.identifier {
+        Some(Identifier::Any(true)) => P::Any,
+        Some(Identifier::AndIds(set)) => P::And(
+            set.ids
+                .iter()
+                .map(|i| principal(listener, i))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Identifier::OrIds(set)) => P::Or(
+            set.ids
+                .iter()
+                .map(|i| principal(listener, i))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Identifier::NotId(inner)) => P::Not(Box::new(principal(listener, inner)?)),
+        Some(Identifier::Authenticated(auth)) => P::Authenticated(
+            auth.principal_name
+                .as_ref()
+                .map(|m| string_match(listener, m))
+                .transpose()?,
+        ),
+        Some(Identifier::DirectRemoteIp(range)) => P::SourceIp(cidr(listener, range)?),
+        Some(Identifier::RemoteIp(range)) => P::RemoteIp(cidr(listener, range)?),
+        _ => {
+            return Err(rejected(
+                "listener",
+                listener,
+                "an RBAC principal this proxy cannot evaluate",
+            ));
+        }
+    })
 }
 
 fn regex(config: &str, pattern: &str) -> Result<Regex, Rejected> {

@@ -17,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::identity::{CurrentIdentity, peer_spiffe_id, trust_domain};
-use crate::model::InboundPort;
 use crate::outbound::{local_response, strip_hop_by_hop};
 use crate::upstream::{Body, ORIGINAL_PROTOCOL, Upstreams};
 use crate::xds::Config;
@@ -48,6 +47,23 @@ struct Peer {
     cert_hash: String,
 }
 
+/// Who is calling, over which connection.
+#[derive(Debug, Clone)]
+struct Caller {
+    /// The mTLS peer; none for plaintext.
+    peer: Option<Peer>,
+    source: std::net::IpAddr,
+    local: std::net::SocketAddr,
+}
+
+/// How a port takes connections.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    mtls: bool,
+    plaintext: bool,
+    tcp: bool,
+}
+
 impl Inbound {
     /// Accepts connections until the listener fails.
     pub async fn serve(self, listener: TcpListener) {
@@ -69,23 +85,44 @@ impl Inbound {
         }
     }
 
-    fn mode(&self) -> InboundPort {
+    fn mode(&self) -> Mode {
         // Before any configuration: mTLS only, the safe choice.
-        self.config
-            .borrow()
-            .model
-            .inbound
-            .get(&self.port)
-            .copied()
-            .unwrap_or(InboundPort {
+        self.config.borrow().model.inbound.get(&self.port).map_or(
+            Mode {
                 mtls: true,
                 plaintext: false,
                 tcp: false,
-            })
+            },
+            |port| Mode {
+                mtls: port.mtls,
+                plaintext: port.plaintext,
+                tcp: port.tcp,
+            },
+        )
+    }
+
+    /// Applies the port's authorization policies.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        http: Option<&hyper::http::request::Parts>,
+    ) -> Result<(), String> {
+        let config = self.config.borrow().clone();
+        let Some(port) = config.model.inbound.get(&self.port) else {
+            return Ok(());
+        };
+        port.rbac.check(&crate::rbac::Request {
+            peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
+            source: caller.source,
+            destination: (caller.local.ip(), self.port),
+            http,
+        })
     }
 
     async fn connection(self, stream: TcpStream) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
+        let source = stream.peer_addr().map_err(|e| e.to_string())?.ip();
+        let local = stream.local_addr().map_err(|e| e.to_string())?;
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
             .await
@@ -125,22 +162,33 @@ impl Inbound {
                 return Err(format!("{spiffe_id} is not in this mesh's trust domain"));
             }
             let cert_hash = hex(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+            let caller = Caller {
+                peer: Some(Peer {
+                    spiffe_id,
+                    cert_hash,
+                }),
+                source,
+                local,
+            };
             if mode.tcp {
+                self.authorize(&caller, None)?;
                 return self.splice_to_app(tls).await;
             }
-            let peer = Peer {
-                spiffe_id,
-                cert_hash,
-            };
-            self.serve_http(TokioIo::new(tls), Some(peer)).await
+            self.serve_http(TokioIo::new(tls), caller).await
         } else {
             if !mode.plaintext {
                 return Err("plaintext on a port whose PeerAuthentication is STRICT".into());
             }
+            let caller = Caller {
+                peer: None,
+                source,
+                local,
+            };
             if mode.tcp {
+                self.authorize(&caller, None)?;
                 return self.splice_to_app(stream).await;
             }
-            self.serve_http(TokioIo::new(stream), None).await
+            self.serve_http(TokioIo::new(stream), caller).await
         }
     }
 
@@ -172,15 +220,15 @@ impl Inbound {
             .map_err(|e| e.to_string())
     }
 
-    async fn serve_http<T>(&self, io: TokioIo<T>, peer: Option<Peer>) -> Result<(), String>
+    async fn serve_http<T>(&self, io: TokioIo<T>, caller: Caller) -> Result<(), String>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let inbound = self.clone();
         let service = hyper::service::service_fn(move |request| {
             let inbound = inbound.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, peer).await) }
+            let caller = caller.clone();
+            async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, &caller).await) }
         });
         crate::http_server()
             .serve_connection_with_upgrades(io, service)
@@ -188,12 +236,17 @@ impl Inbound {
             .map_err(|e| e.to_string())
     }
 
-    async fn handle(&self, request: Request<Incoming>, peer: Option<Peer>) -> Response<Body> {
+    async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
+        if let Err(reason) = self.authorize(caller, Some(&parts)) {
+            tracing::debug!(reason, "request refused by authorization policy");
+            return local_response(StatusCode::FORBIDDEN, Some("RBAC"), "RBAC: access denied");
+        }
+        let peer = caller.peer.as_ref();
         strip_hop_by_hop(&mut parts.headers);
         // Only this proxy may say who the caller is.
         parts.headers.remove(XFCC);
-        if let Some(peer) = &peer {
+        if let Some(peer) = peer {
             let own = self
                 .identity
                 .get()

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod inbound;
 pub mod model;
 pub mod outbound;
+pub mod rbac;
 pub mod router;
 pub mod tls;
 pub mod upstream;

@@ -32,8 +32,9 @@ impl Model {
     }
 }
 
-/// What an inbound port accepts (from PeerAuthentication, through the inbound listener).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What an inbound port accepts (from PeerAuthentication, through the inbound listener),
+/// and who may use it (AuthorizationPolicy).
+#[derive(Debug, Default, Serialize)]
 pub struct InboundPort {
     /// Mesh mTLS connections.
     pub mtls: bool,
@@ -41,6 +42,8 @@ pub struct InboundPort {
     pub plaintext: bool,
     /// Opaque TCP to the application rather than HTTP.
     pub tcp: bool,
+    /// Authorization.
+    pub rbac: crate::rbac::Rbac,
 }
 
 /// The virtual hosts of one outbound port.

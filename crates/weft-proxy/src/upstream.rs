@@ -23,6 +23,55 @@ use crate::tls;
 /// The body every proxied message is converted to.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Shapes a request for HTTP/2: scheme and authority in the request line, and the original
+/// protocol noted when the request was HTTP/1.1.
+fn for_http2(request: &mut Request<Body>) {
+    if request.uri().scheme().is_none() {
+        let authority = request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        if let Ok(uri) = hyper::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            *request.uri_mut() = uri;
+        }
+    }
+    if request.version() != hyper::Version::HTTP_2 {
+        request.headers_mut().insert(
+            ORIGINAL_PROTOCOL,
+            hyper::header::HeaderValue::from_static("HTTP/1.1"),
+        );
+        *request.version_mut() = hyper::Version::HTTP_2;
+    }
+}
+
+/// Shapes a request for HTTP/1.1 to an origin: the path only, the authority in Host.
+fn for_http1(request: &mut Request<Body>) {
+    *request.version_mut() = hyper::Version::HTTP_11;
+    if request.uri().scheme().is_some() {
+        if let Some(authority) = request.uri().authority().cloned()
+            && !request.headers().contains_key(hyper::header::HOST)
+            && let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(hyper::header::HOST, host);
+        }
+        if let Some(path) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = hyper::Uri::from(path);
+        }
+    }
+}
+
 /// A byte stream to an upstream: TCP, or TLS over TCP.
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 
@@ -100,66 +149,35 @@ impl Upstreams {
             tls: tls.map(|t| (t.sni.clone(), t.identities.clone())),
             http2,
         };
-        let sender = match self.pooled(&key) {
-            Some(sender) => sender,
-            None => self.connect(&key, connect_timeout).await?,
-        };
-        match sender {
-            Sender::Http2(mut sender) => {
-                // HTTP/2 carries scheme and authority in the request line.
-                if request.uri().scheme().is_none() {
-                    let authority = request
-                        .headers()
-                        .get(hyper::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("localhost")
-                        .to_string();
-                    let path = request
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str())
-                        .to_string();
-                    if let Ok(uri) = hyper::Uri::builder()
-                        .scheme("http")
-                        .authority(authority)
-                        .path_and_query(path)
-                        .build()
-                    {
-                        *request.uri_mut() = uri;
-                    }
+        let mut pooled = self.pooled(&key);
+        loop {
+            let reused = pooled.is_some();
+            let sender = match pooled.take() {
+                Some(sender) => sender,
+                None => self.connect(&key, connect_timeout).await?,
+            };
+            let result = match sender {
+                Sender::Http2(mut sender) => {
+                    for_http2(&mut request);
+                    sender.try_send_request(request).await
                 }
-                if request.version() != hyper::Version::HTTP_2 {
-                    request.headers_mut().insert(
-                        ORIGINAL_PROTOCOL,
-                        hyper::header::HeaderValue::from_static("HTTP/1.1"),
-                    );
-                    *request.version_mut() = hyper::Version::HTTP_2;
-                }
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(UpstreamError::Reset)
-            }
-            Sender::Http1(mut sender) => {
-                *request.version_mut() = hyper::Version::HTTP_11;
-                // HTTP/1.1 to an origin: the path only, the authority in Host.
-                if request.uri().scheme().is_some() {
-                    if let Some(authority) = request.uri().authority().cloned()
-                        && !request.headers().contains_key(hyper::header::HOST)
-                        && let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str())
-                    {
-                        request.headers_mut().insert(hyper::header::HOST, host);
+                Sender::Http1(mut sender) => {
+                    for_http1(&mut request);
+                    let result = sender.try_send_request(request).await;
+                    if result.is_ok() {
+                        self.release(key.clone(), sender);
                     }
-                    if let Some(path) = request.uri().path_and_query().cloned() {
-                        *request.uri_mut() = hyper::Uri::from(path);
-                    }
+                    result
                 }
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(UpstreamError::Reset)?;
-                self.release(key, sender);
-                Ok(response)
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err(mut error) => match error.take_message() {
+                    // A pooled connection closed before the request went out: the request
+                    // is untouched, so it goes again on a new connection.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Reset(error.into_error())),
+                },
             }
         }
     }
@@ -260,10 +278,7 @@ impl Upstreams {
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
-        *request.version_mut() = hyper::Version::HTTP_11;
-        if let Some(path) = request.uri().path_and_query().cloned() {
-            *request.uri_mut() = hyper::Uri::from(path);
-        }
+        for_http1(&mut request);
         sender
             .send_request(request)
             .await

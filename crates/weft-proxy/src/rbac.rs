@@ -1,0 +1,209 @@
+//! Authorization (AuthorizationPolicy, as the RBAC filters the control plane sends): a DENY
+//! set checked first, then an ALLOW set — if there is one, a request must match one of its
+//! policies. A policy matches when one of its permissions (what is asked) and one of its
+//! principals (who asks) match.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::model::{HeaderMatch, StringMatch};
+
+/// The RBAC of one inbound port.
+#[derive(Debug, Default, Serialize)]
+pub struct Rbac {
+    /// Policies that deny; none when there is no DENY filter.
+    pub deny: Option<Vec<Policy>>,
+    /// Policies that allow; none when there is no ALLOW filter. An empty set allows nothing.
+    pub allow: Option<Vec<Policy>>,
+}
+
+/// One policy.
+#[derive(Debug, Serialize)]
+pub struct Policy {
+    /// Its name (the AuthorizationPolicy's and rule's).
+    pub name: String,
+    /// What is asked; one must match.
+    pub permissions: Vec<Permission>,
+    /// Who asks; one must match.
+    pub principals: Vec<Principal>,
+}
+
+/// A condition on the request.
+#[derive(Debug, Serialize)]
+pub enum Permission {
+    /// Anything.
+    Any,
+    /// All of these.
+    And(Vec<Permission>),
+    /// One of these.
+    Or(Vec<Permission>),
+    /// Not this.
+    Not(Box<Permission>),
+    /// A header (`:method`, `:authority` and `:path` included).
+    Header(HeaderMatch),
+    /// The path, without the query.
+    Path(StringMatch),
+    /// The port the request arrived on.
+    DestinationPort(u16),
+    /// The address the request arrived at.
+    DestinationIp(Cidr),
+}
+
+/// A condition on the caller.
+#[derive(Debug, Serialize)]
+pub enum Principal {
+    /// Anyone.
+    Any,
+    /// All of these.
+    And(Vec<Principal>),
+    /// One of these.
+    Or(Vec<Principal>),
+    /// Not this.
+    Not(Box<Principal>),
+    /// An mTLS peer whose identity matches (any mTLS peer without a condition).
+    Authenticated(Option<StringMatch>),
+    /// The connection's source address.
+    SourceIp(Cidr),
+    /// The original client's address (the same as the source, with no proxy in front).
+    RemoteIp(Cidr),
+}
+
+/// An address range.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cidr {
+    /// The first address.
+    pub address: IpAddr,
+    /// Bits of prefix.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> (u128, u8) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, other)) = (bits(self.address), bits(ip));
+        if width != other {
+            return false;
+        }
+        let prefix = u32::from(self.prefix.min(width));
+        if prefix == 0 {
+            return true;
+        }
+        let shift = u32::from(width) - prefix;
+        (net >> shift) == (addr >> shift)
+    }
+}
+
+/// What a decision looks at.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The mTLS peer's SPIFFE ID.
+    pub peer: Option<&'a str>,
+    /// The connection's source address.
+    pub source: IpAddr,
+    /// The address and port the connection arrived at.
+    pub destination: (IpAddr, u16),
+    /// Method, path and headers, for HTTP.
+    pub http: Option<&'a hyper::http::request::Parts>,
+}
+
+impl Rbac {
+    /// `Err(policy)` names the DENY policy that matched, or says no ALLOW policy did.
+    pub fn check(&self, request: &Request<'_>) -> Result<(), String> {
+        if let Some(policy) = self.deny.iter().flatten().find(|p| p.matches(request)) {
+            return Err(format!("denied by {}", policy.name));
+        }
+        match &self.allow {
+            Some(policies) if !policies.iter().any(|p| p.matches(request)) => {
+                Err("no ALLOW policy matches".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Policy {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        self.permissions.iter().any(|p| p.matches(request))
+            && self.principals.iter().any(|p| p.matches(request))
+    }
+}
+
+impl Permission {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(all) => all.iter().all(|p| p.matches(request)),
+            Self::Or(any) => any.iter().any(|p| p.matches(request)),
+            Self::Not(inner) => !inner.matches(request),
+            Self::Header(header) => request.http.is_some_and(|parts| {
+                let value = match header.name.as_str() {
+                    ":method" => Some(parts.method.as_str().to_string()),
+                    ":path" => parts.uri.path_and_query().map(|p| p.as_str().to_string()),
+                    ":authority" => parts
+                        .headers
+                        .get(hyper::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                        .or_else(|| parts.uri.authority().map(|a| a.to_string())),
+                    name => {
+                        let values: Vec<&str> = parts
+                            .headers
+                            .get_all(name)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .collect();
+                        (!values.is_empty()).then(|| values.join(","))
+                    }
+                };
+                header.condition.matches(value.as_deref()) != header.invert
+            }),
+            Self::Path(path) => request
+                .http
+                .is_some_and(|parts| path.matches(Some(parts.uri.path()))),
+            Self::DestinationPort(port) => request.destination.1 == *port,
+            Self::DestinationIp(cidr) => cidr.contains(request.destination.0),
+        }
+    }
+}
+
+impl Principal {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(all) => all.iter().all(|p| p.matches(request)),
+            Self::Or(any) => any.iter().any(|p| p.matches(request)),
+            Self::Not(inner) => !inner.matches(request),
+            Self::Authenticated(None) => request.peer.is_some(),
+            Self::Authenticated(Some(name)) => name.matches(request.peer),
+            Self::SourceIp(cidr) | Self::RemoteIp(cidr) => cidr.contains(request.source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_ranges() {
+        let net = Cidr {
+            address: "10.1.0.0".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            prefix: 16,
+        };
+        assert!(net.contains(IpAddr::from([10, 1, 200, 3])));
+        assert!(!net.contains(IpAddr::from([10, 2, 0, 1])));
+        let one = Cidr {
+            address: IpAddr::from([127, 0, 0, 1]),
+            prefix: 32,
+        };
+        assert!(one.contains(IpAddr::from([127, 0, 0, 1])));
+        assert!(!one.contains(IpAddr::from([127, 0, 0, 2])));
+    }
+}
