@@ -53,7 +53,13 @@ fn serve_echo(mut stream: TcpStream, version: &str) {
             _ => return,
         }
     }
-    if version == "flaky" && FLAKY_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+    if version == "slow" {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if version == "bad"
+        || (version == "flaky"
+            && FLAKY_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0)
+    {
         let _ = stream.write_all(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
@@ -1316,4 +1322,56 @@ fn authorization_policies_are_enforced_at_the_inbound_side() {
         plaintext.starts_with("HTTP/1.1 403"),
         "a plaintext caller has no identity, so matches no principal: {plaintext}"
     );
+}
+
+fn destination_rule(policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: test}}\nspec:\n  host: echo\n  trafficPolicy:\n{policy}---\n{}",
+        virtual_service("    retries: {attempts: 0}\n")
+    )
+}
+
+/// Outlier detection: an endpoint that keeps answering 5xx is ejected and traffic goes to
+/// the healthy one.
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint() {
+    let mesh = Mesh::with_versions(
+        &destination_rule(
+            "    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n",
+        ),
+        &["good", "bad"],
+    );
+    let counts = mesh.served_by(40, "");
+    let failed = counts.get("status 503").copied().unwrap_or(0);
+    assert!(
+        (2..=3).contains(&failed),
+        "two failures eject the bad endpoint: {counts:?}"
+    );
+    assert_eq!(
+        counts.get("good").copied().unwrap_or(0),
+        40 - failed,
+        "{counts:?}"
+    );
+}
+
+/// A circuit breaker: with `http2MaxRequests: 1`, a second request while one is in flight
+/// is refused at once with `503` and the `UO` flag.
+#[test]
+fn the_circuit_breaker_refuses_overflow() {
+    let mesh = Mesh::with_versions(
+        &destination_rule("    connectionPool: {http: {http2MaxRequests: 1}}\n"),
+        &["slow"],
+    );
+    let outbound = mesh.client.outbound.clone();
+    let first = std::thread::spawn(move || {
+        via_proxy(&outbound, "http://echo.test.svc.cluster.local:8080/first")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let overflow = raw(
+        &mesh.client.outbound,
+        b"GET http://echo.test.svc.cluster.local:8080/second HTTP/1.1\r\nHost: echo.test.svc.cluster.local:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert!(overflow.starts_with("HTTP/1.1 503"), "{overflow}");
+    assert!(overflow.contains("weft-response-flags: UO"), "{overflow}");
+    assert_eq!(first.join().unwrap().0, 200);
 }

@@ -45,8 +45,8 @@ use weft_xds::envoy::google::protobuf::{Any, value::Kind};
 use crate::hashing;
 use crate::model::{
     Abort, Action, Cluster, Endpoint, Fault, Forward, HashOn, HeaderChanges, HeaderMatch,
-    InboundPort, LoadBalancer, MeshTls, Model, PathMatch, QueryMatch, Redirect, RegexRewrite,
-    Retry, Route, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
+    InboundPort, LoadBalancer, MeshTls, Model, Outlier, PathMatch, QueryMatch, Redirect,
+    RegexRewrite, Retry, Route, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
 };
 
 /// The resources a proxy holds, as received, by type and name.
@@ -798,7 +798,37 @@ fn cluster_model(
         }
         _ => Vec::new(),
     };
+    let thresholds = cluster
+        .circuit_breakers
+        .as_ref()
+        .and_then(|c| c.thresholds.first());
+    let limit = |value: Option<u32>| value.unwrap_or(u32::MAX);
+    let outlier = cluster.outlier_detection.as_ref().map(|o| Outlier {
+        // Envoy enforces consecutive 5xx by default and consecutive gateway errors only
+        // when asked to.
+        consecutive_5xx: if o.enforcing_consecutive_5xx.map_or(100, |v| v.value) > 0 {
+            o.consecutive_5xx.map_or(5, |v| v.value)
+        } else {
+            0
+        },
+        consecutive_gateway: if o
+            .enforcing_consecutive_gateway_failure
+            .map_or(0, |v| v.value)
+            > 0
+        {
+            o.consecutive_gateway_failure.map_or(5, |v| v.value)
+        } else {
+            0
+        },
+        base_ejection: o
+            .base_ejection_time
+            .map_or(Duration::from_secs(30), duration),
+        max_ejection_percent: o.max_ejection_percent.map_or(10, |v| v.value.min(100)),
+    });
     Ok(Cluster {
+        max_requests: limit(thresholds.and_then(|t| t.max_requests.map(|v| v.value))),
+        max_retries: limit(thresholds.and_then(|t| t.max_retries.map(|v| v.value))),
+        outlier,
         name,
         lb,
         hash_table,

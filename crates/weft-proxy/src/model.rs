@@ -373,6 +373,26 @@ pub struct Cluster {
     /// Maglev's table (endpoint index by slot, point = slot).
     #[serde(skip)]
     pub hash_table: Vec<(u64, usize)>,
+    /// Circuit breakers: most requests in flight and most retries in flight (Istio's
+    /// `http2MaxRequests` and `maxRetries`; unlimited by default).
+    pub max_requests: u32,
+    /// Most retries in flight at once.
+    pub max_retries: u32,
+    /// Outlier detection, if configured.
+    pub outlier: Option<Outlier>,
+}
+
+/// Outlier detection: endpoints that keep failing are ejected for a while.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outlier {
+    /// Consecutive 5xx (and connect failures) that eject an endpoint; 0 turns this off.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502, 503 and 504 (and connect failures) that eject one; 0 turns this off.
+    pub consecutive_gateway: u32,
+    /// How long the first ejection lasts; the n-th lasts n times as long.
+    pub base_ejection: Duration,
+    /// The largest share of a cluster's endpoints ejected at once, percent.
+    pub max_ejection_percent: u32,
 }
 
 /// Mesh mTLS towards an upstream.

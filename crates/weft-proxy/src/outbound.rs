@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::sync::watch;
 
 use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
-use crate::router::{self, Balancers};
+use crate::router::{self, Balancers, Outcome};
 use crate::upstream::{Body, UpstreamError, Upstreams};
 use crate::xds::Config;
 
@@ -222,6 +222,13 @@ impl Outbound {
         let Some(cluster) = config.model.clusters.get(&weighted.name) else {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
         };
+        let Some(_admitted) = self.balancers.admit(cluster) else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("UO"),
+                "upstream overflow (circuit breaker)\n",
+            );
+        };
         apply_changes(&mut parts.headers, &weighted.request_headers);
         let path = rewritten_path(forward, route, &parts.uri);
         parts.uri = match Uri::builder().path_and_query(path).build() {
@@ -262,6 +269,7 @@ impl Outbound {
         };
         let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut tried = Vec::new();
+        let mut retry_place = None;
         let mut last_error = None;
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -288,7 +296,8 @@ impl Outbound {
                     "no healthy upstream\n",
                 );
             };
-            tried.push(pick.endpoint.address);
+            let address = pick.endpoint.address;
+            tried.push(address);
             let mut request = Request::new(match (&replay, body.take()) {
                 (Some(bytes), _) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
@@ -344,16 +353,33 @@ impl Outbound {
                 None => sending.await,
             };
             drop(pick);
-            let retry = forward.retry.as_ref().filter(|_| attempt + 1 < attempts);
+            // A retry also needs a place under the cluster's `maxRetries`.
+            let retry = forward
+                .retry
+                .as_ref()
+                .filter(|_| attempt + 1 < attempts)
+                .filter(|_| {
+                    retry_place = self.balancers.admit_retry(cluster);
+                    retry_place.is_some()
+                });
             match result {
                 Ok(response) => {
+                    let status = response.status().as_u16();
+                    self.balancers.report(
+                        cluster,
+                        address,
+                        match status {
+                            502..=504 => Outcome::GatewayError,
+                            500.. => Outcome::ServerError,
+                            _ => Outcome::Success,
+                        },
+                    );
                     let grpc_status = response
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
-                    if retry.is_some_and(|r| r.on_response(response.status().as_u16(), grpc_status))
-                    {
+                    if retry.is_some_and(|r| r.on_response(status, grpc_status)) {
                         continue;
                     }
                     let (mut parts, body) = response.into_parts();
@@ -362,6 +388,8 @@ impl Outbound {
                     return Response::from_parts(parts, body.boxed());
                 }
                 Err(error) => {
+                    self.balancers
+                        .report(cluster, address, Outcome::GatewayError);
                     tracing::debug!(%error, cluster = cluster.name, attempt, "upstream failed");
                     let connect = matches!(error, crate::upstream::UpstreamError::Connect(_));
                     last_error = Some(local_response(

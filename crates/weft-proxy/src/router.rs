@@ -98,6 +98,48 @@ pub struct Balancers {
 struct ClusterState {
     next: AtomicUsize,
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// Requests in flight to the cluster, for its circuit breaker.
+    requests: Arc<AtomicUsize>,
+    /// Retries in flight, for its circuit breaker.
+    retries: Arc<AtomicUsize>,
+    /// Outlier detection, by endpoint.
+    health: Mutex<HashMap<SocketAddr, EndpointHealth>>,
+}
+
+/// What outlier detection knows of an endpoint.
+#[derive(Debug, Default, Clone, Copy)]
+struct EndpointHealth {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    ejected_until: Option<std::time::Instant>,
+}
+
+impl EndpointHealth {
+    fn ejected(&self, now: std::time::Instant) -> bool {
+        self.ejected_until.is_some_and(|until| until > now)
+    }
+}
+
+/// A place under a circuit breaker, given back when dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How an attempt ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response below 500.
+    Success,
+    /// A 5xx response that is not a gateway error.
+    ServerError,
+    /// 502, 503, 504, or no response at all (connect failure, reset).
+    GatewayError,
 }
 
 /// An endpoint chosen for one request; counts as in flight until dropped.
@@ -124,10 +166,86 @@ impl Balancers {
             .clone()
     }
 
+    /// A place for one request under the cluster's circuit breaker; `None` when it is full
+    /// (Envoy's overflow, `503 UO`).
+    pub fn admit(&self, cluster: &Cluster) -> Option<Admitted> {
+        let state = self.state(&cluster.name);
+        Self::take(&state.requests, cluster.max_requests)
+    }
+
+    /// A place for one retry under the cluster's `maxRetries`; `None` when none is free.
+    pub fn admit_retry(&self, cluster: &Cluster) -> Option<Admitted> {
+        let state = self.state(&cluster.name);
+        Self::take(&state.retries, cluster.max_retries)
+    }
+
+    fn take(counter: &Arc<AtomicUsize>, limit: u32) -> Option<Admitted> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let taken = counter.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(counter.clone());
+        (taken < limit).then_some(admitted)
+    }
+
+    /// Records how an attempt to `endpoint` ended; an endpoint that fails too often in a row
+    /// is ejected for the cluster's base ejection time times the number of its ejections, as
+    /// long as no more than the maximum share of the cluster is ejected.
+    pub fn report(&self, cluster: &Cluster, endpoint: SocketAddr, outcome: Outcome) {
+        let Some(outlier) = &cluster.outlier else {
+            return;
+        };
+        let state = self.state(&cluster.name);
+        let mut health = state.health.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let ejected_now = health.values().filter(|h| h.ejected(now)).count();
+        let entry = health.entry(endpoint).or_default();
+        match outcome {
+            Outcome::Success => {
+                entry.consecutive_5xx = 0;
+                entry.consecutive_gateway = 0;
+                return;
+            }
+            Outcome::ServerError => {
+                entry.consecutive_5xx += 1;
+                entry.consecutive_gateway = 0;
+            }
+            Outcome::GatewayError => {
+                entry.consecutive_5xx += 1;
+                entry.consecutive_gateway += 1;
+            }
+        }
+        let tripped = (outlier.consecutive_5xx > 0
+            && entry.consecutive_5xx >= outlier.consecutive_5xx)
+            || (outlier.consecutive_gateway > 0
+                && entry.consecutive_gateway >= outlier.consecutive_gateway);
+        let total = cluster.endpoints.len().max(1);
+        let allowed = (ejected_now + 1) * 100 <= total * outlier.max_ejection_percent as usize;
+        if tripped && !entry.ejected(now) && allowed {
+            entry.ejections += 1;
+            entry.ejected_until = Some(now + outlier.base_ejection * entry.ejections);
+            entry.consecutive_5xx = 0;
+            entry.consecutive_gateway = 0;
+            tracing::info!(cluster = cluster.name, %endpoint, "endpoint ejected (outlier detection)");
+        }
+    }
+
     /// A healthy endpoint of `cluster` by its policy; `None` when none is healthy. A
     /// consistent-hash cluster uses `hash` (a request without one gets a random endpoint).
+    /// Endpoints ejected by outlier detection are skipped.
     pub fn pick<'a>(&self, cluster: &'a Cluster, hash: Option<u64>) -> Option<Pick<'a>> {
-        let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(|e| e.healthy).collect();
+        let ejected: Vec<SocketAddr> = if cluster.outlier.is_some() {
+            let state = self.state(&cluster.name);
+            let health = state.health.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            health
+                .iter()
+                .filter(|(_, h)| h.ejected(now))
+                .map(|(address, _)| *address)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let usable = |e: &&Endpoint| e.healthy && !ejected.contains(&e.address);
+        let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(usable).collect();
         if healthy.is_empty() {
             return None;
         }
@@ -153,7 +271,7 @@ impl Balancers {
                 let count = cluster.endpoints.len();
                 (0..count)
                     .map(|i| &cluster.endpoints[(start + i) % count])
-                    .find(|e| e.healthy)?
+                    .find(usable)?
             }
             LoadBalancer::RoundRobin => {
                 healthy[state.next.fetch_add(1, Ordering::Relaxed) % healthy.len()]
