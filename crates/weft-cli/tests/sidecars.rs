@@ -252,7 +252,11 @@ impl Mesh {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let clusters = common::get(&client.admin, "/clusters");
-            if endpoints.iter().all(|e| clusters.contains(e.as_str())) {
+            // Clusters and endpoints arrive before listeners and routes: wait for both.
+            let routed =
+                !common::get_json(&client.admin, "/config_dump")["model"]["routes"]["8080"]
+                    .is_null();
+            if routed && endpoints.iter().all(|e| clusters.contains(e.as_str())) {
                 break;
             }
             assert!(
@@ -377,11 +381,23 @@ fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity(
 #[test]
 fn unknown_hosts_get_404_with_the_nr_flag() {
     let mesh = Mesh::start("");
-    let (status, _) = via_proxy(
+    let answer = raw(
         &mesh.client.outbound,
-        "http://nowhere.test.svc.cluster.local:8080/",
+        b"GET http://nowhere.test.svc.cluster.local:8080/x HTTP/1.1\r\nHost: nowhere.test.svc.cluster.local:8080\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(status, 404);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("weft-response-flags: NR"), "{answer}");
+    // The access log says the same.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = mesh.client.log.lock().unwrap().clone();
+        if let Some(line) = logged.iter().find(|l| l.contains("nowhere.test")) {
+            assert!(line.contains("status=404") && line.contains("NR"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no access log line: {logged:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(mesh.servers);
 }
 

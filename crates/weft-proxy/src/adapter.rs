@@ -273,6 +273,7 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
                                 .collect(),
                             per_try_timeout: policy.per_try_timeout.map(duration),
                         }),
+                        picks: std::sync::atomic::AtomicU64::new(0),
                         hash_policy: action
                             .hash_policy
                             .into_iter()

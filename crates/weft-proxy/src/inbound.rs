@@ -237,6 +237,13 @@ impl Inbound {
     }
 
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Response<Body> {
+        let entry = crate::access::Entry::of("inbound", &request);
+        let response = self.forward(request, caller).await;
+        entry.finish(&response);
+        response
+    }
+
+    async fn forward(&self, request: Request<Incoming>, caller: &Caller) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if let Err(reason) = self.authorize(caller, Some(&parts)) {
             tracing::debug!(reason, "request refused by authorization policy");

@@ -8,6 +8,7 @@
 //! is turned into the proxy's own [`model`] by [`adapter`], and is swapped whole; [`admin`]
 //! shows it.
 
+pub mod access;
 pub mod adapter;
 pub mod admin;
 pub mod hashing;

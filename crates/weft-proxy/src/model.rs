@@ -284,6 +284,9 @@ pub struct Forward {
     pub hash_policy: Vec<HashOn>,
     /// Retries, if any.
     pub retry: Option<Retry>,
+    /// How many requests took this route, for spreading them over the weights.
+    #[serde(skip)]
+    pub picks: std::sync::atomic::AtomicU64,
 }
 
 /// What a request's hash is taken from (DestinationRule `consistentHash`).

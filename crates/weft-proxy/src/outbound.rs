@@ -151,6 +151,17 @@ impl Outbound {
         request: Request<Incoming>,
         client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
+        let entry = crate::access::Entry::of("outbound", &request);
+        let response = self.route(request, client).await;
+        entry.finish(&response);
+        response
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        client: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
             return self.tunnel(Request::from_parts(parts, body)).await;

@@ -119,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing --log")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let token = match (&args.token, &args.token_file) {
         (Some(token), _) => token.clone(),

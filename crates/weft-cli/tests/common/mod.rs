@@ -113,6 +113,8 @@ pub struct Proxy {
     pub admin: String,
     /// Per-upstream local ports and the `host:port` each leads to.
     pub upstreams: Vec<(String, String)>,
+    /// Everything it has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -120,7 +122,8 @@ impl Proxy {
     /// addresses it logs.
     pub fn start(args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        let log = std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "warn,weft=info".into());
+        let log = std::env::var("WEFT_TEST_PROXY_LOG")
+            .unwrap_or_else(|_| "warn,weft=info,access=info".into());
         command.args(["proxy", "--log", &log]);
         for (flag, default) in [
             ("--inbound-port", "0"),
@@ -138,8 +141,13 @@ impl Proxy {
             .expect("weft proxy starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line.clone());
+                }
                 if std::env::var_os("WEFT_TEST_PROXY_LOG").is_some() {
                     eprintln!("{line}");
                 }
@@ -167,6 +175,7 @@ impl Proxy {
             .map(|(addr, target)| (addr.to_string(), target.to_string()))
             .collect();
         Self {
+            log,
             upstreams,
             inbound: after("inbound"),
             outbound: after("outbound"),
