@@ -240,7 +240,7 @@ async fn survives_abuse_and_returns_to_its_footprint() {
         "grew from {after_first} KiB to {after_second} KiB between identical rounds"
     );
     // And what stays is bounded: near the baseline, not the peak of a thousand streams (the
-    // send budget alone may hold 64 MiB at the peak).
+    // send budget alone may hold 32 MiB at the peak).
     assert!(
         after_second <= baseline + 64 * 1024,
         "{after_second} KiB after the streams left, from a baseline of {baseline} KiB"

@@ -391,7 +391,7 @@ async fn pushes_of_named_types_carry_only_what_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_that_never_read_cannot_stall_the_others() {
     let h = Harness::start().await;
-    // 30 proxies × 3 MiB is more than the 64 MiB budget.
+    // 30 proxies × 3 MiB is more than the 32 MiB budget.
     let big = format!("big={}", "x".repeat(3 << 20));
     h.set(CLUSTER, &[&big]);
     let mut stuck = Vec::new();

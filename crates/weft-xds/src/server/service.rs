@@ -40,7 +40,7 @@ const STREAM_METHOD: &str =
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many bytes of encoded responses may wait for the network at once, over all streams.
-const SEND_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+const SEND_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// The budget is counted in KiB, so a permit count fits a `u32`.
 const BUDGET_UNIT: usize = 1024;
