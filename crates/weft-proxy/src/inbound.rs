@@ -309,19 +309,7 @@ impl Inbound {
                 )
                 .await
         };
-        match sent {
-            Ok(mut response) => {
-                crate::outbound::splice_upgrade(downstream, &mut response);
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(error) => local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(error.flag()),
-                format!("{error}\n"),
-            ),
-        }
+        crate::outbound::from_upstream(sent, downstream)
     }
 }
 

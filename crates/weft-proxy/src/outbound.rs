@@ -101,6 +101,27 @@ pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
+/// The upstream's answer as the downstream gets it: hop-by-hop headers removed, an upgrade
+/// spliced once both sides switch; a failure as `503` with its response flag.
+pub fn from_upstream(
+    result: Result<Response<Incoming>, UpstreamError>,
+    downstream: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    match result {
+        Ok(mut response) => {
+            splice_upgrade(downstream, &mut response);
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(error) => local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(error.flag()),
+            format!("{error}\n"),
+        ),
+    }
+}
+
 /// Once both sides of an upgrade (`101 Switching Protocols`) have switched, copies bytes
 /// between them until either closes.
 pub fn splice_upgrade(
@@ -534,23 +555,11 @@ impl Outbound {
             cluster.default_tls.as_ref()
         };
         let request = Request::from_parts(parts, body.boxed());
-        match self
+        let result = self
             .upstreams
             .send_upgrade(pick.endpoint.address, tls, cluster.connect_timeout, request)
-            .await
-        {
-            Ok(mut response) => {
-                splice_upgrade(downstream, &mut response);
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
-            }
-            Err(error) => local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(error.flag()),
-                format!("{error}\n"),
-            ),
-        }
+            .await;
+        from_upstream(result, downstream)
     }
 
     /// Serves a per-upstream local port: everything that arrives goes to `host:port`. HTTP

@@ -143,24 +143,19 @@ impl Permission {
             Self::Or(any) => any.iter().any(|p| p.matches(request)),
             Self::Not(inner) => !inner.matches(request),
             Self::Header(header) => request.http.is_some_and(|parts| {
-                let value = match header.name.as_str() {
-                    ":method" => Some(parts.method.as_str().to_string()),
-                    ":path" => parts.uri.path_and_query().map(|p| p.as_str().to_string()),
-                    ":authority" => parts
-                        .headers
-                        .get(hyper::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                        .or_else(|| parts.uri.authority().map(|a| a.to_string())),
-                    name => {
-                        let values: Vec<&str> = parts
-                            .headers
-                            .get_all(name)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok())
-                            .collect();
-                        (!values.is_empty()).then(|| values.join(","))
-                    }
+                let authority = parts
+                    .headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+                let value = match (header.name.as_str(), authority) {
+                    (":authority", None) => None,
+                    (name, authority) => crate::router::header_value(
+                        parts,
+                        name,
+                        authority.as_deref().unwrap_or_default(),
+                    ),
                 };
                 header.condition.matches(value.as_deref()) != header.invert
             }),

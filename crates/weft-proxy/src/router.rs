@@ -35,21 +35,7 @@ fn matches(m: &RouteMatch, request: &Parts, authority: &str) -> bool {
         return false;
     }
     let headers_ok = m.headers.iter().all(|h| {
-        let value = match h.name.as_str() {
-            ":method" => Some(request.method.as_str().to_string()),
-            ":authority" => Some(authority.to_string()),
-            ":path" => request.uri.path_and_query().map(|p| p.as_str().to_string()),
-            ":scheme" => Some("http".to_string()),
-            name => {
-                let values: Vec<&str> = request
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                (!values.is_empty()).then(|| values.join(","))
-            }
-        };
+        let value = header_value(request, &h.name, authority);
         let value = match (value, h.missing_is_empty) {
             (None, true) => Some(String::new()),
             (value, _) => value,
@@ -68,6 +54,26 @@ fn matches(m: &RouteMatch, request: &Parts, authority: &str) -> bool {
         });
         q.condition.matches(value)
     })
+}
+
+/// A request header's value as Envoy's matchers see it: pseudo-headers (`:method`,
+/// `:authority`, `:path`, `:scheme`) included, repeated headers joined with commas.
+pub fn header_value(request: &Parts, name: &str, authority: &str) -> Option<String> {
+    match name {
+        ":method" => Some(request.method.as_str().to_string()),
+        ":authority" => Some(authority.to_string()),
+        ":path" => request.uri.path_and_query().map(|p| p.as_str().to_string()),
+        ":scheme" => Some("http".to_string()),
+        name => {
+            let values: Vec<&str> = request
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        }
+    }
 }
 
 /// One of a route's clusters, chosen by weight.

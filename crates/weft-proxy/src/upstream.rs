@@ -213,40 +213,23 @@ impl Upstreams {
     }
 
     async fn connect(&self, key: &PoolKey, timeout: Duration) -> Result<Sender, UpstreamError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(key.address))
-            .await
-            .map_err(|_| {
-                UpstreamError::Connect(format!("timed out connecting to {}", key.address))
-            })?
-            .map_err(|e| UpstreamError::Connect(format!("{}: {e}", key.address)))?;
-        let _ = tcp.set_nodelay(true);
-        match &key.tls {
-            None if key.http2 => self.http2_over(TokioIo::new(tcp), key).await,
-            None => http1_over(TokioIo::new(tcp)).await,
-            Some((sni, identities)) => {
-                let config = tls::client_config(&self.identity, identities.clone(), &tls::ALPN)
-                    .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
-                let name = ServerName::try_from(if sni.is_empty() { "mesh.weft" } else { sni })
-                    .map_err(|e| UpstreamError::Connect(format!("SNI {sni:?}: {e}")))?
-                    .to_owned();
-                let stream = tokio::time::timeout(
-                    timeout,
-                    tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-                )
-                .await
-                .map_err(|_| {
-                    UpstreamError::Connect(format!("TLS handshake with {} timed out", key.address))
-                })?
-                .map_err(|e| {
-                    UpstreamError::Connect(format!("TLS handshake with {}: {e}", key.address))
-                })?;
-                let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                if negotiated_h2 {
-                    self.http2_over(TokioIo::new(stream), key).await
-                } else {
-                    http1_over(TokioIo::new(stream)).await
-                }
-            }
+        let tls = key.tls.as_ref().map(|(sni, identities)| MeshTls {
+            sni: sni.clone(),
+            identities: identities.clone(),
+        });
+        let (stream, negotiated_h2) = self
+            .connect_stream_with(key.address, tls.as_ref(), timeout, &tls::ALPN)
+            .await?;
+        // Over TLS the peer's ALPN decides; in plaintext, the cluster's protocol options.
+        let http2 = if tls.is_some() {
+            negotiated_h2
+        } else {
+            key.http2
+        };
+        if http2 {
+            self.http2_over(TokioIo::new(stream), key).await
+        } else {
+            http1_over(TokioIo::new(stream)).await
         }
     }
 
@@ -257,7 +240,10 @@ impl Upstreams {
         tls: Option<&MeshTls>,
         timeout: Duration,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
-        self.connect_stream_with(address, tls, timeout, &[]).await
+        Ok(self
+            .connect_stream_with(address, tls, timeout, &[])
+            .await?
+            .0)
     }
 
     /// Sends an upgrade request (WebSocket) on an HTTP/1.1 connection of its own, so the
@@ -269,7 +255,7 @@ impl Upstreams {
         timeout: Duration,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let stream = self
+        let (stream, _) = self
             .connect_stream_with(address, tls, timeout, &[b"http/1.1"])
             .await?;
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
@@ -285,20 +271,22 @@ impl Upstreams {
             .map_err(UpstreamError::Reset)
     }
 
+    /// A connection to `address`, over mesh mTLS offering `alpn` when `tls` is given; says
+    /// whether the peer chose HTTP/2.
     async fn connect_stream_with(
         &self,
         address: SocketAddr,
         tls: Option<&MeshTls>,
         timeout: Duration,
         alpn: &[&[u8]],
-    ) -> Result<Box<dyn Stream>, UpstreamError> {
+    ) -> Result<(Box<dyn Stream>, bool), UpstreamError> {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {address}")))?
             .map_err(|e| UpstreamError::Connect(format!("{address}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), false));
         };
         let config = tls::client_config(&self.identity, tls.identities.clone(), alpn)
             .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
@@ -317,7 +305,8 @@ impl Upstreams {
         .await
         .map_err(|_| UpstreamError::Connect(format!("TLS handshake with {address} timed out")))?
         .map_err(|e| UpstreamError::Connect(format!("TLS handshake with {address}: {e}")))?;
-        Ok(Box::new(stream))
+        let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((Box::new(stream), negotiated_h2))
     }
 
     async fn http2_over<T>(&self, io: TokioIo<T>, key: &PoolKey) -> Result<Sender, UpstreamError>
