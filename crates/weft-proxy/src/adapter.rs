@@ -46,7 +46,8 @@ use crate::hashing;
 use crate::model::{
     Abort, Action, Cluster, Endpoint, Fault, Forward, HashOn, HeaderChanges, HeaderMatch,
     InboundPort, LoadBalancer, MeshTls, Model, Outlier, PathMatch, QueryMatch, Redirect,
-    RegexRewrite, Retry, Route, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
+    RegexRewrite, Retry, Route, RouteMatch, RouteTable, StringMatch, UpstreamHttp, VirtualHost,
+    WeightedCluster,
 };
 
 /// The resources a proxy holds, as received, by type and name.
@@ -722,19 +723,18 @@ fn cluster_model(
         .map(|s| upstream_tls(&name, s))
         .transpose()?
         .flatten();
-    let http2 = cluster
+    let protocol = cluster
         .typed_extension_protocol_options
         .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
         .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
         .and_then(|o| o.upstream_protocol_options)
-        .is_some_and(|o| match o {
-            UpstreamProtocolOptions::ExplicitHttpConfig(e) => {
-                matches!(
-                    e.protocol_config,
-                    Some(ProtocolConfig::Http2ProtocolOptions(_))
-                )
-            }
-            _ => false,
+        .map_or(UpstreamHttp::Http1, |o| match o {
+            UpstreamProtocolOptions::ExplicitHttpConfig(e) => match e.protocol_config {
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamHttp::Http2,
+                _ => UpstreamHttp::Http1,
+            },
+            UpstreamProtocolOptions::UseDownstreamProtocolConfig(_) => UpstreamHttp::Downstream,
+            _ => UpstreamHttp::Http1,
         });
     let mut endpoints = Vec::new();
     for locality in assignment.map(|a| a.endpoints).unwrap_or_default() {
@@ -836,7 +836,7 @@ fn cluster_model(
         endpoints,
         mesh_tls,
         default_tls,
-        http2,
+        protocol,
         connect_timeout: cluster
             .connect_timeout
             .map_or(Duration::from_secs(10), duration),

@@ -6,12 +6,13 @@
 //! a renewed certificate is used by new connections while established ones finish with the
 //! old one. [`renew_forever`] renews it when two thirds of its lifetime have passed.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use weft_xds::istio_ca::IstioCertificateRequest;
 use weft_xds::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
@@ -113,6 +114,90 @@ pub async fn request(
     })
 }
 
+/// Where a workload's certificate comes from when something other than Weft's CA issues it
+/// (Istio's file-mounted certificates, e.g. cert-manager): PEM files read at start and again
+/// whenever they change.
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first.
+    pub chain: std::path::PathBuf,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: std::path::PathBuf,
+    /// The root peers must chain to.
+    pub root: std::path::PathBuf,
+}
+
+impl CertificateFiles {
+    /// Reads the files into an identity. The SPIFFE ID is the one the leaf carries.
+    pub fn load(&self) -> Result<Identity, IdentityError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| IdentityError::BadChain(format!("reading {}: {e}", path.display())))
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read(&self.chain)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| IdentityError::BadChain(format!("{}: {e}", self.chain.display())))?;
+        let root = CertificateDer::from_pem_slice(&read(&self.root)?)
+            .map_err(|e| IdentityError::BadChain(format!("{}: {e}", self.root.display())))?;
+        let key_der = PrivateKeyDer::from_pem_slice(&read(&self.key)?)
+            .map_err(|e| IdentityError::BadChain(format!("{}: {e}", self.key.display())))?;
+        let Some(leaf) = chain.first() else {
+            return Err(IdentityError::BadChain(format!(
+                "{} holds no certificate",
+                self.chain.display()
+            )));
+        };
+        let spiffe_id = peer_spiffe_id(leaf).ok_or_else(|| {
+            IdentityError::BadChain(format!("{} has no SPIFFE ID", self.chain.display()))
+        })?;
+        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der)
+            .map_err(|e| IdentityError::BadChain(format!("the key is not usable: {e}")))?;
+        let (not_before, not_after, serial) = validity(leaf)?;
+        let (_, root_not_after, _) = validity(&root)?;
+        Ok(Identity {
+            spiffe_id,
+            certified: Arc::new(CertifiedKey::new(chain, signing_key)),
+            root,
+            not_before,
+            not_after,
+            serial,
+            root_not_after,
+        })
+    }
+
+    fn modified(&self) -> Vec<Option<SystemTime>> {
+        [&self.chain, &self.key, &self.root]
+            .iter()
+            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+/// Loads the identity from `files`, then reloads it whenever a file changes (checked every
+/// ten seconds). A change that does not load is logged and the identity in force stays.
+pub async fn watch_files(current: CurrentIdentity, files: CertificateFiles) {
+    let mut seen = Vec::new();
+    loop {
+        let modified = files.modified();
+        if modified != seen {
+            match files.load() {
+                Ok(identity) => {
+                    tracing::info!(
+                        spiffe_id = identity.spiffe_id,
+                        serial = identity.serial,
+                        "certificate loaded from files"
+                    );
+                    current.set(identity);
+                    seen = modified;
+                }
+                Err(error) => tracing::warn!(%error, "cannot load the certificate files"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
 fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime, String), IdentityError> {
     let (_, parsed) = X509Certificate::from_der(cert)
         .map_err(|e| IdentityError::BadChain(format!("a certificate does not parse: {e}")))?;
@@ -144,20 +229,41 @@ pub fn trust_domain(spiffe_id: &str) -> Option<&str> {
 }
 
 /// The identity in force, swapped on renewal.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CurrentIdentity {
-    inner: Arc<RwLock<Option<Arc<Identity>>>>,
+    inner: Arc<watch::Sender<Option<Arc<Identity>>>>,
+}
+
+impl Default for CurrentIdentity {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(watch::Sender::new(None)),
+        }
+    }
 }
 
 impl CurrentIdentity {
+    /// How long a connection that arrives before the first certificate waits for it.
+    const FIRST_CERTIFICATE_WAIT: Duration = Duration::from_secs(10);
+
     /// The identity now, if one was obtained.
     pub fn get(&self) -> Option<Arc<Identity>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner.borrow().clone()
     }
 
     /// Makes `identity` the one new connections use.
     pub fn set(&self, identity: Identity) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(identity));
+        self.inner.send_replace(Some(Arc::new(identity)));
+    }
+
+    /// Waits, for at most ten seconds, until there is an identity.
+    pub async fn wait(&self) {
+        let mut changes = self.inner.subscribe();
+        let _ = tokio::time::timeout(
+            Self::FIRST_CERTIFICATE_WAIT,
+            changes.wait_for(Option::is_some),
+        )
+        .await;
     }
 }
 

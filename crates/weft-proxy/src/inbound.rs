@@ -72,6 +72,8 @@ impl Inbound {
                 Ok((stream, peer)) => {
                     let inbound = self.clone();
                     tokio::spawn(async move {
+                        crate::xds::Config::wait_warm(&mut inbound.config.clone()).await;
+                        inbound.identity.wait().await;
                         if let Err(reason) = inbound.connection(stream).await {
                             tracing::debug!(%peer, reason, "inbound connection refused");
                         }
@@ -268,8 +270,8 @@ impl Inbound {
             }
         }
         // A request that was HTTP/1.1 before the sidecars' HTTP/2 hop goes to the app as it was.
-        let http1 = parts.headers.remove(ORIGINAL_PROTOCOL).is_some()
-            || parts.version != hyper::Version::HTTP_2;
+        let downstream_http2 = parts.headers.remove(ORIGINAL_PROTOCOL).is_none()
+            && parts.version == hyper::Version::HTTP_2;
         let config = self.config.borrow().clone();
         let cluster_name = format!("inbound|{}||", self.port);
         let Some(cluster) = config.model.clusters.get(&cluster_name) else {
@@ -286,9 +288,6 @@ impl Inbound {
                 "no application\n",
             );
         };
-        if let Some(path) = parts.uri.path_and_query().cloned() {
-            parts.uri = hyper::Uri::from(path);
-        }
         let upgrade = parts.headers.contains_key(hyper::header::UPGRADE);
         let downstream = upgrade
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
@@ -303,7 +302,7 @@ impl Inbound {
                 .send(
                     endpoint.address,
                     None,
-                    !http1,
+                    cluster.protocol.http2(downstream_http2),
                     cluster.connect_timeout,
                     request,
                 )

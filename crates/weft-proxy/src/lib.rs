@@ -67,6 +67,8 @@ pub struct Settings {
     pub trust_domain: String,
     /// The join token the CA wants.
     pub token: String,
+    /// Certificate files to use instead of asking the control plane's CA.
+    pub certificate_files: Option<identity::CertificateFiles>,
 }
 
 /// Where a started sidecar listens.
@@ -146,12 +148,15 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         &settings.namespace,
         &settings.service_account,
     );
-    tokio::spawn(identity::renew_forever(
-        identity.clone(),
-        channel.clone(),
-        settings.token.clone(),
-        spiffe_id,
-    ));
+    match settings.certificate_files.clone() {
+        Some(files) => tokio::spawn(identity::watch_files(identity.clone(), files)),
+        None => tokio::spawn(identity::renew_forever(
+            identity.clone(),
+            channel.clone(),
+            settings.token.clone(),
+            spiffe_id,
+        )),
+    };
     let (config_tx, config) = watch::channel(Arc::new(xds::Config::default()));
     tokio::spawn(xds::run(
         channel,
@@ -190,6 +195,7 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let outbound = outbound.clone();
         tokio::spawn(async move {
+            xds::Config::wait_warm(&mut outbound.config.clone()).await;
             let service = hyper::service::service_fn(move |request| {
                 let outbound = outbound.clone();
                 async move {

@@ -366,8 +366,8 @@ pub struct Cluster {
     pub mesh_tls: Option<MeshTls>,
     /// How to connect to the others.
     pub default_tls: Option<MeshTls>,
-    /// Whether to speak HTTP/2 to the upstream.
-    pub http2: bool,
+    /// Which HTTP version to speak to the upstream.
+    pub protocol: UpstreamHttp,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Whether this is the passthrough cluster (to the original destination).
@@ -446,5 +446,30 @@ mod regex_text {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(regex.as_str())
+    }
+}
+
+/// Which HTTP version a cluster's upstream connections speak (Envoy's explicit or
+/// use-downstream protocol options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum UpstreamHttp {
+    /// HTTP/1.1 (Envoy's default).
+    #[default]
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// Whatever the client spoke (`useClientProtocol`; inbound ports of unknown protocol).
+    Downstream,
+}
+
+impl UpstreamHttp {
+    /// Whether to speak HTTP/2 for a request that arrived over HTTP/2 (`downstream_http2`)
+    /// or not.
+    pub fn http2(self, downstream_http2: bool) -> bool {
+        match self {
+            Self::Http1 => false,
+            Self::Http2 => true,
+            Self::Downstream => downstream_http2,
+        }
     }
 }

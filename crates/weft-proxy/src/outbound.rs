@@ -349,7 +349,9 @@ impl Outbound {
             let sending = self.upstreams.send(
                 pick.endpoint.address,
                 tls,
-                cluster.http2,
+                cluster
+                    .protocol
+                    .http2(parts.version == hyper::Version::HTTP_2),
                 cluster.connect_timeout,
                 request,
             );
@@ -580,6 +582,7 @@ impl Outbound {
             let outbound = self.clone();
             let host = host.clone();
             tokio::spawn(async move {
+                crate::xds::Config::wait_warm(&mut outbound.config.clone()).await;
                 let http = outbound.config.borrow().model.route_table(port).is_some();
                 if !http {
                     if let Ok(mut upstream) = outbound.connect_to(&host, port).await {

@@ -288,6 +288,9 @@ impl Upstreams {
         let Some(tls) = tls else {
             return Ok((Box::new(tcp), false));
         };
+        if self.identity.get().is_none() {
+            self.identity.wait().await;
+        }
         let config = tls::client_config(&self.identity, tls.identities.clone(), alpn)
             .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
         let sni = if tls.sni.is_empty() {

@@ -28,6 +28,34 @@ pub struct Config {
     pub received: Received,
     /// Version accepted, by type URL.
     pub versions: std::collections::BTreeMap<String, String>,
+    /// Whether listeners and clusters have arrived, with every route table and endpoint
+    /// set they name (Envoy's "warm").
+    pub warm: bool,
+}
+
+impl Config {
+    /// How long a connection that arrives before the first configuration waits for it.
+    const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(10);
+
+    /// Waits until the configuration is warm, for at most ten seconds, so connections
+    /// made while the proxy starts are served instead of refused with `NR`.
+    pub async fn wait_warm(config: &mut watch::Receiver<Arc<Config>>) {
+        if config.borrow().warm {
+            return;
+        }
+        let _ = tokio::time::timeout(Self::FIRST_CONFIG_WAIT, config.wait_for(|c| c.warm)).await;
+    }
+}
+
+fn is_warm(versions: &std::collections::BTreeMap<String, String>, received: &Received) -> bool {
+    versions.contains_key(LISTENER)
+        && versions.contains_key(CLUSTER)
+        && adapter::wanted_routes(received)
+            .iter()
+            .all(|name| received.routes.contains_key(name))
+        && adapter::wanted_endpoints(received)
+            .iter()
+            .all(|name| received.endpoints.contains_key(name))
 }
 
 /// Runs forever: connects, subscribes, applies, reconnects.
@@ -135,6 +163,7 @@ async fn session(
                 session.last.insert(type_url.clone(), (version_info, nonce));
                 published.send_replace(Arc::new(Config {
                     model: Arc::new(model),
+                    warm: is_warm(&versions, &received),
                     received: received.clone(),
                     versions: versions.clone(),
                 }));

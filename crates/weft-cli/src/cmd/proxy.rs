@@ -69,6 +69,20 @@ pub struct Args {
     /// A file holding the join token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Use the certificate chain in this PEM file instead of asking the control plane's CA
+    /// (with --key and --root-cert; Istio's file-mounted certificates). Reloaded when the
+    /// files change.
+    #[arg(long, requires_all = ["key", "root_cert"])]
+    cert_chain: Option<PathBuf>,
+    /// The private key of --cert-chain, PEM.
+    #[arg(long, requires = "cert_chain")]
+    key: Option<PathBuf>,
+    /// The root certificate peers must chain to, PEM (with --cert-chain).
+    #[arg(long, requires = "cert_chain")]
+    root_cert: Option<PathBuf>,
+    /// Worker threads (Istio's `concurrency`); 0 = one per CPU.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
     /// Log filter, as `RUST_LOG`.
     #[arg(long, default_value = "info")]
     log: String,
@@ -121,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading {}", file.display()))?
             .trim()
             .to_string(),
+        (None, None) if args.cert_chain.is_some() => String::new(),
         (None, None) => anyhow::bail!(
             "give the workload's join token with --token, --token-file or WEFT_JOIN_TOKEN (see `weft join-token`)"
         ),
@@ -141,8 +156,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         upstreams: args.upstreams,
         trust_domain: args.trust_domain,
         token,
+        certificate_files: match (args.cert_chain, args.key, args.root_cert) {
+            (Some(chain), Some(key), Some(root)) => {
+                Some(weft_proxy::identity::CertificateFiles { chain, key, root })
+            }
+            _ => None,
+        },
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = match args.concurrency {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .worker_threads(match args.concurrency {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    })
+    .enable_all()
+    .build()
+    .context("starting the async runtime")?;
     runtime.block_on(async {
         let ports = weft_proxy::start(settings)
             .await

@@ -10,6 +10,13 @@
 
 use std::collections::BTreeMap;
 
+use weft_xds::envoy::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
+};
+
 use weft_api::security::peer_authentication::MtlsMode;
 use weft_xds::envoy::envoy::config::cluster::v3::{
     Cluster,
@@ -43,7 +50,7 @@ use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
 };
 use weft_xds::envoy::google::protobuf::{BoolValue, UInt32Value};
 use weft_xds::server::Resource;
-use weft_xds::types::pack;
+use weft_xds::types::{pack, proto_map};
 
 use super::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
 use super::listener::ads;
@@ -96,14 +103,64 @@ fn cluster_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
+/// How the inbound side speaks HTTP to the application on `target_port`, from the protocol
+/// of the service ports it serves there: HTTP/1.1 for `HTTP`, HTTP/2 for `HTTP2` and `GRPC`,
+/// else (undeclared, or ports that disagree) whatever the client spoke.
+fn app_protocol(
+    snapshot: &MeshSnapshot,
+    workload: &RegisteredWorkload,
+    target_port: u32,
+) -> UpstreamProtocolOptions {
+    let protocols: std::collections::BTreeSet<String> = workload
+        .serves
+        .iter()
+        .filter(|served| served.target_port == target_port)
+        .map(|served| {
+            let host = crate::registry::fqdn(&served.service, &workload.namespace);
+            snapshot
+                .services
+                .get(&host)
+                .and_then(|s| s.port(Some(served.port)))
+                .map(|p| p.protocol.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let explicit = |config| {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(config),
+        })
+    };
+    let mut iter = protocols.iter().map(String::as_str);
+    match (iter.next(), iter.next()) {
+        (Some("HTTP"), None) => explicit(ProtocolConfig::HttpProtocolOptions(
+            Http1ProtocolOptions::default(),
+        )),
+        (Some("HTTP2" | "GRPC"), None) => explicit(ProtocolConfig::Http2ProtocolOptions(
+            Http2ProtocolOptions::default(),
+        )),
+        _ => UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http2_protocol_options: Some(Http2ProtocolOptions::default()),
+            ..UseDownstreamHttpConfig::default()
+        }),
+    }
+}
+
 /// An inbound cluster: the application on 127.0.0.1 at the port the name gives, or at the
-/// workload's `APP_PORT`.
-pub(crate) fn cluster(name: &str, workload: &RegisteredWorkload) -> Option<Resource> {
+/// workload's `APP_PORT`, spoken to in the protocol of the services it serves there.
+pub(crate) fn cluster(
+    name: &str,
+    snapshot: &MeshSnapshot,
+    workload: &RegisteredWorkload,
+) -> Option<Resource> {
     let port: u32 = name
         .strip_prefix("inbound|")?
         .strip_suffix("||")?
         .parse()
         .ok()?;
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(app_protocol(snapshot, workload, port)),
+        ..HttpProtocolOptions::default()
+    };
     let port = workload.app_port.unwrap_or(port);
     let endpoint = LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
@@ -116,6 +173,10 @@ pub(crate) fn cluster(name: &str, workload: &RegisteredWorkload) -> Option<Resou
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(super::duration(std::time::Duration::from_secs(10))),
+        typed_extension_protocol_options: proto_map([(
+            super::cluster::HTTP_PROTOCOL_OPTIONS.to_string(),
+            pack(&options),
+        )]),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {

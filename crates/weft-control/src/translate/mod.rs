@@ -350,7 +350,7 @@ impl Generator for MeshGenerator {
                 inbound::listener(&snapshot, workload, &self.identity.trust_domain),
             )),
             (types::CLUSTER, Some(workload)) if name.starts_with("inbound|") => {
-                Some(inbound::cluster(name, workload))
+                Some(inbound::cluster(name, &snapshot, workload))
             }
             _ => None,
         };
