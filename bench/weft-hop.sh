@@ -16,7 +16,7 @@
 #                 ServiceEntry (plaintext, no peer sidecar).
 # Between A and B the sidecars speak whatever Weft speaks between sidecars (see README.md).
 set -euo pipefail
-WEFT="${WEFT_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/weft}"
+WEFT="${WEFT_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/dist/weft}"
 : "${HOP_SHARED:?run with --setup 'weft=bench/weft-setup.sh'}"
 listen_port=${HOP_LISTEN##*:}
 upstream_port=${HOP_UPSTREAM##*:}

@@ -8,7 +8,7 @@
 # and debug addresses (`xds`, `debug`), a join token per service account (`token-*`), the
 # configuration folder (`config/`, where weft-hop.sh adds ServiceEntries), then `ready`.
 set -euo pipefail
-WEFT="${WEFT_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/weft}"
+WEFT="${WEFT_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/dist/weft}"
 d="$HOP_SHARED"
 mkdir -p "$d/config" "$d/state"
 install -m 600 "$HOP_CA" "$d/state/ca-cert.pem"

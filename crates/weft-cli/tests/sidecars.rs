@@ -182,9 +182,19 @@ impl Mesh {
         versions: &[&'static str],
         app: impl Fn(&'static str) -> u16,
     ) -> Self {
+        Self::with_service(SERVICE, extra, versions, app)
+    }
+
+    /// As [`Mesh::with_apps`], with `service` declaring the `echo` service.
+    fn with_service(
+        service: &str,
+        extra: &str,
+        versions: &[&'static str],
+        app: impl Fn(&'static str) -> u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(config_dir(dir.path())).unwrap();
-        std::fs::write(config_dir(dir.path()).join("echo.yaml"), SERVICE).unwrap();
+        std::fs::write(config_dir(dir.path()).join("echo.yaml"), service).unwrap();
         std::fs::write(config_dir(dir.path()).join("extra.yaml"), extra).unwrap();
         let control = common::Control::start(&config_dir(dir.path()));
         let server_token = common::join_token(&config_dir(dir.path()), "test", "echo");
@@ -870,19 +880,36 @@ fn bad_input_at_both_listeners_is_answered_or_closed() {
             answer.starts_with("HTTP/1.1 431"),
             "oversize headers: {answer:?}"
         );
-        let smuggling = format!(
-            "POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n"
-        );
-        // hyper reads the body as chunked, drops Content-Length and closes the connection
-        // after the response (RFC 9112 §6.3): the bytes after the body are never read as a
-        // second request.
-        let answer = raw(&outbound, smuggling.as_bytes());
-        assert_eq!(
-            answer.matches("HTTP/1.1 ").count(),
-            1,
-            "CL and TE together: {answer:?}"
-        );
-        assert!(!answer.contains("/smuggled"), "{answer:?}");
+        // Content-Length and Transfer-Encoding together (either order), alone or after a
+        // good request on the same connection: 400, and the bytes after it are never read
+        // as a request. At the inbound listener too (PERMISSIVE takes plaintext there).
+        for (addr, target) in [
+            (&outbound, format!("http://{host}")),
+            (&inbound, String::new()),
+        ] {
+            for (first, second) in [
+                ("Content-Length: 5", "Transfer-Encoding: chunked"),
+                ("Transfer-Encoding: chunked", "Content-Length: 5"),
+            ] {
+                let smuggling = format!(
+                    "POST {target}/ HTTP/1.1\r\nHost: {host}\r\n{first}\r\n{second}\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                );
+                let answer = raw(addr, smuggling.as_bytes());
+                assert!(answer.starts_with("HTTP/1.1 400"), "CL and TE: {answer:?}");
+                assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+                let good = format!(
+                    "POST {target}/good HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\nok"
+                );
+                let answer = raw(addr, format!("{good}{smuggling}").as_bytes());
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+                assert_eq!(
+                    answer.matches("HTTP/1.1 400").count(),
+                    1,
+                    "the second request is refused: {answer:?}"
+                );
+                assert!(!answer.contains("/smuggled"), "{answer:?}");
+            }
+        }
         // TLS garbage and a handshake cut short at the inbound listener.
         assert_eq!(
             raw(&inbound, b"\x16\x03\x01\x00\x05hello"),
@@ -962,7 +989,10 @@ fn grpc_unary_and_bidirectional_streams_cross_the_sidecars() {
             .add_service(ca.into_server())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let mesh = Mesh::with_apps("", &["v1"], |_| app_port);
+    // A gRPC port is declared as such (Istio's rule): the server's sidecar then speaks
+    // HTTP/2 to the application.
+    let grpc_service = SERVICE.replace("name: http, protocol: HTTP", "name: grpc, protocol: GRPC");
+    let mesh = Mesh::with_service(&grpc_service, "", &["v1"], |_| app_port);
 
     runtime.block_on(async {
         let channel =

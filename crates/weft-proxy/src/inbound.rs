@@ -176,7 +176,7 @@ impl Inbound {
                 self.authorize(&caller, None)?;
                 return self.splice_to_app(tls).await;
             }
-            self.serve_http(TokioIo::new(tls), caller).await
+            self.serve_http(tls, caller).await
         } else {
             if !mode.plaintext {
                 return Err("plaintext on a port whose PeerAuthentication is STRICT".into());
@@ -190,7 +190,7 @@ impl Inbound {
                 self.authorize(&caller, None)?;
                 return self.splice_to_app(stream).await;
             }
-            self.serve_http(TokioIo::new(stream), caller).await
+            self.serve_http(stream, caller).await
         }
     }
 
@@ -222,7 +222,7 @@ impl Inbound {
             .map_err(|e| e.to_string())
     }
 
-    async fn serve_http<T>(&self, io: TokioIo<T>, caller: Caller) -> Result<(), String>
+    async fn serve_http<T>(&self, io: T, caller: Caller) -> Result<(), String>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -233,7 +233,10 @@ impl Inbound {
             async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, &caller).await) }
         });
         crate::http_server()
-            .serve_connection_with_upgrades(io, service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(crate::framing::FramingGuard::new(io)),
+                service,
+            )
             .await
             .map_err(|e| e.to_string())
     }

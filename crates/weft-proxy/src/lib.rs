@@ -11,6 +11,7 @@
 pub mod access;
 pub mod adapter;
 pub mod admin;
+pub mod framing;
 pub mod hashing;
 pub mod identity;
 pub mod inbound;
@@ -205,7 +206,10 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
                 }
             });
             if let Err(error) = http_server()
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(framing::FramingGuard::new(stream)),
+                    service,
+                )
                 .await
             {
                 tracing::debug!(%error, "outbound connection ended");

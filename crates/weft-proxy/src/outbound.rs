@@ -617,7 +617,10 @@ impl Outbound {
                     }
                 });
                 let _ = crate::http_server()
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(
+                        hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(stream)),
+                        service,
+                    )
                     .await;
             });
         }
