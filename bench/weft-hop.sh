@@ -21,7 +21,7 @@ WEFT="${WEFT_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/dist/w
 listen_port=${HOP_LISTEN##*:}
 upstream_port=${HOP_UPSTREAM##*:}
 common=(--control "$(cat "$HOP_SHARED/xds")" --namespace bench --trust-domain weft.test
-  --concurrency "${HOP_WORKERS:-1}" --admin-port 0 --log "${WEFT_HOP_LOG:-warn}")
+  --concurrency "${HOP_WORKERS:-1}" --admin-port 0 --metrics-port 0 --log "${WEFT_HOP_LOG:-warn}")
 
 # Waits until the control plane has loaded a ServiceEntry just written, so that the proxy's
 # first configuration has it.

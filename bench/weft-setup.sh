@@ -20,6 +20,17 @@ metadata: {name: default, namespace: istio-system}
 spec:
   mtls: {mode: STRICT}
 YAML
+if [[ ${WEFT_HOP_H2:-0} == 1 ]]; then
+  cat > "$d/config/h2.yaml" <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: upgrade-to-h2, namespace: istio-system}
+spec:
+  host: "*.bench.svc.cluster.local"
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+YAML
+fi
 for account in a b hop; do
   "$WEFT" join-token --namespace bench --service-account "$account" \
     --config-dir "$d/config" --state-dir "$d/state" > "$d/token-$account"

@@ -35,6 +35,14 @@ if [ ! -d "$clients/node_modules/@grpc/grpc-js-xds" ]; then
   npm ci --prefix "$clients" --silent --no-audit --no-fund
 fi
 
+# ip and iptables: the transparent-interception tests make a network namespace with
+# redirect rules (they need root, and fail saying so without it).
+if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
+  echo "== installing iproute2 and iptables"
+  apt-get install -y -qq iproute2 iptables >/dev/null ||
+    { apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null; }
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

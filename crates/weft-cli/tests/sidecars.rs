@@ -363,6 +363,24 @@ fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity(
     assert!(answer.contains("GET /local HTTP/1.1"), "{answer}");
     assert!(answer.contains("host: echo:8080"), "{answer}");
 
+    // Both sidecars counted the call, under Istio's metric names and labels; the server's
+    // side knows the caller from its certificate.
+    let client_metrics = common::get(&mesh.client.metrics, "/stats/prometheus");
+    assert!(
+        client_metrics.contains(
+            "istio_requests_total{reporter=\"source\",source_workload=\"client\",source_workload_namespace=\"test\",source_principal=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_service=\"echo.test.svc.cluster.local\",destination_service_name=\"echo\",destination_service_namespace=\"test\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"} 1\n"
+        ),
+        "{client_metrics}"
+    );
+    let server_metrics = common::get(&mesh.servers[0].metrics, "/stats/prometheus");
+    assert!(
+        server_metrics.contains(
+            "istio_requests_total{reporter=\"destination\",source_workload=\"unknown\",source_workload_namespace=\"test\",source_principal=\"spiffe://cluster.local/ns/test/sa/client\",destination_workload=\"echo-v1\",destination_workload_namespace=\"test\",destination_service=\"echo.test.svc.cluster.local\",destination_service_name=\"echo\",destination_service_namespace=\"test\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"mutual_tls\"} 1\n"
+        ),
+        "{server_metrics}"
+    );
+    assert!(server_metrics.contains("istio_request_duration_milliseconds_bucket{"));
+
     // What crossed between the sidecars was TLS, not the request.
     let wire = mesh.wire.lock().unwrap().clone();
     assert!(wire.len() > 100, "{} bytes crossed", wire.len());
@@ -397,6 +415,39 @@ fn unknown_hosts_get_404_with_the_nr_flag() {
     );
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains("weft-response-flags: NR"), "{answer}");
+    // Without --debug-headers the flag stays out of the response.
+    let token = common::join_token(&config_dir(mesh.dir.path()), "test", "client");
+    let quiet = common::Proxy::start(&[
+        "--control",
+        &mesh.control.as_ref().unwrap().xds,
+        "--name",
+        "quiet-client",
+        "--namespace",
+        "test",
+        "--service-account",
+        "client",
+        "--token",
+        &token,
+        "--debug-headers",
+        "false",
+    ]);
+    quiet.until_ready();
+    let answer = raw(
+        &quiet.outbound,
+        b"GET http://nowhere.test.svc.cluster.local:8080/x HTTP/1.1\r\nHost: nowhere.test.svc.cluster.local:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("weft-response-flags"), "{answer}");
+    let metrics = common::get(&mesh.client.metrics, "/stats/prometheus");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("istio_requests_total{")
+                && line.contains("destination_service=\"nowhere.test.svc.cluster.local\"")
+                && line.contains("response_code=\"404\",response_flags=\"NR\"")
+                && line.ends_with("} 1")),
+        "{metrics}"
+    );
     // The access log says the same.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1419,4 +1470,114 @@ fn the_circuit_breaker_refuses_overflow() {
     assert!(overflow.starts_with("HTTP/1.1 503"), "{overflow}");
     assert!(overflow.contains("weft-response-flags: UO"), "{overflow}");
     assert_eq!(first.join().unwrap().0, 200);
+}
+
+/// An application that holds each request until told to answer; it reports each arrival.
+fn gate_app(
+    arrived: std::sync::mpsc::Sender<()>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = arrived.send(());
+                let _ = release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nfinished\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `POST /quitquitquit`: the sidecar stops accepting, lets the request in flight finish,
+/// and exits.
+#[test]
+fn quitquitquit_drains_the_request_in_flight_then_exits() {
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let mut mesh = Mesh::with_apps("", &["v1"], move |_| {
+        gate_app(arrived_tx.clone(), release_rx.clone())
+    });
+    let outbound = mesh.client.outbound.clone();
+    let in_flight = std::thread::spawn(move || {
+        via_proxy(&outbound, "http://echo.test.svc.cluster.local:8080/slow")
+    });
+    arrived
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the request reaches the application");
+
+    let answer = raw(
+        &mesh.client.admin,
+        b"POST /quitquitquit HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The outbound listener closes: new connections are refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&mesh.client.outbound).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the outbound listener stays open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The request in flight still gets its answer, then the process exits by itself.
+    release.send(()).unwrap();
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "finished\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = mesh.client.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drained sidecar did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// Istio's `h2UpgradePolicy`: between sidecars an HTTP/1.1 request stays HTTP/1.1 by default
+/// (Istio's `DO_NOT_UPGRADE`); with `UPGRADE` it crosses as HTTP/2 on a shared connection.
+/// Either way the application receives HTTP/1.1.
+#[test]
+fn h2_upgrade_policy_decides_the_protocol_between_sidecars() {
+    let upgrade = destination_rule("    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n");
+    for (config, between) in [("", "HTTP/1.1"), (upgrade.as_str(), "HTTP/2.0")] {
+        let mesh = Mesh::start(config);
+        let (status, body) = via_proxy(
+            &mesh.client.outbound,
+            "http://echo.test.svc.cluster.local:8080/protocol",
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("GET /protocol HTTP/1.1"), "{body}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logged = mesh.servers[0].log.lock().unwrap().clone();
+            if let Some(line) = logged.iter().find(|l| l.contains("/protocol")) {
+                assert!(
+                    line.contains(&format!("protocol=\"{between}\"")),
+                    "with {config:?} expected {between} between the sidecars: {line}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no access log line: {logged:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -9,9 +9,12 @@ use hyper::{Request, Response};
 use crate::outbound::RESPONSE_FLAGS;
 use crate::upstream::Body;
 
-/// What is known of a request when it arrives.
+/// What is known of a request when it arrives; nothing when the access log is off.
 #[derive(Debug)]
-pub struct Entry {
+pub struct Entry(Option<Logged>);
+
+#[derive(Debug)]
+struct Logged {
     direction: &'static str,
     method: String,
     authority: String,
@@ -23,6 +26,9 @@ pub struct Entry {
 impl Entry {
     /// Notes a request as it arrives, `outbound` or `inbound`.
     pub fn of(direction: &'static str, request: &Request<Incoming>) -> Self {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return Self(None);
+        }
         let authority = request
             .uri()
             .authority()
@@ -35,7 +41,7 @@ impl Entry {
                     .map(str::to_string)
             })
             .unwrap_or_default();
-        Self {
+        Self(Some(Logged {
             direction,
             method: request.method().to_string(),
             authority,
@@ -45,27 +51,35 @@ impl Entry {
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
             protocol: format!("{:?}", request.version()),
             started: Instant::now(),
-        }
+        }))
     }
 
     /// Writes the line, once the response head is ready.
     pub fn finish(self, response: &Response<Body>) {
-        let flags = response
-            .headers()
-            .get(RESPONSE_FLAGS)
-            .and_then(|f| f.to_str().ok())
-            .unwrap_or("-");
+        let Some(entry) = self.0 else {
+            return;
+        };
+        let flags = response_flags(response);
         tracing::info!(
             target: "access",
-            direction = self.direction,
-            method = self.method,
-            authority = self.authority,
-            path = self.path,
-            protocol = self.protocol,
+            direction = entry.direction,
+            method = entry.method,
+            authority = entry.authority,
+            path = entry.path,
+            protocol = entry.protocol,
             status = response.status().as_u16(),
             flags,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = entry.started.elapsed().as_millis() as u64,
             "request"
         );
     }
+}
+
+/// The Envoy response flags of a response the proxy made itself; `-` for none.
+pub fn response_flags(response: &Response<Body>) -> &str {
+    response
+        .headers()
+        .get(RESPONSE_FLAGS)
+        .and_then(|f| f.to_str().ok())
+        .unwrap_or("-")
 }

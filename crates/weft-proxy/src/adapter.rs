@@ -878,10 +878,7 @@ fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<MeshTl
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    Ok(Some(MeshTls {
-        sni: context.sni,
-        identities,
-    }))
+    Ok(Some(MeshTls::new(context.sni, identities)))
 }
 
 fn socket_addr(address: &Address) -> Option<SocketAddr> {

@@ -4,7 +4,8 @@
 //! * `/healthz/ready` — 200 once the proxy has a certificate and a first configuration;
 //! * `/config_dump` — the model in force, as JSON, with the xDS versions it came from;
 //! * `/clusters` — each cluster's endpoints, health, weight and expected identity;
-//! * `/certs` — the workload certificate (SPIFFE ID, serial, validity) and the root's expiry.
+//! * `/certs` — the workload certificate (SPIFFE ID, serial, validity) and the root's expiry;
+//! * `POST /quitquitquit` — drain and exit (see `drain`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Admin {
     pub config: watch::Receiver<Arc<Config>>,
     /// The workload identity.
     pub identity: CurrentIdentity,
+    /// Started by `POST /quitquitquit`.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl Admin {
@@ -62,6 +65,11 @@ impl Admin {
 
     fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         match (request.method(), request.uri().path()) {
+            (&Method::POST, "/quitquitquit") => {
+                let drain = self.drain.clone();
+                tokio::spawn(async move { drain.drain().await });
+                text(StatusCode::OK, "draining\n")
+            }
             (&Method::GET, "/healthz/ready") if self.ready() => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/healthz/ready") => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -72,7 +80,7 @@ impl Admin {
             (&Method::GET, "/certs") => json_response(self.certs()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz/ready, /config_dump, /clusters or /certs\n",
+                "not found; try /healthz/ready, /config_dump, /clusters, /certs or POST /quitquitquit\n",
             ),
         }
     }

@@ -38,6 +38,12 @@ pub struct Inbound {
     pub upstreams: Upstreams,
     /// The port this listener is on (its chains are keyed by it).
     pub port: u16,
+    /// Held by every connection, so a drain knows what is open.
+    pub drain: crate::drain::Watch,
+    /// Request metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether responses carry the response-flags header.
+    pub debug_headers: bool,
 }
 
 /// The verified caller of an mTLS connection.
@@ -67,8 +73,13 @@ struct Mode {
 impl Inbound {
     /// Accepts connections until the listener fails.
     pub async fn serve(self, listener: TcpListener) {
+        let mut drain = self.drain.clone();
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = drain.signaled() => return,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let inbound = self.clone();
                     tokio::spawn(async move {
@@ -232,19 +243,36 @@ impl Inbound {
             let caller = caller.clone();
             async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, &caller).await) }
         });
-        crate::http_server()
-            .serve_connection_with_upgrades(
+        self.drain
+            .clone()
+            .serve(crate::http_server().serve_connection_with_upgrades(
                 TokioIo::new(crate::framing::FramingGuard::new(io)),
                 service,
-            )
+            ))
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Response<Body> {
         let entry = crate::access::Entry::of("inbound", &request);
-        let response = self.forward(request, caller).await;
+        let (service, grpc) = crate::metrics::describe(&request);
+        let started = std::time::Instant::now();
+        let mut response = self.forward(request, caller).await;
         entry.finish(&response);
+        self.metrics.record(&crate::metrics::Finished {
+            reporter: crate::metrics::Reporter::Destination,
+            service: &service,
+            peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
+            grpc,
+            status: response.status().as_u16(),
+            flags: crate::access::response_flags(&response),
+            duration: started.elapsed(),
+        });
+        if !self.debug_headers {
+            response
+                .headers_mut()
+                .remove(crate::outbound::RESPONSE_FLAGS);
+        }
         response
     }
 

@@ -11,10 +11,12 @@
 pub mod access;
 pub mod adapter;
 pub mod admin;
+pub mod drain;
 pub mod framing;
 pub mod hashing;
 pub mod identity;
 pub mod inbound;
+pub mod metrics;
 pub mod model;
 pub mod outbound;
 pub mod rbac;
@@ -62,6 +64,8 @@ pub struct Settings {
     pub outbound_port: u16,
     /// Admin port (0: any free port), on loopback.
     pub admin_port: u16,
+    /// Prometheus metrics port (0: any free port), on the bind address.
+    pub metrics_port: u16,
     /// Per-upstream local ports: (local port, host, port); local port 0 picks a free one.
     pub upstreams: Vec<(u16, String, u16)>,
     /// The mesh's trust domain.
@@ -70,6 +74,10 @@ pub struct Settings {
     pub token: String,
     /// Certificate files to use instead of asking the control plane's CA.
     pub certificate_files: Option<identity::CertificateFiles>,
+    /// How long a drain waits for connections to finish.
+    pub drain_duration: Duration,
+    /// Whether responses carry the response-flags header.
+    pub debug_headers: bool,
 }
 
 /// Where a started sidecar listens.
@@ -81,8 +89,12 @@ pub struct Ports {
     pub outbound: SocketAddr,
     /// Admin.
     pub admin: SocketAddr,
+    /// Prometheus metrics (`/stats/prometheus`).
+    pub metrics: SocketAddr,
     /// Per-upstream local ports, with the `host:port` each leads to.
     pub upstreams: Vec<(SocketAddr, String)>,
+    /// Drains the sidecar (SIGTERM, `/quitquitquit`).
+    pub drain: Arc<drain::Drain>,
 }
 
 /// Why the sidecar could not start.
@@ -111,6 +123,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
     let admin_listener = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| StartError::Bind(admin_addr, e))?;
+    let metrics_listener = bind(settings.metrics_port).await?;
     let local =
         |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
     let mut upstream_listeners = Vec::new();
@@ -135,6 +148,11 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             SocketAddr::new(settings.bind, settings.outbound_port),
         ),
         admin: local(&admin_listener, admin_addr),
+        metrics: local(
+            &metrics_listener,
+            SocketAddr::new(settings.bind, settings.metrics_port),
+        ),
+        drain: Arc::new(drain::Drain::new(settings.drain_duration)),
     };
 
     let channel = Endpoint::from_shared(format!("http://{}", settings.control))
@@ -166,11 +184,16 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
     ));
 
     let upstreams = upstream::Upstreams::new(identity.clone());
+    let metrics = Arc::new(metrics::Metrics::new(&settings.name, &settings.namespace));
+    tokio::spawn(metrics.clone().serve(metrics_listener));
     let inbound = inbound::Inbound {
         config: config.clone(),
         identity: identity.clone(),
         upstreams: upstreams.clone(),
         port: ports.inbound.port(),
+        drain: ports.drain.watch(),
+        metrics: metrics.clone(),
+        debug_headers: settings.debug_headers,
     };
     tokio::spawn(inbound.serve(inbound_listener));
     let outbound = outbound::Outbound {
@@ -178,25 +201,45 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         upstreams,
         balancers: router::Balancers::default(),
         namespace: settings.namespace.clone(),
+        drain: ports.drain.watch(),
+        metrics: metrics.clone(),
+        debug_headers: settings.debug_headers,
     };
     for (listener, _, host, port) in upstream_listeners {
         tokio::spawn(outbound.clone().serve_upstream_port(listener, host, port));
     }
     tokio::spawn(serve_outbound(outbound, outbound_listener));
-    tokio::spawn(admin::Admin { config, identity }.serve(admin_listener));
+    tokio::spawn(
+        admin::Admin {
+            config,
+            identity,
+            drain: ports.drain.clone(),
+        }
+        .serve(admin_listener),
+    );
     Ok(ports)
 }
 
 async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
+    let mut drain = outbound.drain.clone();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = drain.signaled() => return,
+        };
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
         let outbound = outbound.clone();
+        if let Some(original) = outbound::original_destination(&stream) {
+            tokio::spawn(outbound.serve_redirected(stream, peer, original));
+            continue;
+        }
         tokio::spawn(async move {
             xds::Config::wait_warm(&mut outbound.config.clone()).await;
+            let drain = outbound.drain.clone();
             let service = hyper::service::service_fn(move |request| {
                 let outbound = outbound.clone();
                 async move {
@@ -205,11 +248,11 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
                     )
                 }
             });
-            if let Err(error) = http_server()
-                .serve_connection_with_upgrades(
+            if let Err(error) = drain
+                .serve(http_server().serve_connection_with_upgrades(
                     TokioIo::new(framing::FramingGuard::new(stream)),
                     service,
-                )
+                ))
                 .await
             {
                 tracing::debug!(%error, "outbound connection ended");

@@ -405,6 +405,24 @@ pub struct MeshTls {
     pub sni: String,
     /// SPIFFE IDs the server may present (any mesh identity when empty).
     pub identities: Vec<String>,
+    /// A digest of the two, which keys the connection pool (connections are shared only
+    /// between requests that would verify the server alike).
+    #[serde(skip)]
+    pub fingerprint: u64,
+}
+
+impl MeshTls {
+    /// Mesh mTLS sending `sni` and accepting `identities`.
+    pub fn new(sni: String, identities: Vec<String>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&sni, &identities).hash(&mut hasher);
+        Self {
+            sni,
+            identities,
+            fingerprint: hasher.finish(),
+        }
+    }
 }
 
 /// Load balancing policies.

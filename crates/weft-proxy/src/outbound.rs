@@ -3,8 +3,14 @@
 //! destination in its absolute URI or its Host, is routed by the route table of the
 //! destination port, and is sent to an endpoint of the chosen cluster.
 //!
-//! Errors are answered as Envoy answers them, with its response flag in the
-//! [`RESPONSE_FLAGS`] header: no route `404 NR`, no cluster `503 NC`, no healthy endpoint
+//! Connections that iptables or nftables redirected to the outbound listener (transparent
+//! interception) are served by [`Outbound::serve_redirected`]: HTTP when the mesh routes HTTP
+//! on the port the application dialled, each request routed by its Host on that port, and
+//! sent on to where the application was going when no route matches (Istio's passthrough);
+//! opaque TCP straight to that destination otherwise.
+//!
+//! Errors are answered as Envoy answers them, with its response flag in the access log, the
+//! metrics and, with `--debug-headers`, the [`RESPONSE_FLAGS`] header: no route `404 NR`, no cluster `503 NC`, no healthy endpoint
 //! `503 UH`, connect failure `503 UF`, reset `503 UR`, timeout `504 UT`.
 
 use std::sync::Arc;
@@ -35,6 +41,12 @@ pub struct Outbound {
     pub balancers: Balancers,
     /// The workload's namespace, where short host names resolve.
     pub namespace: String,
+    /// Held by every connection, so a drain knows what is open.
+    pub drain: crate::drain::Watch,
+    /// Request metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Whether responses carry the response-flags header.
+    pub debug_headers: bool,
 }
 
 /// A response made by the proxy itself.
@@ -173,8 +185,24 @@ impl Outbound {
         client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         let entry = crate::access::Entry::of("outbound", &request);
-        let response = self.route(request, client).await;
+        let (service, grpc) = crate::metrics::describe(&request);
+        let started = std::time::Instant::now();
+        let mut response = self.route(request, client).await;
         entry.finish(&response);
+        self.metrics.record(&crate::metrics::Finished {
+            reporter: crate::metrics::Reporter::Source,
+            service: &service,
+            peer: None,
+            grpc,
+            status: response.status().as_u16(),
+            flags: crate::access::response_flags(&response),
+            duration: started.elapsed(),
+        });
+        if !self.debug_headers {
+            response
+                .headers_mut()
+                .remove(crate::outbound::RESPONSE_FLAGS);
+        }
         response
     }
 
@@ -212,6 +240,9 @@ impl Outbound {
             .and_then(|table| table.virtual_host(&authority))
             .and_then(|vh| router::select(&vh.routes, &parts, &authority));
         let Some(route) = route else {
+            if let Some(Redirected(original)) = parts.extensions.get::<Redirected>().copied() {
+                return self.passthrough(parts, body, original).await;
+            }
             return local_response(StatusCode::NOT_FOUND, Some("NR"), "no route\n");
         };
         let mut response = match &route.action {
@@ -564,6 +595,98 @@ impl Outbound {
         from_upstream(result, downstream)
     }
 
+    /// Sends a request the mesh has no route for to where the application was sending it,
+    /// in plaintext (Istio's `PassthroughCluster` with `outboundTrafficPolicy: ALLOW_ANY`).
+    async fn passthrough(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        body: Incoming,
+        original: std::net::SocketAddr,
+    ) -> Response<Body> {
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(path) = parts.uri.path_and_query().cloned() {
+            parts.uri = Uri::from(path);
+        }
+        let upgrade = parts.headers.contains_key(hyper::header::UPGRADE);
+        let downstream = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        let request = Request::from_parts(parts, body.boxed());
+        let result = if upgrade {
+            self.upstreams
+                .send_upgrade(original, None, PASSTHROUGH_CONNECT_TIMEOUT, request)
+                .await
+        } else {
+            self.upstreams
+                .send(original, None, false, PASSTHROUGH_CONNECT_TIMEOUT, request)
+                .await
+        };
+        from_upstream(result, downstream)
+    }
+
+    /// Serves a connection that was redirected to the outbound listener on its way to
+    /// `original`; see the module documentation.
+    pub async fn serve_redirected(
+        self,
+        mut stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        original: std::net::SocketAddr,
+    ) {
+        Config::wait_warm(&mut self.config.clone()).await;
+        let http = self
+            .config
+            .borrow()
+            .model
+            .route_table(original.port())
+            .is_some();
+        if !http {
+            if let Ok(Ok(mut upstream)) = tokio::time::timeout(
+                PASSTHROUGH_CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect(original),
+            )
+            .await
+            {
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+            }
+            return;
+        }
+        let drain = self.drain.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let outbound = self.clone();
+            async move {
+                // Routed as the name the application used, on the port it dialled.
+                let host = request
+                    .headers()
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+                    .map_or_else(|| original.ip().to_string(), |a| a.host().to_string());
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                if let Ok(uri) = Uri::builder()
+                    .scheme("http")
+                    .authority(format!("{host}:{}", original.port()))
+                    .path_and_query(path)
+                    .build()
+                {
+                    *request.uri_mut() = uri;
+                }
+                request.extensions_mut().insert(Redirected(original));
+                Ok::<_, std::convert::Infallible>(outbound.handle(request, Some(peer.ip())).await)
+            }
+        });
+        let _ = drain
+            .serve(crate::http_server().serve_connection_with_upgrades(
+                hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(stream)),
+                service,
+            ))
+            .await;
+    }
+
     /// Serves a per-upstream local port: everything that arrives goes to `host:port`. HTTP
     /// when the mesh routes HTTP on that port (each request is routed as if it named
     /// `host:port`), opaque TCP otherwise.
@@ -573,8 +696,13 @@ impl Outbound {
         host: String,
         port: u16,
     ) {
+        let mut drain = self.drain.clone();
         loop {
-            let Ok((mut stream, peer)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = drain.signaled() => return,
+            };
+            let Ok((mut stream, peer)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -591,6 +719,7 @@ impl Outbound {
                     return;
                 }
                 let authority = format!("{host}:{port}");
+                let drain = outbound.drain.clone();
                 let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                     let outbound = outbound.clone();
                     let authority = authority.clone();
@@ -616,15 +745,48 @@ impl Outbound {
                         )
                     }
                 });
-                let _ = crate::http_server()
-                    .serve_connection_with_upgrades(
+                let _ = drain
+                    .serve(crate::http_server().serve_connection_with_upgrades(
                         hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(stream)),
                         service,
-                    )
+                    ))
                     .await;
             });
         }
     }
+}
+
+/// Marks a request that arrived on a redirected connection, with where it was going.
+#[derive(Debug, Clone, Copy)]
+struct Redirected(std::net::SocketAddr);
+
+/// How long a passthrough connection may take to connect.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a connection redirected to this proxy by iptables or nftables (`REDIRECT`, or DNAT)
+/// was going: the original destination conntrack recorded. `None` for a connection made to
+/// the listener itself.
+pub fn original_destination(stream: &tokio::net::TcpStream) -> Option<std::net::SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let local = stream.local_addr().ok()?;
+    let original = match local {
+        SocketAddr::V4(_) => {
+            let address = getsockopt(stream, sockopt::OriginalDst).ok()?;
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)),
+                u16::from_be(address.sin_port),
+            ))
+        }
+        SocketAddr::V6(_) => {
+            let address = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
+            SocketAddr::from((
+                Ipv6Addr::from(address.sin6_addr.s6_addr),
+                u16::from_be(address.sin6_port),
+            ))
+        }
+    };
+    (original != local).then_some(original)
 }
 
 /// The largest request body kept so the request can be retried (Envoy buffers 64 KiB).

@@ -18,7 +18,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::identity::{CurrentIdentity, peer_spiffe_id};
 
-/// ALPN offered and accepted between sidecars.
+/// ALPN accepted from peer sidecars (each offers the one its cluster speaks).
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 fn provider() -> Arc<CryptoProvider> {

@@ -1,7 +1,8 @@
 //! Connections to upstreams: TCP, then mesh mTLS when the endpoint is a mesh workload, then
-//! HTTP/1.1 or HTTP/2, pooled per endpoint. Between sidecars HTTP/2 is negotiated with ALPN,
-//! so HTTP/1.1 requests from applications share multiplexed connections; the original
-//! protocol travels in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
+//! HTTP/1.1 or HTTP/2, pooled per endpoint. The cluster's protocol decides, offered to a peer
+//! sidecar in ALPN: with `h2UpgradePolicy: UPGRADE`, HTTP/1.1 requests from applications
+//! share multiplexed HTTP/2 connections between sidecars, and the original protocol travels
+//! in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,6 +73,13 @@ fn for_http1(request: &mut Request<Body>) {
     }
 }
 
+/// What to offer in ALPN: the protocol the cluster speaks (between sidecars, HTTP/2 only
+/// with `h2UpgradePolicy: UPGRADE`, an `HTTP2`/`GRPC` port, or `useClientProtocol` with an
+/// HTTP/2 client, as in Istio).
+fn alpn(http2: bool) -> &'static [&'static [u8]] {
+    if http2 { &[b"h2"] } else { &[b"http/1.1"] }
+}
+
 /// A byte stream to an upstream: TCP, or TLS over TCP.
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 
@@ -106,10 +114,11 @@ enum Sender {
     Http2(http2::SendRequest<Body>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PoolKey {
     address: SocketAddr,
-    tls: Option<(String, Vec<String>)>,
+    /// [`MeshTls::fingerprint`].
+    tls: Option<u64>,
     http2: bool,
 }
 
@@ -146,7 +155,7 @@ impl Upstreams {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let key = PoolKey {
             address,
-            tls: tls.map(|t| (t.sni.clone(), t.identities.clone())),
+            tls: tls.map(|t| t.fingerprint),
             http2,
         };
         let mut pooled = self.pooled(&key);
@@ -154,7 +163,7 @@ impl Upstreams {
             let reused = pooled.is_some();
             let sender = match pooled.take() {
                 Some(sender) => sender,
-                None => self.connect(&key, connect_timeout).await?,
+                None => self.connect(&key, tls, connect_timeout).await?,
             };
             let result = match sender {
                 Sender::Http2(mut sender) => {
@@ -165,7 +174,7 @@ impl Upstreams {
                     for_http1(&mut request);
                     let result = sender.try_send_request(request).await;
                     if result.is_ok() {
-                        self.release(key.clone(), sender);
+                        self.release(key, sender);
                     }
                     result
                 }
@@ -212,15 +221,16 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, key: &PoolKey, timeout: Duration) -> Result<Sender, UpstreamError> {
-        let tls = key.tls.as_ref().map(|(sni, identities)| MeshTls {
-            sni: sni.clone(),
-            identities: identities.clone(),
-        });
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        tls: Option<&MeshTls>,
+        timeout: Duration,
+    ) -> Result<Sender, UpstreamError> {
         let (stream, negotiated_h2) = self
-            .connect_stream_with(key.address, tls.as_ref(), timeout, &tls::ALPN)
+            .connect_stream_with(key.address, tls, timeout, alpn(key.http2))
             .await?;
-        // Over TLS the peer's ALPN decides; in plaintext, the cluster's protocol options.
+        // Over TLS, what the peer agreed to; in plaintext, the cluster's protocol options.
         let http2 = if tls.is_some() {
             negotiated_h2
         } else {
@@ -327,7 +337,7 @@ impl Upstreams {
         self.http2
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), sender.clone());
+            .insert(*key, sender.clone());
         Ok(Sender::Http2(sender))
     }
 }

@@ -90,7 +90,7 @@ pub fn state_dir(given: Option<&std::path::Path>, config_dir: &std::path::Path) 
     given.map_or_else(|| config_dir.join(".weft"), std::path::Path::to_path_buf)
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let duration = weft_api::Duration::parse(text)?.get();
     if duration.is_zero() {
         return Err("the duration must be positive".to_string());

@@ -49,6 +49,9 @@ pub struct Args {
     /// Admin port on loopback (0: any free port).
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
+    /// Prometheus metrics port, `/stats/prometheus` (0: any free port).
+    #[arg(long, default_value_t = 15020)]
+    metrics_port: u16,
     /// Address the inbound and outbound listeners bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -80,6 +83,15 @@ pub struct Args {
     /// The root certificate peers must chain to, PEM (with --cert-chain).
     #[arg(long, requires = "cert_chain")]
     root_cert: Option<PathBuf>,
+    /// How long a drain (SIGTERM, `POST /quitquitquit`) waits for connections to finish
+    /// (Istio's `terminationDrainDuration`).
+    #[arg(long, default_value = "5s", value_parser = super::control::parse_duration)]
+    drain_duration: std::time::Duration,
+    /// Put the Envoy response flags of errors the proxy answers itself (`NR`, `UH`, `UF`,
+    /// …) in a `weft-response-flags` response header, for debugging. They are always in the
+    /// access log and the metrics.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    debug_headers: bool,
     /// Worker threads (Istio's `concurrency`); 0 = one per CPU.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -153,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         admin_port: args.admin_port,
+        metrics_port: args.metrics_port,
         upstreams: args.upstreams,
         trust_domain: args.trust_domain,
         token,
@@ -162,6 +175,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             _ => None,
         },
+        drain_duration: args.drain_duration,
+        debug_headers: args.debug_headers,
     };
     let runtime = match args.concurrency {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -184,12 +199,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(addr, target)| format!(" upstream {addr}={target}"))
             .collect();
         tracing::info!(
-            "listening: inbound {} outbound {} admin {}{upstreams}",
+            "listening: inbound {} outbound {} admin {} metrics {}{upstreams}",
             ports.inbound,
             ports.outbound,
-            ports.admin
+            ports.admin,
+            ports.metrics
         );
-        super::control::shutdown_signal().await;
+        tokio::select! {
+            () = super::control::shutdown_signal() => ports.drain.drain().await,
+            () = ports.drain.finished() => {}
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -111,6 +111,8 @@ pub struct Proxy {
     pub outbound: String,
     /// Admin pages.
     pub admin: String,
+    /// Prometheus metrics.
+    pub metrics: String,
     /// Per-upstream local ports and the `host:port` each leads to.
     pub upstreams: Vec<(String, String)>,
     /// Everything it has logged so far.
@@ -121,7 +123,16 @@ impl Proxy {
     /// Starts `weft proxy` with `args` (ports default to ephemeral ones) and waits for the
     /// addresses it logs.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_as(None, args)
+    }
+
+    /// As [`Proxy::start`], running as user `uid` when given (Istio runs its proxy as user
+    /// 1337, which interception rules leave alone).
+    pub fn start_as(uid: Option<u32>, args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+        }
         let log = std::env::var("WEFT_TEST_PROXY_LOG")
             .unwrap_or_else(|_| "warn,weft=info,access=info".into());
         command.args(["proxy", "--log", &log]);
@@ -129,6 +140,8 @@ impl Proxy {
             ("--inbound-port", "0"),
             ("--outbound-port", "0"),
             ("--admin-port", "0"),
+            ("--metrics-port", "0"),
+            ("--debug-headers", "true"),
         ] {
             if !args.contains(&flag) {
                 command.args([flag, default]);
@@ -180,6 +193,7 @@ impl Proxy {
             inbound: after("inbound"),
             outbound: after("outbound"),
             admin: after("admin"),
+            metrics: after("metrics"),
             child,
         }
     }
