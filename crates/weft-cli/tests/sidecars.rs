@@ -403,6 +403,17 @@ fn a_call_crosses_sidecars_over_mtls_and_the_server_learns_the_callers_identity(
         dump.contains("outbound|8080||echo.test.svc.cluster.local"),
         "{dump}"
     );
+    // What the control plane sent it, mTLS settings included, as Envoy's config dump.
+    let sent = common::get_json(
+        &mesh.control.as_ref().unwrap().debug,
+        "/debug/config_dump?proxy=client.test",
+    );
+    let sent = sent.to_string();
+    assert!(
+        sent.contains("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+            && sent.contains("spiffe://cluster.local/ns/test/sa/echo"),
+        "{sent}"
+    );
     drop(mesh.dir);
 }
 
@@ -1580,4 +1591,203 @@ fn h2_upgrade_policy_decides_the_protocol_between_sidecars() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A CA of its own and a certificate it signs for `name` (DNS) as a server or a client;
+/// written to `dir` as `<file>-ca.pem`, `<file>.pem` and `<file>-key.pem`.
+fn pki(dir: &Path, file: &str, name: &str, client: bool) {
+    use rcgen::{CertificateParams, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL finds issuers by name.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{file} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join(format!("{file}-ca.pem")), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+/// A child process, killed when dropped (a failed assertion included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTPS server outside the mesh (Python's `ssl`), with the `server` certificate of
+/// [`pki`]; it requires a client certificate of the `client` CA when `mutual`. Answers
+/// `secure` to every GET.
+fn https_server(dir: &Path, mutual: bool) -> (Killed, u16) {
+    let script = r#"
+import http.server, ssl, sys
+d, mutual = sys.argv[1], sys.argv[2] == "1"
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "7")
+        self.end_headers()
+        self.wfile.write(b"secure\n")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(d + "/server.pem", d + "/server-key.pem")
+if mutual:
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(d + "/client-ca.pem")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(if mutual { "1" } else { "0" })
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().parse().expect("the server prints its port");
+    (Killed(child), port)
+}
+
+/// DestinationRule TLS origination: the application sends plain HTTP, the sidecar speaks TLS
+/// to a server outside the mesh (`SIMPLE`), presenting a client certificate (`MUTUAL`), and
+/// refuses a server its CA did not sign (`503 UF`). A rule whose files are missing is
+/// rejected and the last good configuration stays.
+#[test]
+fn destination_rules_originate_tls_to_servers_outside_the_mesh() {
+    let certs = tempfile::tempdir().unwrap();
+    pki(certs.path(), "server", "secure.example.com", false);
+    pki(certs.path(), "client", "client.example.com", true);
+    pki(certs.path(), "other", "secure.example.com", false);
+    let d = certs.path().display();
+    for (mutual, tls, expected) in [
+        (
+            false,
+            format!("{{mode: SIMPLE, caCertificates: {d}/server-ca.pem}}"),
+            200,
+        ),
+        (
+            true,
+            format!(
+                "{{mode: MUTUAL, caCertificates: {d}/server-ca.pem, clientCertificate: {d}/client.pem, privateKey: {d}/client-key.pem, subjectAltNames: [secure.example.com]}}"
+            ),
+            200,
+        ),
+        // The server's CA is not the one the rule trusts.
+        (
+            false,
+            format!("{{mode: SIMPLE, caCertificates: {d}/other-ca.pem}}"),
+            503,
+        ),
+        // No client certificate for a server that wants one.
+        (
+            true,
+            format!("{{mode: SIMPLE, caCertificates: {d}/server-ca.pem}}"),
+            503,
+        ),
+    ] {
+        let (server, port) = https_server(certs.path(), mutual);
+        let extra = format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: test}}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure, namespace: test}}
+spec:
+  host: secure.example.com
+  trafficPolicy:
+    tls: {tls}
+"
+        );
+        let mesh = Mesh::start(&extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (status, body) = loop {
+            let answer = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
+            // Until the service's route arrives: 404.
+            if answer.0 != 404 || Instant::now() > deadline {
+                break answer;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status, expected, "{tls}: {body}");
+        if expected == 200 {
+            assert_eq!(body, "secure\n");
+        }
+        drop(server);
+    }
+
+    // A rule naming files that do not exist is rejected; what was in force stays.
+    let (_server, port) = https_server(certs.path(), false);
+    let service = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: test}}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure, namespace: test}}
+spec:
+  host: secure.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: CA}}
+"
+    );
+    let mesh = Mesh::start(&service.replace("CA", &format!("{d}/server-ca.pem")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while via_proxy(&mesh.client.outbound, "http://secure.example.com/").0 != 200 {
+        assert!(Instant::now() < deadline, "the origination never worked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(
+        config_dir(mesh.dir.path()).join("extra.yaml"),
+        service.replace("CA", "/nonexistent/ca.pem"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mesh.client.log.lock().unwrap().iter().any(|line| {
+        line.contains("configuration rejected (NACK)") && line.contains("/nonexistent/ca.pem")
+    }) {
+        assert!(Instant::now() < deadline, "the bad rule was not rejected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
+    assert_eq!((status, body.as_str()), (200, "secure\n"));
 }

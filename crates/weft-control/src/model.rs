@@ -90,10 +90,25 @@ impl MeshSnapshot {
         }
     }
 
+    /// The DestinationRules for a host: those naming it exactly, else those of the most
+    /// specific wildcard that covers it (`*.shop.svc.cluster.local` before `*.cluster.local`),
+    /// as Istio picks them.
+    pub fn rules_for(&self, host: &str) -> &[(Resource, DestinationRule)] {
+        if let Some(rules) = self.destination_rules.get(host) {
+            return rules;
+        }
+        self.destination_rules
+            .iter()
+            .filter(|(pattern, _)| {
+                pattern.starts_with('*') && weft_api::hosts::covers(pattern, host)
+            })
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map_or(&[], |(_, rules)| rules.as_slice())
+    }
+
     /// The labels of a subset of a host, from the first DestinationRule that defines it.
     pub fn subset_labels(&self, host: &str, subset: &str) -> Option<&BTreeMap<String, String>> {
-        self.destination_rules
-            .get(host)?
+        self.rules_for(host)
             .iter()
             .flat_map(|(_, dr)| &dr.subsets)
             .find(|s| s.name == subset)
@@ -165,6 +180,6 @@ impl MeshSnapshot {
     /// The first DestinationRule for a host: its top-level traffic policy is the one that
     /// applies when several exist.
     pub fn destination_rule(&self, host: &str) -> Option<&DestinationRule> {
-        self.destination_rules.get(host)?.first().map(|(_, dr)| dr)
+        self.rules_for(host).first().map(|(_, dr)| dr)
     }
 }

@@ -14,8 +14,8 @@ use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy,
 };
 use weft_xds::envoy::envoy::config::core::v3::{
-    Address, HeaderValueOption, TransportSocket, address, header_value_option::HeaderAppendAction,
-    socket_address::PortSpecifier, transport_socket,
+    Address, DataSource, HeaderValueOption, TransportSocket, address,
+    header_value_option::HeaderAppendAction, socket_address::PortSpecifier, transport_socket,
 };
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
@@ -45,8 +45,8 @@ use weft_xds::envoy::google::protobuf::{Any, value::Kind};
 use crate::hashing;
 use crate::model::{
     Abort, Action, Cluster, Endpoint, Fault, Forward, HashOn, HeaderChanges, HeaderMatch,
-    InboundPort, LoadBalancer, MeshTls, Model, Outlier, PathMatch, QueryMatch, Redirect,
-    RegexRewrite, Retry, Route, RouteMatch, RouteTable, StringMatch, UpstreamHttp, VirtualHost,
+    InboundPort, LoadBalancer, Model, Outlier, PathMatch, QueryMatch, Redirect, RegexRewrite,
+    Retry, Route, RouteMatch, RouteTable, StringMatch, UpstreamHttp, UpstreamTls, VirtualHost,
     WeightedCluster,
 };
 
@@ -846,7 +846,7 @@ fn cluster_model(
 
 /// The mesh TLS an upstream transport socket asks for; `None` for plaintext. Only mesh mTLS
 /// (certificates from SDS) is supported so far.
-fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<MeshTls>, Rejected> {
+fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<UpstreamTls>, Rejected> {
     let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
         return Ok(None);
     };
@@ -855,14 +855,10 @@ fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<MeshTl
     }
     let context: UpstreamTlsContext = decode("cluster", cluster, any)?;
     let common = context.common_tls_context.unwrap_or_default();
-    if common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(rejected(
-            "cluster",
-            cluster,
-            "TLS origination with files (DestinationRule SIMPLE or MUTUAL) is not supported by this proxy yet",
-        ));
-    }
     use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    if common.tls_certificate_sds_secret_configs.is_empty() {
+        return originate(cluster, context.sni, common).map(Some);
+    }
     let identities = match common.validation_context_type {
         Some(ValidationContextType::CombinedValidationContext(combined)) => combined
             .default_validation_context
@@ -878,7 +874,79 @@ fn upstream_tls(cluster: &str, socket: &TransportSocket) -> Result<Option<MeshTl
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    Ok(Some(MeshTls::new(context.sni, identities)))
+    Ok(Some(UpstreamTls::mesh(context.sni, identities)))
+}
+
+/// TLS origination (DestinationRule `SIMPLE` or `MUTUAL`) from the files the rule names,
+/// read now: a file that cannot be read or used rejects the cluster, and the last good
+/// configuration stays.
+fn originate(
+    cluster: &str,
+    sni: String,
+    common: weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+) -> Result<UpstreamTls, Rejected> {
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let fail = |what: String| rejected("cluster", cluster, what);
+    let validation = match common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(validation)) => validation,
+        _ => Default::default(),
+    };
+    let ca = match &validation.trusted_ca {
+        Some(source) => data_source(source).map_err(|e| fail(format!("caCertificates: {e}")))?,
+        None => crate::tls::system_ca_bundle()
+            .ok_or_else(|| fail("no caCertificates given and no system CA bundle found".into()))?,
+    };
+    let names: Vec<String> = validation
+        .match_typed_subject_alt_names
+        .into_iter()
+        .filter_map(|m| match m.matcher.and_then(|m| m.match_pattern) {
+            Some(MatchPattern::Exact(name)) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let client = match common.tls_certificates.first() {
+        Some(certificate) => {
+            let read = |source: &Option<DataSource>, what: &str| match source {
+                Some(source) => data_source(source).map_err(|e| fail(format!("{what}: {e}"))),
+                None => Err(fail(format!("MUTUAL needs {what}"))),
+            };
+            Some((
+                read(&certificate.certificate_chain, "clientCertificate")?,
+                read(&certificate.private_key, "privateKey")?,
+            ))
+        }
+        None => None,
+    };
+    let config = crate::tls::origination_config(
+        &ca,
+        &names,
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(fail)?;
+    let mut settings: Vec<&[u8]> = vec![&ca];
+    settings.extend(names.iter().map(|n| n.as_bytes()));
+    if let Some((chain, key)) = &client {
+        settings.extend([chain.as_slice(), key.as_slice()]);
+    }
+    Ok(UpstreamTls::origination(
+        sni,
+        config,
+        client.is_some(),
+        &settings,
+    ))
+}
+
+/// The bytes a data source holds: a file's contents, or inline bytes or text.
+fn data_source(source: &DataSource) -> Result<Vec<u8>, String> {
+    use weft_xds::envoy::envoy::config::core::v3::data_source::Specifier;
+    match &source.specifier {
+        Some(Specifier::Filename(path)) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+        }
+        Some(Specifier::InlineBytes(bytes)) => Ok(bytes.clone()),
+        Some(Specifier::InlineString(text)) => Ok(text.as_bytes().to_vec()),
+        _ => Err("no data".into()),
+    }
 }
 
 fn socket_addr(address: &Address) -> Option<SocketAddr> {

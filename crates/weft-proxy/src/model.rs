@@ -363,9 +363,9 @@ pub struct Cluster {
     /// Its endpoints (from EDS, or static).
     pub endpoints: Vec<Endpoint>,
     /// How to connect to endpoints marked as mesh workloads (auto-mTLS).
-    pub mesh_tls: Option<MeshTls>,
+    pub mesh_tls: Option<UpstreamTls>,
     /// How to connect to the others.
-    pub default_tls: Option<MeshTls>,
+    pub default_tls: Option<UpstreamTls>,
     /// Which HTTP version to speak to the upstream.
     pub protocol: UpstreamHttp,
     /// TCP connect timeout.
@@ -398,28 +398,56 @@ pub struct Outlier {
     pub max_ejection_percent: u32,
 }
 
-/// Mesh mTLS towards an upstream.
+/// TLS towards an upstream: the mesh's mTLS, or origination to a server outside the mesh.
 #[derive(Debug, Clone, Serialize)]
-pub struct MeshTls {
+pub struct UpstreamTls {
     /// SNI sent.
     pub sni: String,
-    /// SPIFFE IDs the server may present (any mesh identity when empty).
+    /// Mesh mTLS: SPIFFE IDs the server may present (any mesh identity when empty).
     pub identities: Vec<String>,
-    /// A digest of the two, which keys the connection pool (connections are shared only
-    /// between requests that would verify the server alike).
+    /// Origination (DestinationRule `SIMPLE` or `MUTUAL`): what the server is checked
+    /// against and what is presented, from the rule's files. `None` for mesh mTLS.
+    #[serde(skip)]
+    pub origination: Option<Arc<rustls::ClientConfig>>,
+    /// Whether the origination presents a client certificate (`MUTUAL`).
+    pub mutual: bool,
+    /// A digest of the settings, which keys the connection pool (connections are shared
+    /// only between requests that would verify the server alike).
     #[serde(skip)]
     pub fingerprint: u64,
 }
 
-impl MeshTls {
+impl UpstreamTls {
     /// Mesh mTLS sending `sni` and accepting `identities`.
-    pub fn new(sni: String, identities: Vec<String>) -> Self {
+    pub fn mesh(sni: String, identities: Vec<String>) -> Self {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
         (&sni, &identities).hash(&mut hasher);
         Self {
             sni,
             identities,
+            origination: None,
+            mutual: false,
+            fingerprint: hasher.finish(),
+        }
+    }
+
+    /// TLS origination sending `sni` with `config`; `settings` are the bytes it was made
+    /// from (files' contents), for the pool key.
+    pub fn origination(
+        sni: String,
+        config: Arc<rustls::ClientConfig>,
+        mutual: bool,
+        settings: &[&[u8]],
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&sni, settings, mutual).hash(&mut hasher);
+        Self {
+            sni,
+            identities: Vec::new(),
+            origination: Some(config),
+            mutual,
             fingerprint: hasher.finish(),
         }
     }

@@ -5,6 +5,10 @@
 //!   read after the handshake and must be in the mesh's trust domain.
 //! * Outbound, the server's certificate must chain to the root and carry one of the SPIFFE
 //!   IDs the endpoint is expected to have (EDS metadata) — there is no DNS name to check.
+//!
+//! TLS origination to servers outside the mesh (DestinationRule `SIMPLE` and `MUTUAL`) is
+//! plain TLS: the server chains to the rule's CA certificates (the system's bundle when it
+//! names none) and carries one of its `subjectAltNames` (else the SNI name).
 
 use std::sync::Arc;
 
@@ -155,5 +159,134 @@ impl ServerCertVerifier for PeerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Where Linux distributions keep the system's CA bundle.
+const SYSTEM_CA_BUNDLES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The system's CA bundle (PEM), for origination without `caCertificates`.
+pub fn system_ca_bundle() -> Option<Vec<u8>> {
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .find_map(|path| std::fs::read(path).ok())
+}
+
+/// The TLS configuration of an origination to a server outside the mesh (DestinationRule
+/// `SIMPLE` or `MUTUAL`): the server must chain to a certificate of `ca` (PEM) and carry one
+/// of `names` (the SNI name when there are none); `client` is the PEM certificate chain and
+/// key presented for `MUTUAL`.
+pub fn origination_config(
+    ca: &[u8],
+    names: &[String],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca) {
+        let certificate = certificate.map_err(|e| format!("the CA certificates: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("a CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to check the server against".into());
+    }
+    let provider = provider();
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("the CA certificates: {e}"))?;
+    let names = names
+        .iter()
+        .map(|name| {
+            ServerName::try_from(name.clone()).map_err(|e| format!("subjectAltNames {name:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamedServerVerifier { inner, names }));
+    let config = match client {
+        Some((chain, key)) => {
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the client certificate: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the private key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate and key: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Checks a server outside the mesh: chain to the configured CAs, and one of the configured
+/// names (Istio's `subjectAltNames`), or the SNI name when none are configured.
+#[derive(Debug)]
+struct NamedServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.names.is_empty() {
+            return self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        let mut refused = None;
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+            {
+                Ok(verified) => return Ok(verified),
+                Err(error) => refused = Some(error),
+            }
+        }
+        Err(refused.unwrap_or(rustls::Error::General("no name to check".into())))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

@@ -18,7 +18,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::identity::CurrentIdentity;
-use crate::model::MeshTls;
+use crate::model::UpstreamTls;
 use crate::tls;
 
 /// The body every proxied message is converted to.
@@ -117,7 +117,7 @@ enum Sender {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PoolKey {
     address: SocketAddr,
-    /// [`MeshTls::fingerprint`].
+    /// [`UpstreamTls::fingerprint`].
     tls: Option<u64>,
     http2: bool,
 }
@@ -148,7 +148,7 @@ impl Upstreams {
     pub async fn send(
         &self,
         address: SocketAddr,
-        tls: Option<&MeshTls>,
+        tls: Option<&UpstreamTls>,
         http2: bool,
         connect_timeout: Duration,
         mut request: Request<Body>,
@@ -224,7 +224,7 @@ impl Upstreams {
     async fn connect(
         &self,
         key: &PoolKey,
-        tls: Option<&MeshTls>,
+        tls: Option<&UpstreamTls>,
         timeout: Duration,
     ) -> Result<Sender, UpstreamError> {
         let (stream, negotiated_h2) = self
@@ -247,7 +247,7 @@ impl Upstreams {
     pub async fn connect_stream(
         &self,
         address: SocketAddr,
-        tls: Option<&MeshTls>,
+        tls: Option<&UpstreamTls>,
         timeout: Duration,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
         Ok(self
@@ -261,7 +261,7 @@ impl Upstreams {
     pub async fn send_upgrade(
         &self,
         address: SocketAddr,
-        tls: Option<&MeshTls>,
+        tls: Option<&UpstreamTls>,
         timeout: Duration,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -286,7 +286,7 @@ impl Upstreams {
     async fn connect_stream_with(
         &self,
         address: SocketAddr,
-        tls: Option<&MeshTls>,
+        tls: Option<&UpstreamTls>,
         timeout: Duration,
         alpn: &[&[u8]],
     ) -> Result<(Box<dyn Stream>, bool), UpstreamError> {
@@ -298,11 +298,20 @@ impl Upstreams {
         let Some(tls) = tls else {
             return Ok((Box::new(tcp), false));
         };
-        if self.identity.get().is_none() {
-            self.identity.wait().await;
-        }
-        let config = tls::client_config(&self.identity, tls.identities.clone(), alpn)
-            .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?;
+        let config = match &tls.origination {
+            Some(origination) => {
+                let mut config = rustls::ClientConfig::clone(origination);
+                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                Arc::new(config)
+            }
+            None => {
+                if self.identity.get().is_none() {
+                    self.identity.wait().await;
+                }
+                tls::client_config(&self.identity, tls.identities.clone(), alpn)
+                    .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?
+            }
+        };
         let sni = if tls.sni.is_empty() {
             "mesh.weft"
         } else {

@@ -47,10 +47,8 @@ pub(crate) fn all_names(
         .filter(|s| MeshSnapshot::reachable(s, visible))
     {
         let subsets: Vec<&str> = snapshot
-            .destination_rules
-            .get(&service.host)
-            .into_iter()
-            .flatten()
+            .rules_for(&service.host)
+            .iter()
             .flat_map(|(_, dr)| dr.subsets.iter().map(|s| s.name.as_str()))
             .collect();
         for port in &service.ports {
@@ -116,10 +114,8 @@ pub(crate) fn effective_policy(
         };
     }
     if let Some(sub) = snapshot
-        .destination_rules
-        .get(host)
-        .into_iter()
-        .flatten()
+        .rules_for(host)
+        .iter()
         .flat_map(|(_, dr)| &dr.subsets)
         .find(|s| s.name == subset)
         .and_then(|s| s.traffic_policy.as_ref())

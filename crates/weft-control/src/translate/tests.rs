@@ -348,6 +348,38 @@ fn destination_rule_tls_modes_are_honoured() {
 }
 
 #[test]
+fn a_wildcard_destination_rule_applies_where_no_exact_one_does() {
+    // `details` has no DestinationRule of its own (`reviews` has one in MESH).
+    let details = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: details, namespace: shop}\nspec:\n  hosts: [details]\n  location: MESH_INTERNAL\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.2.1}]\n---\n";
+    let rule = |name: &str, host: &str, mode: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: istio-system}}\nspec:\n  host: \"{host}\"\n  trafficPolicy:\n    tls: {{mode: {mode}}}\n---\n"
+        )
+    };
+    let cluster_of = |rules: &str| {
+        let generator = serving(snapshot_of(&[
+            ("a-rules.yaml", &format!("{details}{rules}")),
+            ("mesh.yaml", MESH),
+        ]));
+        let name = "outbound|9080||details.shop.svc.cluster.local";
+        let resources =
+            generator.generate(&envoy_node(), types::CLUSTER, Some(&[name.to_string()]));
+        Cluster::decode(resources[0].body.value.as_slice()).unwrap()
+    };
+    // No rule: auto mTLS (a socket per endpoint kind).
+    assert!(!cluster_of("").transport_socket_matches.is_empty());
+    // The more specific wildcard wins over the broader one.
+    let cluster = cluster_of(
+        &(rule("broad", "*.cluster.local", "ISTIO_MUTUAL")
+            + &rule("shop", "*.shop.svc.cluster.local", "DISABLE")),
+    );
+    assert!(cluster.transport_socket.is_none() && cluster.transport_socket_matches.is_empty());
+    // Only the broad one: it applies.
+    let cluster = cluster_of(&rule("broad", "*.cluster.local", "ISTIO_MUTUAL"));
+    assert!(cluster.transport_socket.is_some());
+}
+
+#[test]
 fn the_root_is_served_as_rootca_and_the_workload_key_never_is() {
     let generator = generator_with(
         "",
