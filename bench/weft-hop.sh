@@ -65,6 +65,18 @@ spec:
   workloadSelector:
     labels: {app: $service}
 YAML
+    if [[ -e $HOP_SHARED/h2 ]]; then
+      cat >> "$HOP_SHARED/config/$service.yaml" <<YAML
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: $service, namespace: bench}
+spec:
+  host: $service.bench.svc.cluster.local
+  trafficPolicy:
+    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+YAML
+    fi
     wait_for_registry "$service"
     identity=(--token-file "$HOP_SHARED/token-b")
     if [[ $HOP_NAME == neg-* ]]; then

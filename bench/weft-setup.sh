@@ -20,17 +20,8 @@ metadata: {name: default, namespace: istio-system}
 spec:
   mtls: {mode: STRICT}
 YAML
-if [[ ${WEFT_HOP_H2:-0} == 1 ]]; then
-  cat > "$d/config/h2.yaml" <<'YAML'
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: upgrade-to-h2, namespace: istio-system}
-spec:
-  host: "*.bench.svc.cluster.local"
-  trafficPolicy:
-    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
-YAML
-fi
+# WEFT_HOP_H2=1: B's service gets h2UpgradePolicy UPGRADE (weft-hop.sh reads this marker).
+if [[ ${WEFT_HOP_H2:-0} == 1 ]]; then touch "$d/h2"; fi
 for account in a b hop; do
   "$WEFT" join-token --namespace bench --service-account "$account" \
     --config-dir "$d/config" --state-dir "$d/state" > "$d/token-$account"

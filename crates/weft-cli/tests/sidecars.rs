@@ -1673,6 +1673,31 @@ server.serve_forever()
     (Killed(child), port)
 }
 
+/// `secure.example.com`, outside the mesh, served on 127.0.0.1:`port`, with the
+/// DestinationRule `tls` settings given.
+fn secure_service(port: u16, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: test}}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_EXTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure, namespace: test}}
+spec:
+  host: secure.example.com
+  trafficPolicy:
+    tls: {tls}
+"
+    )
+}
+
 /// DestinationRule TLS origination: the application sends plain HTTP, the sidecar speaks TLS
 /// to a server outside the mesh (`SIMPLE`), presenting a client certificate (`MUTUAL`), and
 /// refuses a server its CA did not sign (`503 UF`). A rule whose files are missing is
@@ -1711,27 +1736,7 @@ fn destination_rules_originate_tls_to_servers_outside_the_mesh() {
         ),
     ] {
         let (server, port) = https_server(certs.path(), mutual);
-        let extra = format!(
-            "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: secure, namespace: test}}
-spec:
-  hosts: [secure.example.com]
-  location: MESH_EXTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: secure, namespace: test}}
-spec:
-  host: secure.example.com
-  trafficPolicy:
-    tls: {tls}
-"
-        );
-        let mesh = Mesh::start(&extra);
+        let mesh = Mesh::start(&secure_service(port, &tls));
         let deadline = Instant::now() + Duration::from_secs(30);
         let (status, body) = loop {
             let answer = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
@@ -1750,27 +1755,9 @@ spec:
 
     // A rule naming files that do not exist is rejected; what was in force stays.
     let (_server, port) = https_server(certs.path(), false);
-    let service = format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: secure, namespace: test}}
-spec:
-  hosts: [secure.example.com]
-  location: MESH_EXTERNAL
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: secure, namespace: test}}
-spec:
-  host: secure.example.com
-  trafficPolicy:
-    tls: {{mode: SIMPLE, caCertificates: CA}}
-"
-    );
-    let mesh = Mesh::start(&service.replace("CA", &format!("{d}/server-ca.pem")));
+    let service =
+        |ca: &str| secure_service(port, &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    let mesh = Mesh::start(&service(&format!("{d}/server-ca.pem")));
     let deadline = Instant::now() + Duration::from_secs(30);
     while via_proxy(&mesh.client.outbound, "http://secure.example.com/").0 != 200 {
         assert!(Instant::now() < deadline, "the origination never worked");
@@ -1778,7 +1765,7 @@ spec:
     }
     std::fs::write(
         config_dir(mesh.dir.path()).join("extra.yaml"),
-        service.replace("CA", "/nonexistent/ca.pem"),
+        service("/nonexistent/ca.pem"),
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -254,25 +254,10 @@ impl Inbound {
     }
 
     async fn handle(&self, request: Request<Incoming>, caller: &Caller) -> Response<Body> {
-        let entry = crate::access::Entry::of("inbound", &request);
-        let (service, grpc) = crate::metrics::describe(&request);
-        let started = std::time::Instant::now();
+        let entry = crate::access::Entry::of(crate::metrics::Reporter::Destination, &request);
         let mut response = self.forward(request, caller).await;
-        entry.finish(&response);
-        self.metrics.record(&crate::metrics::Finished {
-            reporter: crate::metrics::Reporter::Destination,
-            service: &service,
-            peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
-            grpc,
-            status: response.status().as_u16(),
-            flags: crate::access::response_flags(&response),
-            duration: started.elapsed(),
-        });
-        if !self.debug_headers {
-            response
-                .headers_mut()
-                .remove(crate::outbound::RESPONSE_FLAGS);
-        }
+        let peer = caller.peer.as_ref().map(|p| p.spiffe_id.as_str());
+        entry.finish(&mut response, &self.metrics, peer, self.debug_headers);
         response
     }
 

@@ -184,25 +184,9 @@ impl Outbound {
         request: Request<Incoming>,
         client: Option<std::net::IpAddr>,
     ) -> Response<Body> {
-        let entry = crate::access::Entry::of("outbound", &request);
-        let (service, grpc) = crate::metrics::describe(&request);
-        let started = std::time::Instant::now();
+        let entry = crate::access::Entry::of(crate::metrics::Reporter::Source, &request);
         let mut response = self.route(request, client).await;
-        entry.finish(&response);
-        self.metrics.record(&crate::metrics::Finished {
-            reporter: crate::metrics::Reporter::Source,
-            service: &service,
-            peer: None,
-            grpc,
-            status: response.status().as_u16(),
-            flags: crate::access::response_flags(&response),
-            duration: started.elapsed(),
-        });
-        if !self.debug_headers {
-            response
-                .headers_mut()
-                .remove(crate::outbound::RESPONSE_FLAGS);
-        }
+        entry.finish(&mut response, &self.metrics, None, self.debug_headers);
         response
     }
 
@@ -662,19 +646,7 @@ impl Outbound {
                     .and_then(|h| h.to_str().ok())
                     .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
                     .map_or_else(|| original.ip().to_string(), |a| a.host().to_string());
-                let path = request
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                if let Ok(uri) = Uri::builder()
-                    .scheme("http")
-                    .authority(format!("{host}:{}", original.port()))
-                    .path_and_query(path)
-                    .build()
-                {
-                    *request.uri_mut() = uri;
-                }
+                address_to(&mut request, &format!("{host}:{}", original.port()));
                 request.extensions_mut().insert(Redirected(original));
                 Ok::<_, std::convert::Infallible>(outbound.handle(request, Some(peer.ip())).await)
             }
@@ -724,19 +696,7 @@ impl Outbound {
                     let outbound = outbound.clone();
                     let authority = authority.clone();
                     async move {
-                        let path = request
-                            .uri()
-                            .path_and_query()
-                            .map_or("/", |p| p.as_str())
-                            .to_string();
-                        if let Ok(uri) = Uri::builder()
-                            .scheme("http")
-                            .authority(authority.as_str())
-                            .path_and_query(path)
-                            .build()
-                        {
-                            *request.uri_mut() = uri;
-                        }
+                        address_to(&mut request, &authority);
                         if let Ok(host) = HeaderValue::from_str(&authority) {
                             request.headers_mut().insert(HOST, host);
                         }
@@ -753,6 +713,23 @@ impl Outbound {
                     .await;
             });
         }
+    }
+}
+
+/// Makes a request's URI absolute with `authority`, so it is routed as naming it.
+fn address_to(request: &mut Request<Incoming>, authority: &str) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    {
+        *request.uri_mut() = uri;
     }
 }
 
