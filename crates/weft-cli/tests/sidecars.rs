@@ -76,9 +76,8 @@ fn serve_echo(mut stream: TcpStream, version: &str) {
     let _ = stream.write_all(&response);
 }
 
-/// A TCP relay from `listen` to `target` that keeps what the client side sent.
-fn relay(listen: &str, target: String) -> Arc<Mutex<Vec<u8>>> {
-    let listener = TcpListener::bind(listen).unwrap();
+/// A TCP relay from `listener` to `target` that keeps what the client side sent.
+fn relay(listener: TcpListener, target: String) -> Arc<Mutex<Vec<u8>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     std::thread::spawn(move || {
@@ -205,12 +204,17 @@ impl Mesh {
             let app = app(version);
             // The first server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2,
             // where a relay records what the client's sidecar sends.
-            let inbound = free_port();
+            let mut inbound = free_port();
             let instance_ip = if index == 0 {
-                wire = relay(
-                    &format!("127.0.0.2:{inbound}"),
-                    format!("127.0.0.1:{inbound}"),
-                );
+                // A port free on 127.0.0.2 as well (a client socket of another test may hold
+                // it there).
+                let listener = loop {
+                    match TcpListener::bind(("127.0.0.2", inbound)) {
+                        Ok(listener) => break listener,
+                        Err(_) => inbound = free_port(),
+                    }
+                };
+                wire = relay(listener, format!("127.0.0.1:{inbound}"));
                 "127.0.0.2"
             } else {
                 "127.0.0.1"
