@@ -44,15 +44,24 @@ fn echo_app(version: &'static str) -> u16 {
 /// Requests the `flaky` application has seen; it fails every other one with 503.
 static FLAKY_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn serve_echo(mut stream: TcpStream, version: &str) {
+/// Reads an HTTP head byte by byte, so nothing after it is consumed; `None` when the stream
+/// ends first.
+fn read_head(stream: &mut impl Read) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
+        if stream.read(&mut byte).ok()? != 1 {
+            return None;
         }
+        head.push(byte[0]);
     }
+    Some(head)
+}
+
+fn serve_echo(mut stream: TcpStream, version: &str) {
+    let Some(head) = read_head(&mut stream) else {
+        return;
+    };
     if version == "slow" {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -1140,14 +1149,9 @@ fn sink_app() -> u16 {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut stream) else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 let length: u64 = head
                     .lines()
@@ -1294,12 +1298,7 @@ fn raw_tcp_crosses_the_sidecars_through_a_connect_tunnel() {
         "CONNECT tcpecho:9000 HTTP/1.1\r\nHost: tcpecho:9000\r\n\r\n"
     )
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tunnel.read(&mut byte).unwrap(), 1, "{head:?}");
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut tunnel).expect("a whole response head");
     assert!(
         head.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -1334,14 +1333,9 @@ fn websocket_app() -> u16 {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
+                let Some(head) = read_head(&mut stream) else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 if !head.contains("upgrade: websocket") {
                     let _ = stream.write_all(
@@ -1374,12 +1368,7 @@ fn websocket_upgrades_cross_the_sidecars() {
         "GET http://{host}/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "{head:?}");
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut stream).expect("a whole response head");
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
@@ -1498,11 +1487,7 @@ fn gate_app(
         for mut stream in listener.incoming().map_while(Result::ok) {
             let (arrived, release) = (arrived.clone(), release.clone());
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
+                let _ = read_head(&mut stream);
                 let _ = arrived.send(());
                 let _ = release
                     .lock()
