@@ -26,6 +26,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.proto",
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];

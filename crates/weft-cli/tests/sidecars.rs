@@ -1767,3 +1767,150 @@ fn destination_rules_originate_tls_to_servers_outside_the_mesh() {
     let (status, body) = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
     assert_eq!((status, body.as_str()), (200, "secure\n"));
 }
+
+/// An application that speaks HTTP or not, as its callers do: to a request it answers `200`
+/// with the `x-forwarded-client-cert` it received; any other bytes it echoes after `echo:`.
+fn http_or_echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&stream);
+                let Ok(first) = std::io::BufRead::fill_buf(&mut reader) else {
+                    return;
+                };
+                if first.starts_with(b"GET ") {
+                    let Some(head) = read_head(&mut reader) else {
+                        return;
+                    };
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let xfcc = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-forwarded-client-cert: "))
+                        .unwrap_or("none")
+                        .to_string();
+                    let _ = write!(
+                        &stream,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xfcc}",
+                        xfcc.len()
+                    );
+                } else {
+                    let _ = (&stream).write_all(b"echo:");
+                    let _ = std::io::copy(&mut reader, &mut &stream);
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_port_of_undeclared_protocol_carries_http_and_opaque_tcp_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_dir(dir.path());
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(
+        config.join("strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+    )
+    .unwrap();
+    let control = common::Control::start(&config);
+    // `db` exists only because its sidecar says it serves port 7000: no protocol declared.
+    let server = common::Proxy::start(&[
+        "--control",
+        &control.xds,
+        "--name",
+        "db",
+        "--namespace",
+        "test",
+        "--service",
+        "db:7000",
+        "--service-account",
+        "db",
+        "--app-port",
+        &http_or_echo_app().to_string(),
+        "--token",
+        &common::join_token(&config, "test", "db"),
+    ]);
+    let client = common::Proxy::start(&[
+        "--control",
+        &control.xds,
+        "--name",
+        "client",
+        "--namespace",
+        "test",
+        "--service-account",
+        "client",
+        "--token",
+        &common::join_token(&config, "test", "client"),
+        "--upstream",
+        "0=db:7000",
+    ]);
+    server.until_ready();
+    client.until_ready();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dump = common::get_json(&client.admin, "/config_dump");
+        let sniffed = dump["model"]["sniffed_ports"]
+            .as_array()
+            .is_some_and(|ports| ports.iter().any(|p| p == 7000));
+        if sniffed && common::get(&client.admin, "/clusters").contains(&server.inbound) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never learned of db:7000"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let inbound = &common::get_json(&server.admin, "/config_dump")["model"]["inbound"];
+    let port = inbound
+        .as_object()
+        .and_then(|ports| ports.values().next())
+        .expect("an inbound port");
+    assert!(
+        !port["http"].is_null() && !port["tcp"].is_null(),
+        "the inbound port should carry both: {port}"
+    );
+
+    let (local, _) = &client.upstreams[0];
+    let exchange = |bytes: &[u8], expected: usize| {
+        let mut stream = TcpStream::connect(local).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut received = vec![0u8; expected];
+        stream.read_exact(&mut received).unwrap();
+        received
+    };
+    // HTTP is recognised at both sidecars: routed, and the caller's identity added.
+    let mut stream = TcpStream::connect(local).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: db\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("uri=spiffe://cluster.local/ns/test/sa/client"),
+        "{response}"
+    );
+    // A binary protocol and TLS-looking bytes pass as they are, over mesh mTLS (STRICT).
+    let redis = b"*1\r\n$4\r\nPING\r\n";
+    assert_eq!(
+        exchange(redis, 5 + redis.len()),
+        [b"echo:", &redis[..]].concat()
+    );
+    let hello = [0x16, 0x03, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'];
+    assert_eq!(
+        exchange(&hello, 5 + hello.len()),
+        [b"echo:", &hello[..]].concat()
+    );
+    // Bytes that begin like a request line but are not one are opaque too.
+    assert_eq!(exchange(b"GETTING", 12), b"echo:GETTING");
+}

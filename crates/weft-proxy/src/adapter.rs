@@ -45,9 +45,8 @@ use weft_xds::envoy::google::protobuf::{Any, value::Kind};
 use crate::hashing;
 use crate::model::{
     Abort, Action, Cluster, Endpoint, Fault, Forward, HashOn, HeaderChanges, HeaderMatch,
-    InboundPort, LoadBalancer, Model, Outlier, PathMatch, QueryMatch, Redirect, RegexRewrite,
-    Retry, Route, RouteMatch, RouteTable, StringMatch, UpstreamHttp, UpstreamTls, VirtualHost,
-    WeightedCluster,
+    LoadBalancer, Model, Outlier, PathMatch, QueryMatch, Redirect, RegexRewrite, Retry, Route,
+    RouteMatch, RouteTable, StringMatch, UpstreamHttp, UpstreamTls, VirtualHost, WeightedCluster,
 };
 
 /// The resources a proxy holds, as received, by type and name.
@@ -79,6 +78,9 @@ fn rejected(kind: &'static str, name: &str, reason: impl Into<String>) -> Reject
         reason: reason.into(),
     }
 }
+
+/// The listener filter that marks an outbound port whose protocol is detected per connection.
+const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 
 fn decode<M: Message + Default>(kind: &'static str, name: &str, any: &Any) -> Result<M, Rejected> {
     M::decode(any.value.as_slice()).map_err(|e| rejected(kind, name, format!("undecodable: {e}")))
@@ -143,6 +145,13 @@ pub fn build(received: &Received) -> Result<Model, Rejected> {
             {
                 model.outbound_ports.insert(port, route);
             }
+            if listener
+                .listener_filters
+                .iter()
+                .any(|f| f.name == HTTP_INSPECTOR)
+            {
+                model.sniffed_ports.insert(port);
+            }
         } else if listener.traffic_direction
             == weft_xds::envoy::envoy::config::core::v3::TrafficDirection::Inbound as i32
         {
@@ -161,14 +170,11 @@ pub fn build(received: &Received) -> Result<Model, Rejected> {
                     .filters
                     .iter()
                     .any(|f| f.name == "envoy.filters.network.tcp_proxy");
-                let entry = match model.inbound.entry(port) {
-                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(entry) => entry.insert(InboundPort {
-                        tcp,
-                        rbac: chain_rbac(name, &chain.filters)?,
-                        ..InboundPort::default()
-                    }),
-                };
+                let entry = model.inbound.entry(port).or_default();
+                let serves = if tcp { &mut entry.tcp } else { &mut entry.http };
+                if serves.is_none() {
+                    *serves = Some(chain_rbac(name, &chain.filters)?);
+                }
                 match matched.transport_protocol.as_str() {
                     "tls" => entry.mtls = true,
                     _ => entry.plaintext = true,

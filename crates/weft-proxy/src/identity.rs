@@ -256,6 +256,12 @@ impl CurrentIdentity {
         self.inner.send_replace(Some(Arc::new(identity)));
     }
 
+    /// Waits, however long it takes, until there is an identity.
+    pub async fn obtained(&self) {
+        let mut changes = self.inner.subscribe();
+        let _ = changes.wait_for(Option::is_some).await;
+    }
+
     /// Waits, for at most ten seconds, until there is an identity.
     pub async fn wait(&self) {
         let mut changes = self.inner.subscribe();

@@ -67,7 +67,16 @@ struct Caller {
 struct Mode {
     mtls: bool,
     plaintext: bool,
-    tcp: bool,
+    serves: Serves,
+}
+
+/// What a port carries to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    Http,
+    Tcp,
+    /// Undeclared: whatever each connection's first bytes say.
+    Detect,
 }
 
 impl Inbound {
@@ -104,12 +113,16 @@ impl Inbound {
             Mode {
                 mtls: true,
                 plaintext: false,
-                tcp: false,
+                serves: Serves::Http,
             },
             |port| Mode {
                 mtls: port.mtls,
                 plaintext: port.plaintext,
-                tcp: port.tcp,
+                serves: match (&port.http, &port.tcp) {
+                    (Some(_), Some(_)) => Serves::Detect,
+                    (None, Some(_)) => Serves::Tcp,
+                    _ => Serves::Http,
+                },
             },
         )
     }
@@ -124,7 +137,14 @@ impl Inbound {
         let Some(port) = config.model.inbound.get(&self.port) else {
             return Ok(());
         };
-        port.rbac.check(&crate::rbac::Request {
+        let rbac = match http {
+            Some(_) => port.http.as_ref(),
+            None => port.tcp.as_ref(),
+        };
+        let Some(rbac) = rbac else {
+            return Err("the port does not carry this protocol".into());
+        };
+        rbac.check(&crate::rbac::Request {
             peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
             source: caller.source,
             destination: (caller.local.ip(), self.port),
@@ -183,11 +203,7 @@ impl Inbound {
                 source,
                 local,
             };
-            if mode.tcp {
-                self.authorize(&caller, None)?;
-                return self.splice_to_app(tls).await;
-            }
-            self.serve_http(tls, caller).await
+            self.carry(tls, caller, mode.serves).await
         } else {
             if !mode.plaintext {
                 return Err("plaintext on a port whose PeerAuthentication is STRICT".into());
@@ -197,11 +213,28 @@ impl Inbound {
                 source,
                 local,
             };
-            if mode.tcp {
+            self.carry(stream, caller, mode.serves).await
+        }
+    }
+
+    /// Carries an accepted (and, for mTLS, terminated) connection to the application.
+    async fn carry<T>(&self, io: T, caller: Caller, serves: Serves) -> Result<(), String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match serves {
+            Serves::Http => self.serve_http(io, caller).await,
+            Serves::Tcp => {
                 self.authorize(&caller, None)?;
-                return self.splice_to_app(stream).await;
+                self.splice_to_app(io).await
             }
-            self.serve_http(stream, caller).await
+            Serves::Detect => match crate::sniff::detect(io).await.map_err(|e| e.to_string())? {
+                (crate::sniff::Detected::Http, io) => self.serve_http(io, caller).await,
+                (crate::sniff::Detected::Opaque, io) => {
+                    self.authorize(&caller, None)?;
+                    self.splice_to_app(io).await
+                }
+            },
         }
     }
 

@@ -21,6 +21,7 @@ pub mod model;
 pub mod outbound;
 pub mod rbac;
 pub mod router;
+pub mod sniff;
 pub mod tls;
 pub mod upstream;
 pub mod xds;
@@ -95,6 +96,35 @@ pub struct Ports {
     pub upstreams: Vec<(SocketAddr, String)>,
     /// Drains the sidecar (SIGTERM, `/quitquitquit`).
     pub drain: Arc<drain::Drain>,
+    /// Tells when the sidecar is ready.
+    pub readiness: Readiness,
+}
+
+/// Whether a sidecar is ready for its application: it holds a certificate and a whole first
+/// configuration (listeners, clusters, and the routes and endpoints they name).
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    config: watch::Receiver<Arc<xds::Config>>,
+    identity: identity::CurrentIdentity,
+}
+
+impl Readiness {
+    /// Whether a certificate was obtained.
+    pub fn has_certificate(&self) -> bool {
+        self.identity.get().is_some()
+    }
+
+    /// Whether a whole first configuration arrived.
+    pub fn has_configuration(&self) -> bool {
+        self.config.borrow().warm
+    }
+
+    /// Waits until both.
+    pub async fn wait(&self) {
+        let mut config = self.config.clone();
+        let _ = config.wait_for(|c| c.warm).await;
+        self.identity.obtained().await;
+    }
 }
 
 /// Why the sidecar could not start.
@@ -126,6 +156,8 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
     let metrics_listener = bind(settings.metrics_port).await?;
     let local =
         |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
+    let identity = identity::CurrentIdentity::default();
+    let (config_tx, config) = watch::channel(Arc::new(xds::Config::default()));
     let mut upstream_listeners = Vec::new();
     for (local, host, port) in &settings.upstreams {
         let listener = bind(*local).await?;
@@ -153,6 +185,10 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             SocketAddr::new(settings.bind, settings.metrics_port),
         ),
         drain: Arc::new(drain::Drain::new(settings.drain_duration)),
+        readiness: Readiness {
+            config: config.clone(),
+            identity: identity.clone(),
+        },
     };
 
     let channel = Endpoint::from_shared(format!("http://{}", settings.control))
@@ -161,7 +197,6 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    let identity = identity::CurrentIdentity::default();
     let spiffe_id = identity::spiffe_id(
         &settings.trust_domain,
         &settings.namespace,
@@ -176,7 +211,6 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             spiffe_id,
         )),
     };
-    let (config_tx, config) = watch::channel(Arc::new(xds::Config::default()));
     tokio::spawn(xds::run(
         channel,
         node(&settings, ports.inbound.port()),

@@ -17,6 +17,9 @@ pub struct Model {
     pub routes: HashMap<String, Arc<RouteTable>>,
     /// The route table of each outbound port.
     pub outbound_ports: HashMap<u16, String>,
+    /// Outbound ports whose protocol is detected per connection: HTTP is routed, the rest
+    /// passes through as opaque TCP.
+    pub sniffed_ports: std::collections::HashSet<u16>,
     /// Clusters by name (`outbound|9080|v1|reviews.shop.svc.cluster.local`).
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// How each inbound port accepts connections.
@@ -40,10 +43,11 @@ pub struct InboundPort {
     pub mtls: bool,
     /// Plaintext connections.
     pub plaintext: bool,
-    /// Opaque TCP to the application rather than HTTP.
-    pub tcp: bool,
-    /// Authorization.
-    pub rbac: crate::rbac::Rbac,
+    /// HTTP to the application, authorized by these policies.
+    pub http: Option<crate::rbac::Rbac>,
+    /// Opaque TCP to the application, authorized by these policies. A port with both takes
+    /// each connection as what its first bytes say ([`crate::sniff`]).
+    pub tcp: Option<crate::rbac::Rbac>,
 }
 
 /// The virtual hosts of one outbound port.

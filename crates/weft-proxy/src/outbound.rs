@@ -352,10 +352,17 @@ impl Outbound {
                 (None, Some(body)) => body.boxed(),
                 (None, None) => break,
             });
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = parts.uri.clone();
             *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
+            if attempt + 1 == attempts {
+                // The last attempt takes the request's head; earlier ones copy it.
+                *request.method_mut() = std::mem::take(&mut parts.method);
+                *request.uri_mut() = std::mem::take(&mut parts.uri);
+                *request.headers_mut() = std::mem::take(&mut parts.headers);
+            } else {
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.headers_mut() = parts.headers.clone();
+            }
             let tls = if pick.endpoint.mesh {
                 cluster.mesh_tls.as_ref()
             } else {
@@ -612,34 +619,52 @@ impl Outbound {
     /// `original`; see the module documentation.
     pub async fn serve_redirected(
         self,
-        mut stream: tokio::net::TcpStream,
+        stream: tokio::net::TcpStream,
         peer: std::net::SocketAddr,
         original: std::net::SocketAddr,
     ) {
         Config::wait_warm(&mut self.config.clone()).await;
-        let http = self
-            .config
-            .borrow()
-            .model
-            .route_table(original.port())
-            .is_some();
-        if !http {
-            if let Ok(Ok(mut upstream)) = tokio::time::timeout(
-                PASSTHROUGH_CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect(original),
-            )
-            .await
-            {
-                let _ = upstream.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-            }
-            return;
+        match self.carries(original.port()) {
+            Carries::Http => self.redirected_http(stream, peer, original).await,
+            Carries::Tcp => passthrough_tcp(stream, original).await,
+            Carries::Detect => match crate::sniff::detect(stream).await {
+                Ok((crate::sniff::Detected::Http, stream)) => {
+                    self.redirected_http(stream, peer, original).await;
+                }
+                Ok((crate::sniff::Detected::Opaque, stream)) => {
+                    passthrough_tcp(stream, original).await;
+                }
+                Err(_) => {}
+            },
         }
+    }
+
+    /// What connections to an outbound `port` carry, from the configuration.
+    fn carries(&self, port: u16) -> Carries {
+        let config = self.config.borrow();
+        if config.model.route_table(port).is_none() {
+            Carries::Tcp
+        } else if config.model.sniffed_ports.contains(&port) {
+            Carries::Detect
+        } else {
+            Carries::Http
+        }
+    }
+
+    /// HTTP on a redirected connection: each request is routed as the name the application
+    /// used (its Host), on the port it dialled.
+    async fn redirected_http<T>(
+        self,
+        io: T,
+        peer: std::net::SocketAddr,
+        original: std::net::SocketAddr,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let drain = self.drain.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let outbound = self.clone();
             async move {
-                // Routed as the name the application used, on the port it dialled.
                 let host = request
                     .headers()
                     .get(HOST)
@@ -653,7 +678,7 @@ impl Outbound {
         });
         let _ = drain
             .serve(crate::http_server().serve_connection_with_upgrades(
-                hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(stream)),
+                hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(io)),
                 service,
             ))
             .await;
@@ -661,7 +686,8 @@ impl Outbound {
 
     /// Serves a per-upstream local port: everything that arrives goes to `host:port`. HTTP
     /// when the mesh routes HTTP on that port (each request is routed as if it named
-    /// `host:port`), opaque TCP otherwise.
+    /// `host:port`), opaque TCP otherwise, and on a port of undeclared protocol whatever
+    /// each connection's first bytes say.
     pub async fn serve_upstream_port(
         self,
         listener: tokio::net::TcpListener,
@@ -674,7 +700,7 @@ impl Outbound {
                 accepted = listener.accept() => accepted,
                 () = drain.signaled() => return,
             };
-            let Ok((mut stream, peer)) = accepted else {
+            let Ok((stream, peer)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -683,36 +709,82 @@ impl Outbound {
             let host = host.clone();
             tokio::spawn(async move {
                 crate::xds::Config::wait_warm(&mut outbound.config.clone()).await;
-                let http = outbound.config.borrow().model.route_table(port).is_some();
-                if !http {
-                    if let Ok(mut upstream) = outbound.connect_to(&host, port).await {
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-                    }
-                    return;
-                }
-                let authority = format!("{host}:{port}");
-                let drain = outbound.drain.clone();
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    let outbound = outbound.clone();
-                    let authority = authority.clone();
-                    async move {
-                        address_to(&mut request, &authority);
-                        if let Ok(host) = HeaderValue::from_str(&authority) {
-                            request.headers_mut().insert(HOST, host);
+                match outbound.carries(port) {
+                    Carries::Http => outbound.upstream_http(stream, peer, host, port).await,
+                    Carries::Tcp => outbound.upstream_tcp(stream, &host, port).await,
+                    Carries::Detect => match crate::sniff::detect(stream).await {
+                        Ok((crate::sniff::Detected::Http, stream)) => {
+                            outbound.upstream_http(stream, peer, host, port).await;
                         }
-                        Ok::<_, std::convert::Infallible>(
-                            outbound.handle(request, Some(peer.ip())).await,
-                        )
-                    }
-                });
-                let _ = drain
-                    .serve(crate::http_server().serve_connection_with_upgrades(
-                        hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(stream)),
-                        service,
-                    ))
-                    .await;
+                        Ok((crate::sniff::Detected::Opaque, stream)) => {
+                            outbound.upstream_tcp(stream, &host, port).await;
+                        }
+                        Err(_) => {}
+                    },
+                }
             });
         }
+    }
+
+    /// Opaque TCP on a per-upstream port: to an endpoint of the service.
+    async fn upstream_tcp<T>(&self, mut io: T, host: &str, port: u16)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if let Ok(mut upstream) = self.connect_to(host, port).await {
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+        }
+    }
+
+    /// HTTP on a per-upstream port: every request is routed as if it named `host:port`.
+    async fn upstream_http<T>(self, io: T, peer: std::net::SocketAddr, host: String, port: u16)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let authority = format!("{host}:{port}");
+        let drain = self.drain.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let outbound = self.clone();
+            let authority = authority.clone();
+            async move {
+                address_to(&mut request, &authority);
+                if let Ok(host) = HeaderValue::from_str(&authority) {
+                    request.headers_mut().insert(HOST, host);
+                }
+                Ok::<_, std::convert::Infallible>(outbound.handle(request, Some(peer.ip())).await)
+            }
+        });
+        let _ = drain
+            .serve(crate::http_server().serve_connection_with_upgrades(
+                hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(io)),
+                service,
+            ))
+            .await;
+    }
+}
+
+/// What connections to an outbound port carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Http,
+    Tcp,
+    /// A port of undeclared protocol: HTTP or not, by each connection's first bytes.
+    Detect,
+}
+
+/// Opaque TCP to where a redirected connection was going (Istio's `PassthroughCluster`).
+async fn passthrough_tcp<T>(mut io: T, original: std::net::SocketAddr)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Ok(Ok(mut upstream)) = tokio::time::timeout(
+        PASSTHROUGH_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(original),
+    )
+    .await
+    {
+        let _ = upstream.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
     }
 }
 

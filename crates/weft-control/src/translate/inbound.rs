@@ -71,8 +71,20 @@ const MESH_ALPN: [&str; 5] = [
     "istio-h2",
 ];
 
-/// The workload's own ports, with whether each speaks HTTP (from the service port protocols).
-fn ports(snapshot: &MeshSnapshot, workload: &RegisteredWorkload) -> BTreeMap<u32, bool> {
+/// What an inbound port carries, from the protocols of the service ports served on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Http,
+    Tcp,
+    /// Undeclared: HTTP or opaque TCP, by each connection's first bytes.
+    Detect,
+}
+
+/// ALPN values Istio's proxies offer for HTTP over mesh mTLS.
+const MESH_HTTP_ALPN: [&str; 3] = ["istio-http/1.0", "istio-http/1.1", "istio-h2"];
+
+/// The workload's own ports and what each carries.
+fn ports(snapshot: &MeshSnapshot, workload: &RegisteredWorkload) -> BTreeMap<u32, Carries> {
     let mut ports = BTreeMap::new();
     for served in &workload.serves {
         let host = crate::registry::fqdn(&served.service, &workload.namespace);
@@ -82,11 +94,22 @@ fn ports(snapshot: &MeshSnapshot, workload: &RegisteredWorkload) -> BTreeMap<u32
             .and_then(|s| s.port(Some(served.port)))
             .map(|p| p.protocol.clone())
             .unwrap_or_default();
-        let http = !matches!(
-            protocol.as_str(),
-            "TCP" | "TLS" | "MONGO" | "MYSQL" | "REDIS"
-        );
-        ports.insert(served.target_port, http);
+        let carries = if super::route::is_sniffed(&protocol) {
+            Carries::Detect
+        } else if super::route::is_http(&protocol) {
+            Carries::Http
+        } else {
+            Carries::Tcp
+        };
+        // Two services on one target port: a declared protocol wins over detection.
+        ports
+            .entry(served.target_port)
+            .and_modify(|c| {
+                if *c == Carries::Detect {
+                    *c = carries;
+                }
+            })
+            .or_insert(carries);
     }
     ports
 }
@@ -211,52 +234,81 @@ pub(crate) fn listener(
         labels: &workload.labels,
     };
     let mut filter_chains = Vec::new();
-    for (port, http) in ports(snapshot, workload) {
+    let mut detecting = false;
+    for (port, carries) in ports(snapshot, workload) {
         let mode = mtls_mode(snapshot, &who, port);
-        let rbac = inbound_rbac(snapshot, &who, trust_domain, http);
-        let filters = || network_filters(port, http, &rbac);
-        if mode != MtlsMode::Disable {
-            filter_chains.push(FilterChain {
-                name: format!("{port}-mtls"),
-                filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value { value: port }),
-                    transport_protocol: "tls".to_string(),
-                    application_protocols: if mode == MtlsMode::Permissive {
-                        MESH_ALPN.iter().map(|a| a.to_string()).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    ..FilterChainMatch::default()
-                }),
-                filters: filters(),
-                transport_socket: Some(mesh_tls_server()),
-                ..FilterChain::default()
+        // On a port of undeclared protocol, an HTTP chain for connections the HTTP inspector
+        // recognises, in front of the TCP chain for the rest.
+        let kinds: &[bool] = match carries {
+            Carries::Http => &[true],
+            Carries::Tcp => &[false],
+            Carries::Detect => &[true, false],
+        };
+        detecting |= carries == Carries::Detect;
+        for &http in kinds {
+            let rbac = inbound_rbac(snapshot, &who, trust_domain, http);
+            let detected_http = (carries == Carries::Detect && http).then(|| {
+                super::listener::HTTP_PROTOCOLS
+                    .iter()
+                    .chain(&MESH_HTTP_ALPN)
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
             });
+            let suffix = if carries == Carries::Detect && !http {
+                "-tcp"
+            } else {
+                ""
+            };
+            if mode != MtlsMode::Disable {
+                filter_chains.push(FilterChain {
+                    name: format!("{port}-mtls{suffix}"),
+                    filter_chain_match: Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: port }),
+                        transport_protocol: "tls".to_string(),
+                        application_protocols: match &detected_http {
+                            Some(protocols) => protocols.clone(),
+                            None if mode == MtlsMode::Permissive => {
+                                MESH_ALPN.iter().map(|a| a.to_string()).collect()
+                            }
+                            None => Vec::new(),
+                        },
+                        ..FilterChainMatch::default()
+                    }),
+                    filters: network_filters(port, http, &rbac),
+                    transport_socket: Some(mesh_tls_server()),
+                    ..FilterChain::default()
+                });
+            }
+            if mode != MtlsMode::Strict {
+                filter_chains.push(FilterChain {
+                    name: format!("{port}-plaintext{suffix}"),
+                    filter_chain_match: Some(FilterChainMatch {
+                        destination_port: Some(UInt32Value { value: port }),
+                        transport_protocol: "raw_buffer".to_string(),
+                        application_protocols: detected_http.clone().unwrap_or_default(),
+                        ..FilterChainMatch::default()
+                    }),
+                    filters: network_filters(port, http, &rbac),
+                    ..FilterChain::default()
+                });
+            }
         }
-        if mode != MtlsMode::Strict {
-            filter_chains.push(FilterChain {
-                name: format!("{port}-plaintext"),
-                filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value { value: port }),
-                    transport_protocol: "raw_buffer".to_string(),
-                    ..FilterChainMatch::default()
-                }),
-                filters: filters(),
-                ..FilterChain::default()
-            });
-        }
+    }
+    let mut listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+            &TlsInspector::default(),
+        ))),
+        ..ListenerFilter::default()
+    }];
+    if detecting {
+        listener_filters.push(super::listener::http_inspector());
     }
     let listener = Listener {
         name: INBOUND_LISTENER.to_string(),
         address: Some(socket_address("0.0.0.0", INBOUND_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".to_string(),
-            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
-                &TlsInspector::default(),
-            ))),
-            ..ListenerFilter::default()
-        }],
+        listener_filters,
         filter_chains,
         ..Listener::default()
     };

@@ -9,10 +9,12 @@ use weft_xds::envoy::envoy::config::core::v3::{
     address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
 use weft_xds::envoy::envoy::config::listener::v3::{
-    ApiListener, Filter, FilterChain, Listener, filter,
+    ApiListener, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+    listener_filter,
 };
 use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::HttpFault;
 use weft_xds::envoy::envoy::extensions::filters::http::router::v3::Router;
+use weft_xds::envoy::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
     http_filter::ConfigType,
@@ -85,7 +87,12 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, name: &str) -> 
         .strip_prefix("0.0.0.0_")
         .and_then(|p| p.parse::<u32>().ok())
     {
-        return Some(Resource::new(name, pack(&port_listener(port))));
+        let sniffed = snapshot.services.values().any(|s| {
+            s.ports
+                .iter()
+                .any(|p| p.number == port && super::route::is_sniffed(&p.protocol))
+        });
+        return Some(Resource::new(name, pack(&port_listener(port, sniffed))));
     }
     resolve_target(snapshot, client, name)?;
     Some(Resource::new(name, pack(&api_listener(name))))
@@ -136,22 +143,49 @@ fn virtual_outbound() -> Listener {
 }
 
 /// HTTP to any service on `port`, routed by Host with the route configuration `<port>`.
-fn port_listener(port: u32) -> Listener {
+/// When a service on the port left its protocol undeclared (`sniffed`), Istio's protocol
+/// detection: the HTTP inspector tells HTTP connections (routed) from the rest (passed
+/// through to where they were going).
+fn port_listener(port: u32, sniffed: bool) -> Listener {
     let manager = http_manager(&format!("outbound_0.0.0.0_{port}"), &port.to_string());
-    Listener {
+    let http = FilterChain {
+        filter_chain_match: sniffed.then(|| FilterChainMatch {
+            application_protocols: HTTP_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
+            ..FilterChainMatch::default()
+        }),
+        filters: vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
+        }],
+        ..FilterChain::default()
+    };
+    let mut listener = Listener {
         name: format!("0.0.0.0_{port}"),
         address: Some(socket(port)),
         // Reached through virtualOutbound, not bound itself.
         bind_to_port: Some(BoolValue { value: false }),
         traffic_direction: TrafficDirection::Outbound as i32,
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
-            }],
-            ..FilterChain::default()
-        }],
+        filter_chains: vec![http],
         ..Listener::default()
+    };
+    if sniffed {
+        listener.listener_filters = vec![http_inspector()];
+        listener.default_filter_chain = virtual_outbound().default_filter_chain;
+    }
+    listener
+}
+
+/// What Envoy's HTTP inspector reports for HTTP/1.x and cleartext HTTP/2.
+pub(crate) const HTTP_PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
+
+/// The listener filter that detects HTTP on a connection.
+pub(crate) fn http_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+            &HttpInspector::default(),
+        ))),
+        ..ListenerFilter::default()
     }
 }
 

@@ -116,6 +116,12 @@ pub(crate) fn is_http(protocol: &str) -> bool {
     )
 }
 
+/// Whether a port's protocol is left to detection per connection: undeclared, as Istio does
+/// for ports without a protocol prefix in their name.
+pub(crate) fn is_sniffed(protocol: &str) -> bool {
+    protocol.is_empty()
+}
+
 /// The Host values that mean `service` on `port`: its full name, and for Kubernetes-style
 /// hosts the shorter forms — the bare name only from its own namespace.
 fn domains(service: &Service, port: u32, client_namespace: &str) -> Vec<String> {
