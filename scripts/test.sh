@@ -36,11 +36,13 @@ if [ ! -d "$clients/node_modules/@grpc/grpc-js-xds" ]; then
 fi
 
 # ip and iptables: the transparent-interception tests make a network namespace with
-# redirect rules (they need root, and fail saying so without it).
-if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
-  echo "== installing iproute2 and iptables"
-  apt-get install -y -qq iproute2 iptables >/dev/null ||
-    { apt-get update -qq && apt-get install -y -qq iproute2 iptables >/dev/null; }
+# redirect rules (they need root, and fail saying so without it). curl: the unmodified HTTP
+# client the `weft run` tests mesh.
+if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 ||
+  ! command -v curl >/dev/null 2>&1; then
+  echo "== installing iproute2, iptables and curl"
+  apt-get install -y -qq iproute2 iptables curl >/dev/null ||
+    { apt-get update -qq && apt-get install -y -qq iproute2 iptables curl >/dev/null; }
 fi
 
 echo "== cargo fmt --check"

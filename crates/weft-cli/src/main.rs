@@ -26,11 +26,16 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Run the control plane: serve a folder of Istio YAML over xDS.
     Control(cmd::control::Args),
+    /// Serve one service of the demo bookshop (productpage, details, reviews, ratings).
+    DemoApp(cmd::demo_app::Args),
     /// Print a join token: what a workload presents to get certificates for one identity.
     JoinToken(cmd::join_token::Args),
     /// Run a sidecar for one workload: mTLS, routing and load balancing, configured by
     /// `weft control`.
     Proxy(cmd::proxy::Args),
+    /// Mesh any process: run CMD beside its own sidecar, with HTTP_PROXY pointing at it.
+    #[command(arg_required_else_help = true)]
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         Command::Control(args) => cmd::control::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::DemoApp(args) => cmd::demo_app::run(args),
+        Command::Run(args) => cmd::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! `weft join-token`: prints the token a workload presents (as `authorization: Bearer
 //! <token>`) to get certificates for one namespace and service account from `weft control`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -45,10 +45,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, Some(config)) => super::control::state_dir(None, config),
         (None, None) => anyhow::bail!("give --config-dir or --state-dir"),
     };
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    let tokens = JoinTokens::load_or_create(&state_dir)
-        .with_context(|| format!("reading the key in {}", state_dir.display()))?;
-    println!("{}", tokens.issue(&args.namespace, &args.service_account));
+    println!(
+        "{}",
+        issue_in(&state_dir, &args.namespace, &args.service_account)?
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A join token from the key of the control plane whose config dir is `config_dir`.
+pub fn issue(config_dir: &Path, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+    issue_in(
+        &super::control::state_dir(None, config_dir),
+        namespace,
+        service_account,
+    )
+}
+
+fn issue_in(state_dir: &Path, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let tokens = JoinTokens::load_or_create(state_dir)
+        .with_context(|| format!("reading the key in {}", state_dir.display()))?;
+    Ok(tokens.issue(namespace, service_account))
 }

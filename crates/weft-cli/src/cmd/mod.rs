@@ -2,8 +2,10 @@
 
 pub mod analyze;
 pub mod control;
+pub mod demo_app;
 pub mod join_token;
 pub mod proxy;
+pub mod run;
 
 /// Logs to stderr through the `--log` filter (`RUST_LOG` syntax), in colour only on a
 /// terminal.

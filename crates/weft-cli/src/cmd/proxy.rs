@@ -10,15 +10,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use weft_proxy::Settings;
 
-/// Arguments of `weft proxy`.
+/// Arguments of `weft proxy` (and the sidecar's of `weft run`).
 #[derive(clap::Args)]
+#[group(id = "sidecar")]
 pub struct Args {
     /// The control plane's xDS address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     control: String,
-    /// Workload name.
+    /// Workload name (for `weft run`, the command's file name when not given).
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
@@ -40,18 +41,20 @@ pub struct Args {
     /// Where the application listens on loopback.
     #[arg(long)]
     app_port: Option<u16>,
-    /// Inbound listener port (0: any free port).
-    #[arg(long, default_value_t = 15006)]
-    inbound_port: u16,
-    /// Outbound listener port, the explicit HTTP proxy (0: any free port).
-    #[arg(long, default_value_t = 15001)]
-    outbound_port: u16,
-    /// Admin port on loopback (0: any free port).
-    #[arg(long, default_value_t = 15000)]
-    admin_port: u16,
-    /// Prometheus metrics port, `/stats/prometheus` (0: any free port).
-    #[arg(long, default_value_t = 15020)]
-    metrics_port: u16,
+    /// Inbound listener port; 0 picks a free one [default: 15006; `weft run`: a free one]
+    #[arg(long)]
+    inbound_port: Option<u16>,
+    /// Outbound listener port, the explicit HTTP proxy; 0 picks a free one [default: 15001;
+    /// `weft run`: a free one]
+    #[arg(long)]
+    outbound_port: Option<u16>,
+    /// Admin port on loopback; 0 picks a free one [default: 15000; `weft run`: a free one]
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// Prometheus metrics port, `/stats/prometheus`; 0 picks a free one [default: 15020;
+    /// `weft run`: a free one]
+    #[arg(long)]
+    metrics_port: Option<u16>,
     /// Address the inbound and outbound listeners bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -72,6 +75,10 @@ pub struct Args {
     /// A file holding the join token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The config dir of a control plane on this machine: the join token is made from its
+    /// key (`<config-dir>/.weft`), as `weft join-token` would.
+    #[arg(long, conflicts_with_all = ["token", "token_file"])]
+    config_dir: Option<PathBuf>,
     /// Use the certificate chain in this PEM file instead of asking the control plane's CA
     /// (with --key and --root-cert; Istio's file-mounted certificates). Reloaded when the
     /// files change.
@@ -95,9 +102,119 @@ pub struct Args {
     /// Worker threads (Istio's `concurrency`); 0 = one per CPU.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
-    /// Log filter, as `RUST_LOG`.
-    #[arg(long, default_value = "info")]
-    log: String,
+    /// Log filter, as `RUST_LOG` [default: info; `weft run`: warn]
+    #[arg(long)]
+    log: Option<String>,
+}
+
+/// What `weft proxy` and `weft run` choose differently when a flag is not given.
+pub struct Defaults {
+    /// Inbound, outbound, admin and metrics ports.
+    pub ports: [u16; 4],
+    /// Log filter.
+    pub log: &'static str,
+}
+
+impl Defaults {
+    /// A sidecar of its own: Istio's ports.
+    pub const PROXY: Defaults = Defaults {
+        ports: [15006, 15001, 15000, 15020],
+        log: "info",
+    };
+    /// A sidecar beside others on one machine, quiet beside its application's output.
+    pub const RUN: Defaults = Defaults {
+        ports: [0; 4],
+        log: "warn",
+    };
+}
+
+impl Args {
+    /// Turns the flags into the sidecar's settings, with `name` when none was given; also
+    /// starts logging. Returns the settings and the worker count.
+    pub fn settings(
+        self,
+        defaults: &Defaults,
+        name: Option<String>,
+    ) -> anyhow::Result<(Settings, usize)> {
+        super::init_logging(self.log.as_deref().unwrap_or(defaults.log))?;
+        let name = self
+            .name
+            .or(name)
+            .context("give the workload's name with --name")?;
+        let token = match (&self.token, &self.token_file, &self.config_dir) {
+            (Some(token), _, _) => token.clone(),
+            (None, Some(file), _) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .trim()
+                .to_string(),
+            (None, None, Some(config_dir)) => {
+                super::join_token::issue(config_dir, &self.namespace, &self.service_account)?
+            }
+            (None, None, None) if self.cert_chain.is_some() => String::new(),
+            (None, None, None) => anyhow::bail!(
+                "give the workload's join token with --token, --token-file or WEFT_JOIN_TOKEN (see `weft join-token`), or the local control plane's --config-dir"
+            ),
+        };
+        let [inbound, outbound, admin, metrics] = defaults.ports;
+        let settings = Settings {
+            control: self.control,
+            name,
+            namespace: self.namespace,
+            service_account: self.service_account,
+            labels: self.labels,
+            services: self.services,
+            app_port: self.app_port,
+            bind: self.bind,
+            instance_ip: self.instance_ip,
+            inbound_port: self.inbound_port.unwrap_or(inbound),
+            outbound_port: self.outbound_port.unwrap_or(outbound),
+            admin_port: self.admin_port.unwrap_or(admin),
+            metrics_port: self.metrics_port.unwrap_or(metrics),
+            upstreams: self.upstreams,
+            trust_domain: self.trust_domain,
+            token,
+            certificate_files: match (self.cert_chain, self.key, self.root_cert) {
+                (Some(chain), Some(key), Some(root)) => {
+                    Some(weft_proxy::identity::CertificateFiles { chain, key, root })
+                }
+                _ => None,
+            },
+            drain_duration: self.drain_duration,
+            debug_headers: self.debug_headers,
+        };
+        Ok((settings, self.concurrency))
+    }
+}
+
+/// The async runtime for a sidecar with `concurrency` workers (0: one per CPU).
+pub fn runtime(concurrency: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    match concurrency {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .worker_threads(match concurrency {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    })
+    .enable_all()
+    .build()
+    .context("starting the async runtime")
+}
+
+/// Logs where a started sidecar listens.
+pub fn log_ports(ports: &weft_proxy::Ports) {
+    let upstreams: String = ports
+        .upstreams
+        .iter()
+        .map(|(addr, target)| format!(" upstream {addr}={target}"))
+        .collect();
+    tracing::info!(
+        "listening: inbound {} outbound {} admin {} metrics {}{upstreams}",
+        ports.inbound,
+        ports.outbound,
+        ports.admin,
+        ports.metrics
+    );
 }
 
 fn parse_service(text: &str) -> Result<(String, u16), String> {
@@ -140,71 +257,12 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// Runs the sidecar until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    super::init_logging(&args.log)?;
-    let token = match (&args.token, &args.token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?
-            .trim()
-            .to_string(),
-        (None, None) if args.cert_chain.is_some() => String::new(),
-        (None, None) => anyhow::bail!(
-            "give the workload's join token with --token, --token-file or WEFT_JOIN_TOKEN (see `weft join-token`)"
-        ),
-    };
-    let settings = Settings {
-        control: args.control,
-        name: args.name,
-        namespace: args.namespace,
-        service_account: args.service_account,
-        labels: args.labels,
-        services: args.services,
-        app_port: args.app_port,
-        bind: args.bind,
-        instance_ip: args.instance_ip,
-        inbound_port: args.inbound_port,
-        outbound_port: args.outbound_port,
-        admin_port: args.admin_port,
-        metrics_port: args.metrics_port,
-        upstreams: args.upstreams,
-        trust_domain: args.trust_domain,
-        token,
-        certificate_files: match (args.cert_chain, args.key, args.root_cert) {
-            (Some(chain), Some(key), Some(root)) => {
-                Some(weft_proxy::identity::CertificateFiles { chain, key, root })
-            }
-            _ => None,
-        },
-        drain_duration: args.drain_duration,
-        debug_headers: args.debug_headers,
-    };
-    let runtime = match args.concurrency {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-    .worker_threads(match args.concurrency {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    })
-    .enable_all()
-    .build()
-    .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let (settings, concurrency) = args.settings(&Defaults::PROXY, None)?;
+    runtime(concurrency)?.block_on(async {
         let ports = weft_proxy::start(settings)
             .await
             .context("starting the proxy")?;
-        let upstreams: String = ports
-            .upstreams
-            .iter()
-            .map(|(addr, target)| format!(" upstream {addr}={target}"))
-            .collect();
-        tracing::info!(
-            "listening: inbound {} outbound {} admin {} metrics {}{upstreams}",
-            ports.inbound,
-            ports.outbound,
-            ports.admin,
-            ports.metrics
-        );
+        log_ports(&ports);
         tokio::select! {
             () = super::control::shutdown_signal() => ports.drain.drain().await,
             () = ports.drain.finished() => {}
