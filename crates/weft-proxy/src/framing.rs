@@ -112,14 +112,9 @@ impl<T> FramingGuard<T> {
         };
         let rest = self.held.split_off(length);
         let unreleased = &self.held[self.released..];
-        self.state = match next {
-            Next::Nothing | Next::Length(0) => State::Head,
-            Next::Length(length) => State::Body(length),
-            Next::Chunked => State::Chunked(Chunked::default()),
-            Next::Stop => State::PassThrough,
-            Next::Refuse => State::PassThrough,
-        };
-        if matches!(next, Next::Refuse) {
+        let refuse = matches!(next, Next::Refuse);
+        self.state = State::after(next);
+        if refuse {
             // The empty line is still unreleased: a NUL before it starts a header name no
             // request may have.
             let blank = if unreleased.ends_with(b"\r\n") { 2 } else { 1 };
@@ -374,29 +369,72 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
 impl<T> FramingGuard<T> {
     /// How many of the leading bytes of `new` are body (or unfollowed) bytes that can go
     /// to hyper as they are.
+    /// Whole heads (the usual case: a request arrives in one read) are checked where they
+    /// lie, without copying; a partial or refused head stops the pass.
     fn pass(&mut self, new: &[u8]) -> usize {
-        match self.state {
-            State::PassThrough => new.len(),
-            State::Head => 0,
-            State::Body(left) => {
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(new.len());
-                let left = left - take as u64;
-                self.state = if left == 0 {
-                    State::Head
-                } else {
-                    State::Body(left)
-                };
-                take
+        let mut used = 0;
+        while used < new.len() {
+            let rest = &new[used..];
+            let taken = match self.state {
+                State::PassThrough => rest.len(),
+                State::Head => self.head_in_place(rest).unwrap_or(0),
+                State::Body(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
+                    take
+                }
+                State::Chunked(mut chunked) => {
+                    let (taken, outcome) = chunked.scan(rest);
+                    self.state = match outcome {
+                        Outcome::More => State::Chunked(chunked),
+                        Outcome::Done => State::Head,
+                        Outcome::Invalid => State::PassThrough,
+                    };
+                    taken
+                }
+            };
+            if taken == 0 {
+                break;
             }
-            State::Chunked(mut chunked) => {
-                let (used, outcome) = chunked.scan(new);
-                self.state = match outcome {
-                    Outcome::More => State::Chunked(chunked),
-                    Outcome::Done => State::Head,
-                    Outcome::Invalid => State::PassThrough,
-                };
-                used
-            }
+            used += taken;
+        }
+        used
+    }
+
+    /// The length of a whole, unambiguous head at the start of `bytes`, with the state set
+    /// for what follows it; `None` for anything else (partial, refused, malformed), which
+    /// goes the slow way through `held`.
+    fn head_in_place(&mut self, bytes: &[u8]) -> Option<usize> {
+        if !self.held.is_empty() {
+            return None;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(length)) = request.parse(bytes) else {
+            return None;
+        };
+        let next = body_of(&request);
+        if matches!(next, Next::Refuse) {
+            return None;
+        }
+        self.state = State::after(next);
+        Some(length)
+    }
+}
+
+impl State {
+    /// The state after a head that `next` describes.
+    fn after(next: Next) -> State {
+        match next {
+            Next::Nothing | Next::Length(0) => State::Head,
+            Next::Length(length) => State::Body(length),
+            Next::Chunked => State::Chunked(Chunked::default()),
+            Next::Stop | Next::Refuse => State::PassThrough,
         }
     }
 }
@@ -479,6 +517,30 @@ GET /c HTTP/1.1\r\nHost: x\r\n\r\n";
         // Either order of the two headers.
         let other = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
         assert!(through(other, 3).0.ends_with(b"\r\n\0\r\n"));
+    }
+
+    /// What hyper reads through the guard when the whole input arrives in one read.
+    async fn read_at_once(input: &[u8]) -> Vec<u8> {
+        let mut guard = FramingGuard::new(input);
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut guard, &mut out)
+            .await
+            .expect("reading from memory");
+        out
+    }
+
+    #[tokio::test]
+    async fn whole_heads_in_one_read_are_checked_in_place() {
+        // Thousands of tiny pipelined requests in one read: a loop, not a deep recursion.
+        let many = b"GET / HTTP/1.1\r\n\r\n".repeat(20_000);
+        assert_eq!(read_at_once(&many).await, many);
+        let smuggle = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let out = read_at_once(smuggle).await;
+        assert!(
+            out.windows(5).any(|w| w == b"d\r\n\0\r"),
+            "the second head is spoiled: {:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Outbound {
     ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
-            return self.tunnel(Request::from_parts(parts, body)).await;
+            return Box::pin(self.tunnel(Request::from_parts(parts, body))).await;
         }
         let authority = parts
             .uri
@@ -225,7 +225,7 @@ impl Outbound {
             .and_then(|vh| router::select(&vh.routes, &parts, &authority));
         let Some(route) = route else {
             if let Some(Redirected(original)) = parts.extensions.get::<Redirected>().copied() {
-                return self.passthrough(parts, body, original).await;
+                return Box::pin(self.passthrough(parts, body, original)).await;
             }
             return local_response(StatusCode::NOT_FOUND, Some("NR"), "no route\n");
         };
@@ -288,7 +288,7 @@ impl Outbound {
         }
         let hash = router::request_hash(&forward.hash_policy, &parts, client);
         if parts.headers.contains_key(hyper::header::UPGRADE) {
-            return self.forward_upgrade(cluster, parts, body, hash).await;
+            return Box::pin(self.forward_upgrade(cluster, parts, body, hash)).await;
         }
         // A request can be tried again only if its body can be sent again: small and whole.
         let (mut body, mut replay) = (Some(body), None);

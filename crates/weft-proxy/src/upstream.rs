@@ -163,7 +163,9 @@ impl Upstreams {
             let reused = pooled.is_some();
             let sender = match pooled.take() {
                 Some(sender) => sender,
-                None => self.connect(&key, tls, connect_timeout).await?,
+                // Boxed: connecting is rare, and its state (a TLS handshake) is large;
+                // inline, every request's future would carry and copy it.
+                None => Box::pin(self.connect(&key, tls, connect_timeout)).await?,
             };
             let result = match sender {
                 Sender::Http2(mut sender) => {
@@ -364,4 +366,32 @@ where
         }
     });
     Ok(Sender::Http1(sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// Every request's future holds a `send` future and is moved whole at least once; the
+    /// rare connect path is boxed so that it stays small.
+    #[test]
+    fn a_send_future_is_small() {
+        let upstreams = Upstreams::new(CurrentIdentity::default());
+        let request = Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        let sending = upstreams.send(
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            None,
+            false,
+            Duration::from_secs(1),
+            request,
+        );
+        let size = std::mem::size_of_val(&sending);
+        assert!(size <= 1024, "the send future takes {size} bytes");
+    }
 }
