@@ -28,6 +28,9 @@ enum Command {
     Control(cmd::control::Args),
     /// Serve one service of the demo bookshop (productpage, details, reviews, ratings).
     DemoApp(cmd::demo_app::Args),
+    /// Run an ingress gateway: the ports of the Gateway resources that select it, routed by
+    /// the VirtualServices bound to them.
+    Gateway(cmd::gateway::Args),
     /// Print a join token: what a workload presents to get certificates for one identity.
     JoinToken(cmd::join_token::Args),
     /// Run a sidecar for one workload: mTLS, routing and load balancing, configured by
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
+        Command::Gateway(args) => cmd::gateway::run(args),
         Command::Run(args) => cmd::run::run(args),
     };
     match result {

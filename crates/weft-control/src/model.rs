@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use weft_api::Resource;
 use weft_api::networking::destination_rule::DestinationRule;
+use weft_api::networking::gateway::Gateway;
 use weft_api::networking::sidecar::Sidecar;
 use weft_api::networking::virtual_service::VirtualService;
 use weft_api::resource::Spec;
@@ -36,6 +37,10 @@ pub struct MeshSnapshot {
     pub authorization_policies: Vec<(Resource, AuthorizationPolicy)>,
     /// Sidecars, in load order.
     pub sidecars: Vec<(Resource, Sidecar)>,
+    /// Gateways, in load order.
+    pub gateways: Vec<(Resource, Gateway)>,
+    /// VirtualServices bound to gateways (other than `mesh`), in load order.
+    pub gateway_virtual_services: Vec<(Resource, VirtualService)>,
 }
 
 impl MeshSnapshot {
@@ -51,17 +56,23 @@ impl MeshSnapshot {
         let mut peer_authentications = Vec::new();
         let mut authorization_policies = Vec::new();
         let mut sidecars = Vec::new();
+        let mut gateways = Vec::new();
+        let mut gateway_virtual_services = Vec::new();
         for resource in resources {
             match &resource.spec {
-                Spec::VirtualService(vs)
-                    if vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh") =>
-                {
-                    for host in &vs.hosts {
-                        virtual_services
-                            .entry(fqdn(host, resource.namespace()))
-                            .or_insert_with(|| (resource.clone(), vs.clone()));
+                Spec::VirtualService(vs) => {
+                    if vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh") {
+                        for host in &vs.hosts {
+                            virtual_services
+                                .entry(fqdn(host, resource.namespace()))
+                                .or_insert_with(|| (resource.clone(), vs.clone()));
+                        }
+                    }
+                    if vs.gateways.iter().any(|g| g != "mesh") {
+                        gateway_virtual_services.push((resource.clone(), vs.clone()));
                     }
                 }
+                Spec::Gateway(gateway) => gateways.push((resource.clone(), gateway.clone())),
                 Spec::DestinationRule(dr) => {
                     destination_rules
                         .entry(fqdn(&dr.host, resource.namespace()))
@@ -87,6 +98,8 @@ impl MeshSnapshot {
             peer_authentications,
             authorization_policies,
             sidecars,
+            gateways,
+            gateway_virtual_services,
         }
     }
 

@@ -152,6 +152,13 @@ pub fn build(received: &Received) -> Result<Model, Rejected> {
             {
                 model.sniffed_ports.insert(port);
             }
+            // A sidecar's port listeners are reached through interception; a gateway's
+            // are bound.
+            if listener.bind_to_port.as_ref().is_none_or(|b| b.value) {
+                model
+                    .gateway_ports
+                    .insert(port, gateway_port(name, &listener)?);
+            }
         } else if listener.traffic_direction
             == weft_xds::envoy::envoy::config::core::v3::TrafficDirection::Inbound as i32
         {
@@ -940,6 +947,67 @@ fn originate(
         client.is_some(),
         &settings,
     ))
+}
+
+/// What a gateway listener accepts: plaintext HTTP from chains without TLS, TLS with the
+/// certificate files of the others (read now: one that cannot be read rejects the listener).
+fn gateway_port(name: &str, listener: &Listener) -> Result<crate::model::GatewayPort, Rejected> {
+    use weft_xds::envoy::envoy::config::core::v3::transport_socket::ConfigType;
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let fail = |what: String| rejected("listener", name, what);
+    let mut port = crate::model::GatewayPort::default();
+    for chain in &listener.filter_chains {
+        let Some(ConfigType::TypedConfig(any)) = chain
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            port.plaintext = true;
+            continue;
+        };
+        let context: DownstreamTlsContext = decode("listener", name, &any)?;
+        let common = context.common_tls_context.unwrap_or_default();
+        let certificate = common
+            .tls_certificates
+            .first()
+            .ok_or_else(|| fail(format!("chain {:?} has no server certificate", chain.name)))?;
+        let read = |source: &Option<DataSource>, what: &str| match source {
+            Some(source) => data_source(source).map_err(|e| fail(format!("{what}: {e}"))),
+            None => Err(fail(format!("chain {:?} has no {what}", chain.name))),
+        };
+        let chain_pem = read(&certificate.certificate_chain, "serverCertificate")?;
+        let key_pem = read(&certificate.private_key, "privateKey")?;
+        let mutual = context.require_client_certificate.is_some_and(|b| b.value);
+        let client_ca = match common.validation_context_type {
+            Some(ValidationContextType::ValidationContext(validation)) => {
+                Some(read(&validation.trusted_ca, "caCertificates")?)
+            }
+            _ => None,
+        };
+        if mutual && client_ca.is_none() {
+            return Err(fail(format!(
+                "chain {:?} requires client certificates but names no caCertificates",
+                chain.name
+            )));
+        }
+        let config = crate::tls::termination_config(
+            &chain_pem,
+            &key_pem,
+            client_ca.as_deref().filter(|_| mutual),
+        )
+        .map_err(fail)?;
+        port.tls.push(crate::model::GatewayTls {
+            server_names: chain
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default(),
+            mutual,
+            config,
+        });
+    }
+    Ok(port)
 }
 
 /// The bytes a data source holds: a file's contents, or inline bytes or text.

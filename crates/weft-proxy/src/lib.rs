@@ -13,6 +13,7 @@ pub mod adapter;
 pub mod admin;
 pub mod drain;
 pub mod framing;
+pub mod gateway;
 pub mod hashing;
 pub mod identity;
 pub mod inbound;
@@ -79,6 +80,9 @@ pub struct Settings {
     pub drain_duration: Duration,
     /// Whether responses carry the response-flags header.
     pub debug_headers: bool,
+    /// An ingress gateway rather than a sidecar: it listens on the ports of the Gateway
+    /// resources that select its labels.
+    pub gateway: bool,
 }
 
 /// Where a started sidecar listens.
@@ -242,6 +246,9 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
     for (listener, _, host, port) in upstream_listeners {
         tokio::spawn(outbound.clone().serve_upstream_port(listener, host, port));
     }
+    if settings.gateway {
+        tokio::spawn(gateway::serve(outbound.clone(), settings.bind));
+    }
     tokio::spawn(serve_outbound(outbound, outbound_listener));
     tokio::spawn(
         admin::Admin {
@@ -373,8 +380,16 @@ fn node(settings: &Settings, inbound_port: u16) -> Node {
     }
     Node {
         id: format!(
-            "sidecar~{}~{}.{}~{}.svc.cluster.local",
-            settings.instance_ip, settings.name, settings.namespace, settings.namespace
+            "{}~{}~{}.{}~{}.svc.cluster.local",
+            if settings.gateway {
+                "router"
+            } else {
+                "sidecar"
+            },
+            settings.instance_ip,
+            settings.name,
+            settings.namespace,
+            settings.namespace
         ),
         user_agent_name: "weft".to_string(),
         metadata: Some(Struct {

@@ -20,6 +20,8 @@ pub struct Model {
     /// Outbound ports whose protocol is detected per connection: HTTP is routed, the rest
     /// passes through as opaque TCP.
     pub sniffed_ports: std::collections::HashSet<u16>,
+    /// A gateway's ports, which it listens on itself.
+    pub gateway_ports: HashMap<u16, GatewayPort>,
     /// Clusters by name (`outbound|9080|v1|reviews.shop.svc.cluster.local`).
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// How each inbound port accepts connections.
@@ -48,6 +50,52 @@ pub struct InboundPort {
     /// Opaque TCP to the application, authorized by these policies. A port with both takes
     /// each connection as what its first bytes say ([`crate::sniff`]).
     pub tcp: Option<crate::rbac::Rbac>,
+}
+
+/// What a gateway port accepts.
+#[derive(Debug, Default, Serialize)]
+pub struct GatewayPort {
+    /// Plaintext HTTP.
+    pub plaintext: bool,
+    /// TLS servers, tried in order.
+    pub tls: Vec<GatewayTls>,
+}
+
+/// A TLS server of a gateway port.
+#[derive(Debug, Serialize)]
+pub struct GatewayTls {
+    /// SNI names it answers; empty for any.
+    pub server_names: Vec<String>,
+    /// Whether clients must present a certificate.
+    pub mutual: bool,
+    /// The server's TLS configuration.
+    #[serde(skip)]
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl GatewayTls {
+    /// Whether it answers the SNI name `name` (`*.example.com` covers one more label).
+    pub fn answers(&self, name: Option<&str>) -> bool {
+        Self::answers_name(&self.server_names, name)
+    }
+
+    /// Whether `server_names` admit the SNI name `name`.
+    pub fn answers_name(server_names: &[String], name: Option<&str>) -> bool {
+        if server_names.is_empty() {
+            return true;
+        }
+        let Some(name) = name else {
+            return false;
+        };
+        server_names.iter().any(|pattern| {
+            pattern.eq_ignore_ascii_case(name)
+                || pattern.strip_prefix('*').is_some_and(|suffix| {
+                    name.len() > suffix.len()
+                        && name.as_bytes()[name.len() - suffix.len()..]
+                            .eq_ignore_ascii_case(suffix.as_bytes())
+                })
+        })
+    }
 }
 
 /// The virtual hosts of one outbound port.

@@ -789,7 +789,7 @@ where
 }
 
 /// Makes a request's URI absolute with `authority`, so it is routed as naming it.
-fn address_to(request: &mut Request<Incoming>, authority: &str) {
+pub(crate) fn address_to(request: &mut Request<Incoming>, authority: &str) {
     let path = request
         .uri()
         .path_and_query()

@@ -229,6 +229,52 @@ pub fn origination_config(
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration of a gateway server (Gateway `tls` `SIMPLE` or `MUTUAL`): it presents
+/// the PEM `chain` and `key`; with `client_ca`, clients must present a certificate that
+/// chains to it.
+pub fn termination_config(
+    chain: &[u8],
+    key: &[u8],
+    client_ca: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the server certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("no server certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the private key: {e}"))?;
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in CertificateDer::pem_slice_iter(ca) {
+                let certificate = certificate.map_err(|e| format!("the CA certificates: {e}"))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("a CA certificate: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("the CA certificates: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the server certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Checks a server outside the mesh: chain to the configured CAs, and one of the configured
 /// names (Istio's `subjectAltNames`), or the SNI name when none are configured.
 #[derive(Debug)]

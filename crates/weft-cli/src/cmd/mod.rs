@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod control;
 pub mod demo_app;
+pub mod gateway;
 pub mod join_token;
 pub mod proxy;
 pub mod run;

@@ -126,6 +126,11 @@ impl Defaults {
         ports: [0; 4],
         log: "warn",
     };
+    /// An ingress gateway: its own listeners come from Gateway resources.
+    pub const GATEWAY: Defaults = Defaults {
+        ports: [0, 0, 15000, 15020],
+        log: "info",
+    };
 }
 
 impl Args {
@@ -181,6 +186,7 @@ impl Args {
             },
             drain_duration: self.drain_duration,
             debug_headers: self.debug_headers,
+            gateway: false,
         };
         Ok((settings, self.concurrency))
     }

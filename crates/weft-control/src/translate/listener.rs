@@ -105,7 +105,7 @@ pub const OUTBOUND_PORT: u32 = 15001;
 /// The cluster that forwards to a connection's original destination.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
-fn socket(port: u32) -> Address {
+pub(crate) fn socket(port: u32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: "0.0.0.0".to_string(),
@@ -202,7 +202,7 @@ fn api_listener(name: &str) -> Listener {
 
 /// An HTTP connection manager whose routes come over RDS, with the fault filter (configured
 /// per route) and the router.
-fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
+pub(crate) fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {

@@ -15,6 +15,7 @@
 mod authz;
 mod cluster;
 mod endpoint;
+mod gateway;
 pub mod inbound;
 mod listener;
 mod route;
@@ -60,6 +61,9 @@ pub struct Client {
     pub proxyless_grpc: bool,
     /// The workload behind a sidecar that says what it serves; it gets inbound listeners.
     pub workload: Option<RegisteredWorkload>,
+    /// An ingress gateway (node id `router~…`): it gets the listeners of the Gateways that
+    /// select it instead of a sidecar's.
+    pub gateway: bool,
 }
 
 impl Client {
@@ -75,6 +79,7 @@ impl Client {
             })
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_string());
+        let gateway = node.id.starts_with("router~");
         let proxyless_grpc = node.user_agent_name.starts_with("gRPC")
             || crate::node::string(node, "GENERATOR").is_some_and(|g| g == "grpc");
         Self {
@@ -84,6 +89,7 @@ impl Client {
                 .then(|| RegisteredWorkload::from_node(node))
                 .flatten(),
             proxyless_grpc,
+            gateway,
         }
     }
 
@@ -100,6 +106,7 @@ struct ClientKey {
     namespace: String,
     labels: Vec<(String, String)>,
     proxyless_grpc: bool,
+    gateway: bool,
 }
 
 impl ClientKey {
@@ -112,6 +119,7 @@ impl ClientKey {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             proxyless_grpc: client.proxyless_grpc,
+            gateway: client.gateway,
         }
     }
 }
@@ -322,7 +330,12 @@ impl MeshGenerator {
         name: &str,
     ) -> Option<Resource> {
         match type_url {
+            types::LISTENER if client.gateway => name
+                .strip_prefix("0.0.0.0_")
+                .and_then(|p| p.parse().ok())
+                .and_then(|port| gateway::listener(snapshot, client, port)),
             types::LISTENER => listener::listener(snapshot, client, name),
+            types::ROUTE if client.gateway => gateway::route_resource(snapshot, client, name),
             types::ROUTE => route::route_resource(snapshot, client, name),
             types::CLUSTER if name == listener::PASSTHROUGH_CLUSTER => Some(cluster::passthrough()),
             types::CLUSTER => {
@@ -377,6 +390,9 @@ impl Generator for MeshGenerator {
                     let visible = snapshot.visible(&client.namespace, &client.labels);
                     let visible = visible.as_deref();
                     match type_url {
+                        types::LISTENER if client.gateway => {
+                            gateway::listener_names(&snapshot, &client)
+                        }
                         types::LISTENER if client.proxyless_grpc => {
                             listener::all_names(&snapshot, visible)
                         }

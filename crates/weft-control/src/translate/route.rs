@@ -176,7 +176,7 @@ fn virtual_host(
     }
 }
 
-fn virtual_service_routes(
+pub(crate) fn virtual_service_routes(
     snapshot: &MeshSnapshot,
     vs: &VirtualService,
     namespace: &str,

@@ -1,0 +1,314 @@
+//! `weft gateway`: Istio Gateway resources and the VirtualServices bound to them, served by a
+//! real gateway in front of a real sidecar, configured by a real `weft control`, called with
+//! curl (plain HTTP, TLS `SIMPLE`, TLS `MUTUAL`).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly when its own setup fails"
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An application that answers every request with the request's head.
+fn head_echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    port
+}
+
+fn serve(stream: TcpStream) {
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        if (&stream).write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A CA and a certificate it signed for `name`, as `<file>-ca.pem`, `<file>.pem` and
+/// `<file>-key.pem`.
+fn pki(dir: &Path, file: &str, name: &str, client: bool) {
+    use rcgen::{CertificateParams, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{file} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join(format!("{file}-ca.pem")), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// curl with `args`; its status line's code (0 when it failed) and the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_gateway_serves_plain_http_simple_and_mutual_tls_into_the_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    pki(certs, "shop", "shop.example.com", false);
+    pki(certs, "partner", "partner.example.com", false);
+    pki(certs, "client", "client.example.com", true);
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let (http, https, mutual) = (free_port(), free_port(), free_port());
+    let file = |name: &str| certs.join(name).display().to_string();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  mtls: {{mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: test}}
+spec:
+  hosts: [echo.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {http}, name: http, protocol: HTTP}}
+    hosts: ['*']
+  - port: {{number: {https}, name: https, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+  - port: {{number: {mutual}, name: https-partner, protocol: HTTPS}}
+    hosts: [partner.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: test}}
+spec:
+  hosts: [shop.example.com, partner.example.com]
+  gateways: [istio-system/ingress]
+  http:
+  - match: [{{uri: {{prefix: /echo}}}}]
+    route: [{{destination: {{host: echo, port: {{number: 8080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: inside, namespace: test}}
+spec:
+  hosts: [inside.example.com]
+  http:
+  - route: [{{destination: {{host: echo}}}}]
+",
+            file("shop.pem"),
+            file("shop-key.pem"),
+            file("partner.pem"),
+            file("partner-key.pem"),
+            file("client-ca.pem"),
+        ),
+    )
+    .unwrap();
+    let control = common::Control::start(&config);
+    let server = common::Proxy::start(&[
+        "--control",
+        &control.xds,
+        "--name",
+        "echo",
+        "--namespace",
+        "test",
+        "--service",
+        "echo:8080",
+        "--labels",
+        "app=echo",
+        "--service-account",
+        "echo",
+        "--app-port",
+        &head_echo_app().to_string(),
+        "--token",
+        &common::join_token(&config, "test", "echo"),
+    ]);
+    server.until_ready();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["gateway", "--control", &control.xds, "--name", "ingress"])
+        .args([
+            "--namespace",
+            "istio-system",
+            "--service-account",
+            "ingress",
+        ])
+        .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+        .args(["--metrics-port", "0", "--log", "warn"])
+        .args([
+            "--token",
+            &common::join_token(&config, "istio-system", "ingress"),
+        ])
+        .spawn()
+        .unwrap();
+    let plain = format!("http://127.0.0.1:{http}/echo");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, body) = loop {
+        let (status, body) = curl(&["-H", "host: shop.example.com", &plain]);
+        if status == 200 {
+            break (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never routed: {status} {body}"
+        );
+        if let Some(exit) = gateway.try_wait().unwrap() {
+            panic!("weft gateway exited: {exit}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200);
+    let lower = body.to_ascii_lowercase();
+    // Into the mesh over mTLS, with the gateway's identity.
+    assert!(
+        lower.contains("uri=spiffe://cluster.local/ns/istio-system/sa/ingress"),
+        "{body}"
+    );
+    assert!(lower.contains("x-forwarded-proto: http\r\n"), "{body}");
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+
+    // Hosts no bound VirtualService routes: 404, whether unknown or routed for the mesh only.
+    for host in ["nobody.example.com", "inside.example.com"] {
+        let (status, _) = curl(&["-H", &format!("host: {host}"), &plain]);
+        assert_eq!(status, 404, "{host}");
+    }
+    // A path the VirtualService does not route.
+    let (status, _) = curl(&[
+        "-H",
+        "host: shop.example.com",
+        &format!("http://127.0.0.1:{http}/other"),
+    ]);
+    assert_eq!(status, 404);
+
+    // TLS SIMPLE: the server's certificate, found by SNI.
+    let resolve = format!("shop.example.com:{https}:127.0.0.1");
+    let shop = format!("https://shop.example.com:{https}/echo");
+    let (status, body) = curl(&[
+        "--cacert",
+        &file("shop-ca.pem"),
+        "--resolve",
+        &resolve,
+        &shop,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-forwarded-proto: https\r\n"),
+        "{body}"
+    );
+    // Over HTTP/2 too, as curl offers it in ALPN.
+    let (status, _) = curl(&[
+        "--http2",
+        "--cacert",
+        &file("shop-ca.pem"),
+        "--resolve",
+        &resolve,
+        &shop,
+    ]);
+    assert_eq!(status, 200);
+    // An SNI name no server answers: no handshake.
+    let (status, _) = curl(&[
+        "--cacert",
+        &file("shop-ca.pem"),
+        "--resolve",
+        &format!("else.example.com:{https}:127.0.0.1"),
+        &format!("https://else.example.com:{https}/echo"),
+    ]);
+    assert_eq!(status, 0);
+    // Plaintext on a TLS-only port: refused.
+    let (status, _) = curl(&[&format!("http://127.0.0.1:{https}/echo")]);
+    assert_eq!(status, 0);
+
+    // TLS MUTUAL: only with a client certificate of the configured CA.
+    let resolve = format!("partner.example.com:{mutual}:127.0.0.1");
+    let partner = format!("https://partner.example.com:{mutual}/echo");
+    let with_cert = [
+        "--cacert",
+        &file("partner-ca.pem"),
+        "--resolve",
+        &resolve,
+        "--cert",
+        &file("client.pem"),
+        "--key",
+        &file("client-key.pem"),
+        &partner,
+    ];
+    assert_eq!(curl(&with_cert).0, 200);
+    let (status, _) = curl(&[
+        "--cacert",
+        &file("partner-ca.pem"),
+        "--resolve",
+        &resolve,
+        &partner,
+    ]);
+    assert_eq!(status, 0, "no client certificate, no request");
+
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

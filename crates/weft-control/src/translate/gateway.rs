@@ -1,0 +1,292 @@
+//! Gateways: what an ingress proxy (a node whose id starts `router~`, Istio's convention)
+//! serves. The Gateway resources whose `selector` matches the proxy's labels give it one
+//! listener per server port, `0.0.0.0_<port>`: plaintext HTTP for servers without `tls`,
+//! and for `SIMPLE` and `MUTUAL` servers a chain per server matched on SNI (the server's
+//! hosts) that terminates TLS with the server's certificate files. Every chain routes with
+//! the route configuration `http.<port>`: a virtual host per host of each VirtualService
+//! bound to one of those Gateways (`gateways: [ns/name]`, or `name` in the VirtualService's
+//! namespace) whose hosts the server admits, with the VirtualService's routes.
+
+use weft_api::Resource as ApiResource;
+use weft_api::networking::ServerTlsMode;
+use weft_api::networking::gateway::{Gateway, Server};
+use weft_api::networking::virtual_service::VirtualService;
+use weft_xds::envoy::envoy::config::core::v3::{
+    DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
+};
+use weft_xds::envoy::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, filter,
+};
+use weft_xds::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+    common_tls_context::ValidationContextType,
+};
+use weft_xds::envoy::google::protobuf::BoolValue;
+use weft_xds::server::Resource;
+use weft_xds::types::pack;
+
+use super::Client;
+use crate::model::MeshSnapshot;
+use crate::registry::{Service, fqdn};
+
+/// A server of a Gateway that selects the client.
+struct Bound<'a> {
+    /// The Gateway's resource (its name and namespace).
+    resource: &'a ApiResource,
+    server: &'a Server,
+    port: u32,
+}
+
+/// The servers of every Gateway whose selector matches the client's labels.
+fn bound_servers<'a>(snapshot: &'a MeshSnapshot, client: &Client) -> Vec<Bound<'a>> {
+    snapshot
+        .gateways
+        .iter()
+        .filter(|(_, gateway): &&(ApiResource, Gateway)| {
+            gateway
+                .selector
+                .iter()
+                .all(|(key, value)| client.labels.get(key) == Some(value))
+        })
+        .flat_map(|(resource, gateway)| {
+            gateway.servers.iter().filter_map(move |server| {
+                Some(Bound {
+                    resource,
+                    server,
+                    port: server.port.as_ref()?.number,
+                })
+            })
+        })
+        .collect()
+}
+
+/// A gateway's listener names: one per server port.
+pub(crate) fn listener_names(snapshot: &MeshSnapshot, client: &Client) -> Vec<String> {
+    let mut ports: Vec<u32> = bound_servers(snapshot, client)
+        .iter()
+        .map(|b| b.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.into_iter().map(|p| format!("0.0.0.0_{p}")).collect()
+}
+
+/// The name of a gateway port's route configuration.
+fn route_name(port: u32) -> String {
+    format!("http.{port}")
+}
+
+/// The listener on `port` for a gateway, if a bound server has that port.
+pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> Option<Resource> {
+    let servers: Vec<Bound<'_>> = bound_servers(snapshot, client)
+        .into_iter()
+        .filter(|b| b.port == port)
+        .collect();
+    if servers.is_empty() {
+        return None;
+    }
+    let manager = || {
+        let manager =
+            super::listener::http_manager(&format!("gateway_0.0.0.0_{port}"), &route_name(port));
+        vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
+        }]
+    };
+    let mut filter_chains = Vec::new();
+    let mut plaintext = false;
+    for bound in &servers {
+        let mode = bound.server.tls.as_ref().and_then(|t| t.mode);
+        match mode {
+            Some(ServerTlsMode::Simple | ServerTlsMode::Mutual) => {
+                let Some(tls) = bound.server.tls.as_ref() else {
+                    continue;
+                };
+                let mutual = mode == Some(ServerTlsMode::Mutual);
+                let context = DownstreamTlsContext {
+                    require_client_certificate: Some(BoolValue { value: mutual }),
+                    common_tls_context: Some(CommonTlsContext {
+                        tls_certificates: vec![TlsCertificate {
+                            certificate_chain: Some(file(&tls.server_certificate)),
+                            private_key: Some(file(&tls.private_key)),
+                            ..TlsCertificate::default()
+                        }],
+                        alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+                        validation_context_type: (!tls.ca_certificates.is_empty()).then(|| {
+                            ValidationContextType::ValidationContext(CertificateValidationContext {
+                                trusted_ca: Some(file(&tls.ca_certificates)),
+                                ..CertificateValidationContext::default()
+                            })
+                        }),
+                        ..CommonTlsContext::default()
+                    }),
+                    ..DownstreamTlsContext::default()
+                };
+                filter_chains.push(FilterChain {
+                    name: format!(
+                        "{}/{}:{}",
+                        bound.resource.namespace(),
+                        bound.resource.metadata.name,
+                        bound
+                            .server
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| port.to_string())
+                    ),
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: server_names(bound.server),
+                        transport_protocol: "tls".to_string(),
+                        ..FilterChainMatch::default()
+                    }),
+                    filters: manager(),
+                    transport_socket: Some(TransportSocket {
+                        name: "envoy.transport_sockets.tls".to_string(),
+                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(
+                            &context,
+                        ))),
+                    }),
+                    ..FilterChain::default()
+                });
+            }
+            // Plaintext HTTP (and modes Weft does not serve at a gateway yet, which the
+            // analyzer reports).
+            _ => plaintext = true,
+        }
+    }
+    if plaintext {
+        filter_chains.push(FilterChain {
+            name: format!("http.{port}"),
+            filters: manager(),
+            ..FilterChain::default()
+        });
+    }
+    let listener = Listener {
+        name: format!("0.0.0.0_{port}"),
+        address: Some(super::listener::socket(port)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        filter_chains,
+        ..Listener::default()
+    };
+    Some(Resource::new(format!("0.0.0.0_{port}"), pack(&listener)))
+}
+
+/// A file path as an Envoy data source.
+fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_string())),
+        ..DataSource::default()
+    }
+}
+
+/// The SNI names a TLS server answers: its hosts without their namespace part; none (any
+/// name) when a host is `*`.
+fn server_names(server: &Server) -> Vec<String> {
+    let hosts: Vec<String> = server
+        .hosts
+        .iter()
+        .map(|h| host_part(h).to_string())
+        .collect();
+    if hosts.iter().any(|h| h == "*") {
+        Vec::new()
+    } else {
+        hosts
+    }
+}
+
+/// `reviews.example.com` of `ns/reviews.example.com`.
+fn host_part(host: &str) -> &str {
+    host.split_once('/').map_or(host, |(_, host)| host)
+}
+
+/// Whether a Gateway server admits a VirtualService host from `namespace`: a server host
+/// `ns/host`, `*/host`, `./host` (the Gateway's namespace) or `host` that covers it.
+fn admits(server: &Server, gateway_namespace: &str, namespace: &str, host: &str) -> bool {
+    server.hosts.iter().any(|pattern| {
+        let (scope, pattern) = match pattern.split_once('/') {
+            Some((scope, pattern)) => (scope, pattern),
+            None => ("*", pattern.as_str()),
+        };
+        let in_scope = match scope {
+            "*" => true,
+            "." => namespace == gateway_namespace,
+            scope => scope == namespace,
+        };
+        in_scope
+            && (weft_api::hosts::covers(pattern, host)
+                || (host == "*" && pattern == "*")
+                || weft_api::hosts::covers(host, pattern))
+    })
+}
+
+/// Whether a VirtualService in `namespace` names the Gateway `name` of `gateway_namespace`.
+fn binds(vs: &VirtualService, namespace: &str, gateway_namespace: &str, name: &str) -> bool {
+    vs.gateways.iter().any(|g| match g.split_once('/') {
+        Some((ns, gateway)) => ns == gateway_namespace && gateway == name,
+        None => g == name && namespace == gateway_namespace,
+    })
+}
+
+/// The route configuration `http.<port>` of a gateway.
+pub(crate) fn route_resource(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    name: &str,
+) -> Option<Resource> {
+    let port: u32 = name.strip_prefix("http.")?.parse().ok()?;
+    let servers: Vec<Bound<'_>> = bound_servers(snapshot, client)
+        .into_iter()
+        .filter(|b| b.port == port)
+        .collect();
+    if servers.is_empty() {
+        return None;
+    }
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+    for (resource, vs) in &snapshot.gateway_virtual_services {
+        let namespace = resource.namespace();
+        for host in &vs.hosts {
+            let admitted = servers.iter().any(|b| {
+                let gateway_namespace = b.resource.namespace();
+                binds(vs, namespace, gateway_namespace, &b.resource.metadata.name)
+                    && admits(b.server, gateway_namespace, namespace, host)
+            });
+            if !admitted || virtual_hosts.iter().any(|v| v.domains.contains(host)) {
+                continue;
+            }
+            // The host a VirtualService routes at a gateway is a name clients use, not a
+            // service: destinations name their services themselves.
+            let gateway_host = Service {
+                host: if host.contains('*') {
+                    host.clone()
+                } else {
+                    fqdn(host, namespace)
+                },
+                namespace: namespace.to_string(),
+                ports: Vec::new(),
+                resolution: weft_api::networking::service_entry::Resolution::None,
+                location: weft_api::networking::service_entry::Location::MeshExternal,
+                endpoints: Vec::new(),
+            };
+            let routes = super::route::virtual_service_routes(
+                snapshot,
+                vs,
+                namespace,
+                client,
+                &gateway_host,
+                port,
+            );
+            virtual_hosts.push(VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.clone(), format!("{host}:{port}")],
+                routes,
+                ..VirtualHost::default()
+            });
+        }
+    }
+    let config = RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts,
+        ..RouteConfiguration::default()
+    };
+    Some(Resource::new(name, pack(&config)))
+}
