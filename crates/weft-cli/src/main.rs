@@ -26,6 +26,9 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Run the control plane: serve a folder of Istio YAML over xDS.
     Control(cmd::control::Args),
+    /// Run a whole mesh on this machine: the control plane, the demo bookshop's services
+    /// each under `weft run`, the ingress gateway and light traffic.
+    Demo(cmd::demo::Args),
     /// Serve one service of the demo bookshop (productpage, details, reviews, ratings).
     DemoApp(cmd::demo_app::Args),
     /// Run an ingress gateway: the ports of the Gateway resources that select it, routed by
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cmd::control::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Run(args) => cmd::run::run(args),

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod control;
+pub mod demo;
 pub mod demo_app;
 pub mod gateway;
 pub mod join_token;
