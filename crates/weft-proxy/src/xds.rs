@@ -58,16 +58,37 @@ fn is_warm(versions: &std::collections::BTreeMap<String, String>, received: &Rec
             .all(|name| received.endpoints.contains_key(name))
 }
 
-/// Runs forever: connects, subscribes, applies, reconnects.
+/// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`] while attempts fail.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A stream that lasted this long was healthy: the next outage starts from the first wait.
+const HEALTHY_SESSION: Duration = Duration::from_secs(5);
+
+/// Runs forever: connects, subscribes, applies, reconnects. The first failure of an outage
+/// is logged as a warning, the attempts after it at debug level.
 pub async fn run(channel: Channel, node: Node, config: watch::Sender<Arc<Config>>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0u32;
     loop {
-        match session(channel.clone(), node.clone(), &config).await {
-            Ok(()) => tracing::warn!("the control plane closed the xDS stream"),
-            Err(status) => tracing::warn!(%status, retry_in = ?backoff, "xDS stream failed"),
+        let started = tokio::time::Instant::now();
+        let result = session(channel.clone(), node.clone(), &config).await;
+        if started.elapsed() >= HEALTHY_SESSION {
+            backoff = FIRST_BACKOFF;
+            failures = 0;
+        }
+        failures += 1;
+        match result {
+            Ok(()) if failures == 1 => tracing::warn!("the control plane closed the xDS stream"),
+            Err(status) if failures == 1 => {
+                tracing::warn!(%status, "xDS stream failed; reconnecting with backoff");
+            }
+            Ok(()) => {
+                tracing::debug!(retry_in = ?backoff, "the control plane closed the xDS stream")
+            }
+            Err(status) => tracing::debug!(%status, retry_in = ?backoff, "xDS stream failed"),
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
