@@ -11,7 +11,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -52,41 +51,6 @@ fn serve(stream: TcpStream) {
     }
 }
 
-/// A CA and a certificate it signed for `name`, as `<file>-ca.pem`, `<file>.pem` and
-/// `<file>-key.pem`.
-fn pki(dir: &Path, file: &str, name: &str, client: bool) {
-    use rcgen::{CertificateParams, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{file} CA"));
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.extended_key_usages = vec![if client {
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join(format!("{file}-ca.pem")), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// curl with `args`; its status line's code (0 when it failed) and the body.
 fn curl(args: &[&str]) -> (u16, String) {
     let output = Command::new("curl")
@@ -103,12 +67,16 @@ fn curl(args: &[&str]) -> (u16, String) {
 fn a_gateway_serves_plain_http_simple_and_mutual_tls_into_the_mesh() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path();
-    pki(certs, "shop", "shop.example.com", false);
-    pki(certs, "partner", "partner.example.com", false);
-    pki(certs, "client", "client.example.com", true);
+    common::pki(certs, "shop", "shop.example.com", false);
+    common::pki(certs, "partner", "partner.example.com", false);
+    common::pki(certs, "client", "client.example.com", true);
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
-    let (http, https, mutual) = (free_port(), free_port(), free_port());
+    let (http, https, mutual) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let file = |name: &str| certs.join(name).display().to_string();
     std::fs::write(
         config.join("mesh.yaml"),

@@ -22,15 +22,6 @@ fn weft() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weft"))
 }
 
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `command` to its end, failing the test if it takes more than `limit`.
 fn finish_within(mut command: Command, limit: Duration) -> (Output, Duration) {
     let started = Instant::now();
@@ -80,7 +71,7 @@ impl Mesh {
         std::fs::create_dir(&config).unwrap();
         std::fs::write(config.join("strict.yaml"), STRICT).unwrap();
         let control = common::Control::start(&config);
-        let app_port = free_port().to_string();
+        let app_port = common::free_port().to_string();
         let details = weft()
             .args([
                 "run",
@@ -239,7 +230,7 @@ fn bad_commands_ports_and_control_planes_get_clear_messages() {
         stderr(&output)
     );
 
-    let nobody = free_port();
+    let nobody = common::free_port();
     let mut command = weft();
     command
         .args(["run", "--control", &format!("127.0.0.1:{nobody}")])

@@ -117,15 +117,6 @@ fn relay(listener: TcpListener, target: String) -> Arc<Mutex<Vec<u8>>> {
     seen
 }
 
-/// A free port on loopback (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends one HTTP/1.1 request through an explicit proxy; returns status and body.
 fn via_proxy(proxy: &str, url: &str) -> (u16, String) {
     request(proxy, url, "")
@@ -213,14 +204,14 @@ impl Mesh {
             let app = app(version);
             // The first server's sidecar listens on 127.0.0.1 but says it is at 127.0.0.2,
             // where a relay records what the client's sidecar sends.
-            let mut inbound = free_port();
+            let mut inbound = common::free_port();
             let instance_ip = if index == 0 {
                 // A port free on 127.0.0.2 as well (a client socket of another test may hold
                 // it there).
                 let listener = loop {
                     match TcpListener::bind(("127.0.0.2", inbound)) {
                         Ok(listener) => break listener,
-                        Err(_) => inbound = free_port(),
+                        Err(_) => inbound = common::free_port(),
                     }
                 };
                 wire = relay(listener, format!("127.0.0.1:{inbound}"));
@@ -1582,34 +1573,6 @@ fn h2_upgrade_policy_decides_the_protocol_between_sidecars() {
     }
 }
 
-/// A CA of its own and a certificate it signs for `name` (DNS) as a server or a client;
-/// written to `dir` as `<file>-ca.pem`, `<file>.pem` and `<file>-key.pem`.
-fn pki(dir: &Path, file: &str, name: &str, client: bool) {
-    use rcgen::{CertificateParams, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    // Distinct names: OpenSSL finds issuers by name.
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{file} CA"));
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.extended_key_usages = vec![if client {
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join(format!("{file}-ca.pem")), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem()).unwrap();
-}
-
 /// A child process, killed when dropped (a failed assertion included).
 struct Killed(std::process::Child);
 
@@ -1694,9 +1657,9 @@ spec:
 #[test]
 fn destination_rules_originate_tls_to_servers_outside_the_mesh() {
     let certs = tempfile::tempdir().unwrap();
-    pki(certs.path(), "server", "secure.example.com", false);
-    pki(certs.path(), "client", "client.example.com", true);
-    pki(certs.path(), "other", "secure.example.com", false);
+    common::pki(certs.path(), "server", "secure.example.com", false);
+    common::pki(certs.path(), "client", "client.example.com", true);
+    common::pki(certs.path(), "other", "secure.example.com", false);
     let d = certs.path().display();
     for (mutual, tls, expected) in [
         (

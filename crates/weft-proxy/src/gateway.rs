@@ -100,12 +100,9 @@ async fn connection(
     let Some(accepts) = config.model.gateway_ports.get(&port) else {
         return Err("the port is no longer configured".into());
     };
+    // What the connection needs, copied: it must not keep this configuration alive.
     let plaintext = accepts.plaintext;
-    let servers: Vec<(Vec<String>, std::sync::Arc<rustls::ServerConfig>)> = accepts
-        .tls
-        .iter()
-        .map(|t| (t.server_names.clone(), t.config.clone()))
-        .collect();
+    let servers = accepts.tls.clone();
     drop(config);
     // 0x16 starts a TLS handshake record.
     if first[0] == 0x16 && !servers.is_empty() {
@@ -118,14 +115,14 @@ async fn connection(
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
         let sni = start.client_hello().server_name().map(str::to_string);
         let server = servers
-            .into_iter()
-            .find(|(names, _)| crate::model::GatewayTls::answers_name(names, sni.as_deref()))
-            .map(|(_, config)| config)
+            .iter()
+            .find(|server| server.answers(sni.as_deref()))
             .ok_or_else(|| format!("no server for SNI {sni:?}"))?;
-        let stream_tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server))
-            .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let stream_tls =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server.config.clone()))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
         serve_http(outbound, stream_tls, peer, port, true).await;
         Ok(())
     } else if plaintext {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::identity::{CurrentIdentity, peer_spiffe_id, trust_domain};
 use crate::outbound::{local_response, strip_hop_by_hop};
+use crate::sniff::Carries;
 use crate::upstream::{Body, ORIGINAL_PROTOCOL, Upstreams};
 use crate::xds::Config;
 
@@ -67,16 +68,7 @@ struct Caller {
 struct Mode {
     mtls: bool,
     plaintext: bool,
-    serves: Serves,
-}
-
-/// What a port carries to the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Serves {
-    Http,
-    Tcp,
-    /// Undeclared: whatever each connection's first bytes say.
-    Detect,
+    serves: Carries,
 }
 
 impl Inbound {
@@ -113,15 +105,15 @@ impl Inbound {
             Mode {
                 mtls: true,
                 plaintext: false,
-                serves: Serves::Http,
+                serves: Carries::Http,
             },
             |port| Mode {
                 mtls: port.mtls,
                 plaintext: port.plaintext,
                 serves: match (&port.http, &port.tcp) {
-                    (Some(_), Some(_)) => Serves::Detect,
-                    (None, Some(_)) => Serves::Tcp,
-                    _ => Serves::Http,
+                    (Some(_), Some(_)) => Carries::Detect,
+                    (None, Some(_)) => Carries::Tcp,
+                    _ => Carries::Http,
                 },
             },
         )
@@ -218,17 +210,17 @@ impl Inbound {
     }
 
     /// Carries an accepted (and, for mTLS, terminated) connection to the application.
-    async fn carry<T>(&self, io: T, caller: Caller, serves: Serves) -> Result<(), String>
+    async fn carry<T>(&self, io: T, caller: Caller, serves: Carries) -> Result<(), String>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         match serves {
-            Serves::Http => self.serve_http(io, caller).await,
-            Serves::Tcp => {
+            Carries::Http => self.serve_http(io, caller).await,
+            Carries::Tcp => {
                 self.authorize(&caller, None)?;
                 self.splice_to_app(io).await
             }
-            Serves::Detect => match crate::sniff::detect(io).await.map_err(|e| e.to_string())? {
+            Carries::Detect => match crate::sniff::detect(io).await.map_err(|e| e.to_string())? {
                 (crate::sniff::Detected::Http, io) => self.serve_http(io, caller).await,
                 (crate::sniff::Detected::Opaque, io) => {
                     self.authorize(&caller, None)?;

@@ -62,7 +62,7 @@ pub struct GatewayPort {
 }
 
 /// A TLS server of a gateway port.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GatewayTls {
     /// SNI names it answers; empty for any.
     pub server_names: Vec<String>,
@@ -76,18 +76,13 @@ pub struct GatewayTls {
 impl GatewayTls {
     /// Whether it answers the SNI name `name` (`*.example.com` covers one more label).
     pub fn answers(&self, name: Option<&str>) -> bool {
-        Self::answers_name(&self.server_names, name)
-    }
-
-    /// Whether `server_names` admit the SNI name `name`.
-    pub fn answers_name(server_names: &[String], name: Option<&str>) -> bool {
-        if server_names.is_empty() {
+        if self.server_names.is_empty() {
             return true;
         }
         let Some(name) = name else {
             return false;
         };
-        server_names.iter().any(|pattern| {
+        self.server_names.iter().any(|pattern| {
             pattern.eq_ignore_ascii_case(name)
                 || pattern.strip_prefix('*').is_some_and(|suffix| {
                     name.len() > suffix.len()

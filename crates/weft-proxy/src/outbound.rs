@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
 use crate::router::{self, Balancers, Outcome};
+use crate::sniff::Carries;
 use crate::upstream::{Body, UpstreamError, Upstreams};
 use crate::xds::Config;
 
@@ -761,15 +762,6 @@ impl Outbound {
             ))
             .await;
     }
-}
-
-/// What connections to an outbound port carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Carries {
-    Http,
-    Tcp,
-    /// A port of undeclared protocol: HTTP or not, by each connection's first bytes.
-    Detect,
 }
 
 /// Opaque TCP to where a redirected connection was going (Istio's `PassthroughCluster`).

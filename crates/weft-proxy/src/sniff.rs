@@ -22,6 +22,17 @@ pub enum Detected {
     Opaque,
 }
 
+/// What connections to a port carry, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// HTTP (a declared HTTP, HTTP2 or GRPC port).
+    Http,
+    /// Opaque TCP.
+    Tcp,
+    /// A port of undeclared protocol: whatever each connection's first bytes say.
+    Detect,
+}
+
 /// The HTTP/2 connection preface, up to the first line break.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 

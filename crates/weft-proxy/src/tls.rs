@@ -185,13 +185,7 @@ pub fn origination_config(
     client: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca) {
-        let certificate = certificate.map_err(|e| format!("the CA certificates: {e}"))?;
-        roots
-            .add(certificate)
-            .map_err(|e| format!("a CA certificate: {e}"))?;
-    }
+    let roots = pem_roots(ca)?;
     if roots.is_empty() {
         return Err("no CA certificate to check the server against".into());
     }
@@ -229,6 +223,19 @@ pub fn origination_config(
     Ok(Arc::new(config))
 }
 
+/// The certificates of a PEM bundle, as trust anchors.
+fn pem_roots(ca: &[u8]) -> Result<RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca) {
+        let certificate = certificate.map_err(|e| format!("the CA certificates: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("a CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
 /// The TLS configuration of a gateway server (Gateway `tls` `SIMPLE` or `MUTUAL`): it presents
 /// the PEM `chain` and `key`; with `client_ca`, clients must present a certificate that
 /// chains to it.
@@ -251,15 +258,8 @@ pub fn termination_config(
         .map_err(|e| e.to_string())?;
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in CertificateDer::pem_slice_iter(ca) {
-                let certificate = certificate.map_err(|e| format!("the CA certificates: {e}"))?;
-                roots
-                    .add(certificate)
-                    .map_err(|e| format!("a CA certificate: {e}"))?;
-            }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
+                Arc::new(pem_roots(ca)?),
                 provider,
             )
             .build()

@@ -239,3 +239,46 @@ pub fn join_token(config_dir: &Path, namespace: &str, service_account: &str) -> 
         .trim()
         .to_string()
 }
+
+/// A CA of its own and a certificate it signs for `name` (DNS) as a server or a client;
+/// written to `dir` as `<file>-ca.pem`, `<file>.pem` and `<file>-key.pem`.
+pub fn pki(dir: &Path, file: &str, name: &str, client: bool) {
+    use rcgen::{CertificateParams, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("making test certificates");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL finds issuers by name.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{file} CA"));
+    let ca_cert = ca.self_signed(&ca_key).expect("making test certificates");
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("making test certificates");
+    let key = KeyPair::generate().expect("making test certificates");
+    let mut params =
+        CertificateParams::new(vec![name.to_string()]).expect("making test certificates");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = params
+        .signed_by(&key, &issuer)
+        .expect("making test certificates");
+    std::fs::write(dir.join(format!("{file}-ca.pem")), ca_cert.pem())
+        .expect("making test certificates");
+    std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("making test certificates");
+    std::fs::write(dir.join(format!("{file}-key.pem")), key.serialize_pem())
+        .expect("making test certificates");
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
