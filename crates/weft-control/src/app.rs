@@ -20,7 +20,10 @@ use prometheus_client::registry::Registry;
 
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
-use crate::registration::Registrations;
+use crate::registration::{self, Registrations};
+
+/// The file in the state directory that keeps the self-registered workloads across restarts.
+const SAVED_WORKLOADS: &str = "registered-workloads.json";
 use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
 use crate::translate::{MeshGenerator, MeshIdentity};
 
@@ -101,6 +104,8 @@ impl ControlPlane {
             config.cert_ttl,
         )?;
         let registrations = Registrations::new(config.registration_grace);
+        let saved_workloads = config.state_dir.join(SAVED_WORKLOADS);
+        registrations.restore(registration::load(&saved_workloads));
         let identity = MeshIdentity {
             trust_domain: config.trust_domain.clone(),
             root_pem: Some(authority.root_pem().to_string()),
@@ -109,7 +114,7 @@ impl ControlPlane {
         generator.set(Arc::new(MeshSnapshot::build(
             0,
             &state.borrow_and_update(),
-            &[],
+            &registrations.workloads(),
         )));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
@@ -155,14 +160,24 @@ impl ControlPlane {
         tokio::spawn(async move {
             // A new snapshot whenever the configuration or the registered workloads change.
             for version in 1.. {
-                tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { break },
-                    changed = registered.changed() => if changed.is_err() { break },
-                }
-                let state = updates.borrow_and_update().clone();
+                let workloads_changed = tokio::select! {
+                    changed = updates.changed() => {
+                        if changed.is_err() { break }
+                        registered.has_changed().unwrap_or(false)
+                    }
+                    changed = registered.changed() => if changed.is_err() { break } else { true },
+                };
                 registered.mark_unchanged();
+                let state = updates.borrow_and_update().clone();
+                let workloads = registrations.workloads();
+                if workloads_changed
+                    && let Err(error) = registration::save(&saved_workloads, &workloads)
+                {
+                    let path = saved_workloads.display();
+                    tracing::warn!(%path, %error, "cannot save the registered workloads");
+                }
                 metrics.reloaded(&state);
-                let snapshot = MeshSnapshot::build(version, &state, &registrations.workloads());
+                let snapshot = MeshSnapshot::build(version, &state, &workloads);
                 serving.set(Arc::new(snapshot));
                 if changes.send(version).is_err() {
                     break;

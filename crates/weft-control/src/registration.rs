@@ -15,10 +15,19 @@
 //! A workload without an address or without services is only a client and is not registered.
 //! The grace period keeps a restarting proxy's endpoint in place, so a quick reconnect does
 //! not empty its services.
+//!
+//! The registered workloads are also saved to a file in the control plane's state directory
+//! (Istio keeps auto-registered WorkloadEntries in the API server for the same reason). A
+//! restarted control plane restores them for [`Registrations::RESTORED_GRACE`], so the
+//! first proxy to reconnect is not sent services without the endpoints whose proxies have
+//! not reconnected yet.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use tokio::sync::watch;
 use weft_xds::envoy::envoy::config::core::v3::Node;
@@ -26,7 +35,7 @@ use weft_xds::envoy::envoy::config::core::v3::Node;
 use crate::node;
 
 /// One service port a workload serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServedPort {
     /// The service as written (`echo`, or a full host).
     pub service: String,
@@ -37,7 +46,7 @@ pub struct ServedPort {
 }
 
 /// A workload registered by its xDS stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisteredWorkload {
     /// Workload name.
     pub name: String,
@@ -97,10 +106,19 @@ impl RegisteredWorkload {
     }
 }
 
+/// Why a workload without a live stream is still registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Departing {
+    /// Its stream closed; it is in its grace period.
+    Stream(u64),
+    /// It was registered before the control plane restarted and has not reconnected yet.
+    Restored(usize),
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     live: HashMap<u64, RegisteredWorkload>,
-    departing: HashMap<u64, RegisteredWorkload>,
+    departing: HashMap<Departing, RegisteredWorkload>,
 }
 
 /// The workloads registered by live (or recently closed) streams.
@@ -114,6 +132,10 @@ pub struct Registrations {
 impl Registrations {
     /// How long a closed stream's workload stays an endpoint, unless told otherwise.
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+    /// How long a workload restored from the saved file waits for its proxy to reconnect
+    /// (when longer than the grace period): proxies retry at least every 10 seconds.
+    pub const RESTORED_GRACE: Duration = Duration::from_secs(30);
 
     /// Registrations whose workloads stay `grace` after their stream closes.
     pub fn new(grace: Duration) -> Arc<Self> {
@@ -153,20 +175,53 @@ impl Registrations {
         let Some(workload) = self.lock().live.remove(&stream) else {
             return;
         };
-        self.lock().departing.insert(stream, workload);
+        self.lock()
+            .departing
+            .insert(Departing::Stream(stream), workload);
+        self.expire_after(Departing::Stream(stream), self.grace);
+    }
+
+    /// Registers workloads saved by an earlier run until their proxies reconnect, or for
+    /// the longer of the grace period and [`Self::RESTORED_GRACE`] if they do not.
+    pub fn restore(self: &Arc<Self>, workloads: Vec<RegisteredWorkload>) {
+        if workloads.is_empty() {
+            return;
+        }
+        tracing::info!(
+            count = workloads.len(),
+            "workloads restored from the last run"
+        );
+        let keys: Vec<Departing> = {
+            let mut inner = self.lock();
+            workloads
+                .into_iter()
+                .enumerate()
+                .map(|(index, workload)| {
+                    inner.departing.insert(Departing::Restored(index), workload);
+                    Departing::Restored(index)
+                })
+                .collect()
+        };
+        self.changes.send_modify(|v| *v += 1);
+        for key in keys {
+            self.expire_after(key, self.grace.max(Self::RESTORED_GRACE));
+        }
+    }
+
+    fn expire_after(self: &Arc<Self>, key: Departing, wait: Duration) {
         let this = self.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            this.expire(stream);
+            this.expire(key);
             return;
         };
         runtime.spawn(async move {
-            tokio::time::sleep(this.grace).await;
-            this.expire(stream);
+            tokio::time::sleep(wait).await;
+            this.expire(key);
         });
     }
 
-    fn expire(&self, stream: u64) {
-        if let Some(workload) = self.lock().departing.remove(&stream) {
+    fn expire(&self, key: Departing) {
+        if let Some(workload) = self.lock().departing.remove(&key) {
             tracing::info!(
                 workload = workload.name,
                 namespace = workload.namespace,
@@ -194,4 +249,29 @@ impl Registrations {
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all
     }
+}
+
+/// Reads the workloads saved by [`save`]; a missing file is an empty list, an unreadable one
+/// is reported and ignored.
+pub fn load(path: &Path) -> Vec<RegisteredWorkload> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the saved workloads");
+            return Vec::new();
+        }
+    };
+    serde_json::from_slice(&text).unwrap_or_else(|error| {
+        tracing::warn!(path = %path.display(), %error, "ignoring the saved workloads");
+        Vec::new()
+    })
+}
+
+/// Saves `workloads` to `path`, replacing the file in one step.
+pub fn save(path: &Path, workloads: &[RegisteredWorkload]) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(workloads).map_err(std::io::Error::other)?;
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, json)?;
+    std::fs::rename(&partial, path)
 }

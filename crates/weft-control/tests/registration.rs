@@ -235,3 +235,76 @@ async fn connected_workloads_are_endpoints_until_their_grace_period_ends() {
     assert_eq!(remaining, ["10.1.0.2:8080"]);
     drop((v2, stop));
 }
+
+async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let control = ControlPlane::start(Config {
+        config_dir: dir.to_path_buf(),
+        xds_addr: "127.0.0.1:0".parse().unwrap(),
+        debug_addr: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.join(".weft"),
+        trust_domain: "cluster.local".into(),
+        cert_ttl: Duration::from_secs(3600),
+        registration_grace: Duration::from_millis(300),
+        xds_tls_addr: None,
+        tls_names: vec![],
+    })
+    .await
+    .unwrap();
+    let addr = control.xds_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(control.serve(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// The first endpoints of echo:9000 a new client in namespace `test` is sent.
+async fn first_endpoints(addr: std::net::SocketAddr) -> Vec<String> {
+    let node = Node {
+        id: "sidecar~10.9.9.9~client.test~test.svc.cluster.local".into(),
+        ..Node::default()
+    };
+    let mut client = Stream::open(addr, node).await;
+    client
+        .ask(
+            ENDPOINT,
+            &["outbound|9000||echo.test.svc.cluster.local"],
+            None,
+        )
+        .await;
+    let response = client.next().await;
+    if response.resources.is_empty() {
+        return Vec::new();
+    }
+    addresses(&response)
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_still_knows_the_workloads_that_registered_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, stop_first) = start(dir.path()).await;
+    let workload = Stream::open(first, workload_node("echo-v1", "v1", "10.1.0.1")).await;
+    workload.ask(CLUSTER, &[], None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while first_endpoints(first).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never registered");
+    }
+
+    // A second control plane on the same state, before the workload's proxy reconnects to it:
+    // its very first answer already has the endpoint.
+    let (second, stop_second) = start(dir.path()).await;
+    assert_eq!(first_endpoints(second).await, ["10.1.0.1:8080"]);
+    drop((workload, stop_first, stop_second));
+
+    // A saved file that is not what it should be is ignored: the control plane starts empty.
+    let garbled = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(garbled.path().join(".weft")).unwrap();
+    std::fs::write(
+        garbled.path().join(".weft/registered-workloads.json"),
+        "{not json",
+    )
+    .unwrap();
+    let (third, stop_third) = start(garbled.path()).await;
+    assert!(first_endpoints(third).await.is_empty());
+    drop(stop_third);
+}
