@@ -195,7 +195,9 @@ fn prepare(
             "the request names no host\n",
         ));
     };
-    crate::outbound::address_to(request, &format!("{host}:{port}"));
+    if let Ok(authority) = format!("{host}:{port}").parse() {
+        crate::outbound::address_to(request, authority);
+    }
     let headers = request.headers_mut();
     headers.insert(
         "x-forwarded-proto",

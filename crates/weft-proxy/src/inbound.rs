@@ -262,11 +262,14 @@ impl Inbound {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let inbound = self.clone();
+        // Shared by the connection's requests: one reference count each, no copies.
+        let connection = Arc::new((self.clone(), caller));
         let service = hyper::service::service_fn(move |request| {
-            let inbound = inbound.clone();
-            let caller = caller.clone();
-            async move { Ok::<_, std::convert::Infallible>(inbound.handle(request, &caller).await) }
+            let connection = connection.clone();
+            async move {
+                let (inbound, caller) = &*connection;
+                Ok::<_, std::convert::Infallible>(inbound.handle(request, caller).await)
+            }
         });
         self.drain
             .clone()

@@ -281,6 +281,7 @@ async fn serve_outbound(outbound: outbound::Outbound, listener: TcpListener) {
         tokio::spawn(async move {
             xds::Config::wait_warm(&mut outbound.config.clone()).await;
             let drain = outbound.drain.clone();
+            let outbound = Arc::new(outbound);
             let service = hyper::service::service_fn(move |request| {
                 let outbound = outbound.clone();
                 async move {

@@ -8,7 +8,7 @@
 //! Recording takes one uncontended lock and, once a label set has been seen, allocates
 //! nothing.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! from xDS by [`crate::adapter`] and swapped whole when a new configuration is accepted.
 //! Nothing here is a protobuf type.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,7 +19,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use regex::Regex;
 use tokio::sync::watch;
 
 use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
@@ -70,39 +72,59 @@ pub fn local_response(
     response
 }
 
+/// gRPC's status, in the trailers or (for an error without a body) the response head.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Headers that belong to one connection and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. An upgrade
 /// (WebSocket) keeps `Upgrade` and `Connection: upgrade`, the hop-by-hop headers the next hop
-/// needs for it.
+/// needs for it. Most messages carry none, which one pass over their names finds.
 pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<String> = headers
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[index] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
+    let mut upgrade = None;
+    let mut named = Vec::new();
+    for token in headers
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .collect();
-    let upgrade = named
-        .iter()
-        .any(|n| n == "upgrade")
-        .then(|| headers.get(hyper::header::UPGRADE).cloned())
-        .flatten();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
+        .map(str::trim)
     {
+        if token.eq_ignore_ascii_case("upgrade") {
+            upgrade = headers.get(hyper::header::UPGRADE).cloned();
+        } else if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            // The connection's own options, not header names (`keep-alive` is removed below).
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| *present)
+    {
+        headers.remove(name);
+    }
+    for name in &named {
         headers.remove(name);
     }
     if let Some(upgrade) = upgrade {
@@ -278,13 +300,23 @@ impl Outbound {
             );
         };
         apply_changes(&mut parts.headers, &weighted.request_headers);
-        let path = rewritten_path(forward, route, &parts.uri);
-        parts.uri = match Uri::builder().path_and_query(path).build() {
-            Ok(uri) => uri,
-            Err(_) => return local_response(StatusCode::BAD_REQUEST, None, "bad path\n"),
+        parts.uri = match rewritten_path(forward, route, &parts.uri) {
+            Some(path) => match Uri::builder().path_and_query(path).build() {
+                Ok(uri) => uri,
+                Err(_) => return local_response(StatusCode::BAD_REQUEST, None, "bad path\n"),
+            },
+            None => Uri::from(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            ),
         };
-        let host = forward.host_rewrite.clone().unwrap_or(authority);
-        if let Ok(host) = HeaderValue::from_str(&host) {
+        let host = forward.host_rewrite.as_deref().unwrap_or(&authority);
+        if parts.headers.get(HOST).map(HeaderValue::as_bytes) != Some(host.as_bytes())
+            && let Ok(host) = HeaderValue::from_str(host)
+        {
             parts.headers.insert(HOST, host);
         }
         let hash = router::request_hash(&forward.hash_policy, &parts, client);
@@ -300,14 +332,18 @@ impl Outbound {
                     .is_some_and(|n| n <= MAX_REPLAYED_BODY)
             })
         {
-            match whole.collect().await {
-                Ok(collected) => replay = Some(collected.to_bytes()),
-                Err(_) => {
-                    return local_response(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        "the request body broke off\n",
-                    );
+            if hyper::body::Body::is_end_stream(&whole) {
+                replay = Some(Bytes::new());
+            } else {
+                match whole.collect().await {
+                    Ok(collected) => replay = Some(collected.to_bytes()),
+                    Err(_) => {
+                        return local_response(
+                            StatusCode::BAD_REQUEST,
+                            None,
+                            "the request body broke off\n",
+                        );
+                    }
                 }
             }
         }
@@ -347,6 +383,10 @@ impl Outbound {
             let address = pick.endpoint.address;
             tried.push(address);
             let mut request = Request::new(match (&replay, body.take()) {
+                // Boxing an empty body allocates nothing.
+                (Some(bytes), _) if bytes.is_empty() => http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
                 (Some(bytes), _) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
                     .boxed(),
@@ -433,7 +473,7 @@ impl Outbound {
                     );
                     let grpc_status = response
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     if retry.is_some_and(|r| r.on_response(status, grpc_status)) {
@@ -663,8 +703,9 @@ impl Outbound {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let drain = self.drain.clone();
+        let this = Arc::new(self);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            let outbound = self.clone();
+            let outbound = this.clone();
             async move {
                 let host = request
                     .headers()
@@ -672,7 +713,9 @@ impl Outbound {
                     .and_then(|h| h.to_str().ok())
                     .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
                     .map_or_else(|| original.ip().to_string(), |a| a.host().to_string());
-                address_to(&mut request, &format!("{host}:{}", original.port()));
+                if let Ok(authority) = format!("{host}:{}", original.port()).parse() {
+                    address_to(&mut request, authority);
+                }
                 request.extensions_mut().insert(Redirected(original));
                 Ok::<_, std::convert::Infallible>(outbound.handle(request, Some(peer.ip())).await)
             }
@@ -742,16 +785,22 @@ impl Outbound {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let authority = format!("{host}:{port}");
+        let named = format!("{host}:{port}");
+        let (Ok(authority), Ok(host)) = (named.parse::<Authority>(), HeaderValue::from_str(&named))
+        else {
+            tracing::warn!(
+                upstream = named,
+                "not a host and port; closing the connection"
+            );
+            return;
+        };
         let drain = self.drain.clone();
+        let this = Arc::new(self);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            let outbound = self.clone();
-            let authority = authority.clone();
+            address_to(&mut request, authority.clone());
+            request.headers_mut().insert(HOST, host.clone());
+            let outbound = this.clone();
             async move {
-                address_to(&mut request, &authority);
-                if let Ok(host) = HeaderValue::from_str(&authority) {
-                    request.headers_mut().insert(HOST, host);
-                }
                 Ok::<_, std::convert::Infallible>(outbound.handle(request, Some(peer.ip())).await)
             }
         });
@@ -781,18 +830,18 @@ where
 }
 
 /// Makes a request's URI absolute with `authority`, so it is routed as naming it.
-pub(crate) fn address_to(request: &mut Request<Incoming>, authority: &str) {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-    {
+pub(crate) fn address_to(request: &mut Request<Incoming>, authority: Authority) {
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = Uri::from_parts(uri) {
         *request.uri_mut() = uri;
     }
 }
@@ -859,7 +908,7 @@ async fn inject_fault(fault: Option<&crate::model::Fault>) -> Option<Response<Bo
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert(GRPC_STATUS.clone(), HeaderValue::from(code));
             headers.insert(
                 "grpc-message",
                 HeaderValue::from_static("fault filter abort"),
@@ -869,10 +918,10 @@ async fn inject_fault(fault: Option<&crate::model::Fault>) -> Option<Response<Bo
     })
 }
 
-/// The path (and query) sent upstream, after the route's rewrite.
-fn rewritten_path(forward: &Forward, route: &Route, uri: &Uri) -> String {
+/// The path (and query) sent upstream after the route's rewrite; `None` when the route does
+/// not rewrite it.
+fn rewritten_path(forward: &Forward, route: &Route, uri: &Uri) -> Option<String> {
     let path = uri.path();
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let new_path = if let Some(rewrite) = &forward.regex_rewrite {
         // Envoy writes groups as \1; the regex crate as ${1}.
         let substitution = Regex::new(r"\\(\d)")
@@ -887,17 +936,14 @@ fn rewritten_path(forward: &Forward, route: &Route, uri: &Uri) -> String {
     {
         format!("{prefix}{}", path.get(matched.len()..).unwrap_or(""))
     } else {
-        path.to_string()
+        return None;
     };
-    let new_path = if new_path.is_empty() {
-        "/".to_string()
-    } else {
-        new_path
-    };
-    format!("{new_path}{query}")
+    let new_path = if new_path.is_empty() { "/" } else { &new_path };
+    Some(match uri.query() {
+        Some(query) => format!("{new_path}?{query}"),
+        None => new_path.to_string(),
+    })
 }
-
-use regex::Regex;
 
 fn redirect_response(
     redirect: &Redirect,
@@ -942,4 +988,49 @@ fn redirect_response(
         response.headers_mut().insert(LOCATION, location);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> hyper::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut message = headers(&[
+            ("connection", "keep-alive, X-Session"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "abc"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(message, headers(&[("x-kept", "1")]));
+
+        let mut untouched = headers(&[("host", "a"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut untouched);
+        assert_eq!(untouched, headers(&[("host", "a"), ("x-kept", "1")]));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_what_the_next_hop_needs_for_it() {
+        let mut message = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(
+            message,
+            headers(&[("upgrade", "websocket"), ("connection", "upgrade")])
+        );
+    }
 }

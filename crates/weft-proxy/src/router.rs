@@ -1,7 +1,7 @@
 //! Routing and load balancing: which route a request takes (the first that matches, as in
 //! Istio), which of its weighted clusters, and which endpoint of that cluster.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -170,12 +170,11 @@ impl Drop for Pick<'_> {
 
 impl Balancers {
     fn state(&self, cluster: &str) -> Arc<ClusterState> {
-        self.clusters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(cluster.to_string())
-            .or_default()
-            .clone()
+        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        match clusters.get(cluster) {
+            Some(state) => state.clone(),
+            None => clusters.entry(cluster.to_string()).or_default().clone(),
+        }
     }
 
     /// A place for one request under the cluster's circuit breaker; `None` when it is full

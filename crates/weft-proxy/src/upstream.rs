@@ -4,7 +4,7 @@
 //! share multiplexed HTTP/2 connections between sidecars, and the original protocol travels
 //! in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
