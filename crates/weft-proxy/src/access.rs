@@ -108,7 +108,7 @@ impl Entry {
             duration,
         });
         if !debug_headers {
-            response.headers_mut().remove(RESPONSE_FLAGS);
+            response.headers_mut().remove(&RESPONSE_FLAGS);
         }
     }
 }
@@ -117,7 +117,7 @@ impl Entry {
 fn response_flags(response: &Response<Body>) -> &str {
     response
         .headers()
-        .get(RESPONSE_FLAGS)
+        .get(&RESPONSE_FLAGS)
         .and_then(|f| f.to_str().ok())
         .unwrap_or("-")
 }

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -23,7 +22,7 @@ use crate::upstream::{Body, ORIGINAL_PROTOCOL, Upstreams};
 use crate::xds::Config;
 
 /// The header that tells the application who called.
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// How long a client may take to send its first byte or finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +38,8 @@ pub struct Inbound {
     pub upstreams: Upstreams,
     /// The port this listener is on (its chains are keyed by it).
     pub port: u16,
+    /// The cluster of the application behind it: `inbound|<port>||`.
+    pub cluster: String,
     /// Held by every connection, so a drain knows what is open.
     pub drain: crate::drain::Watch,
     /// Request metrics.
@@ -51,7 +52,8 @@ pub struct Inbound {
 #[derive(Debug, Clone)]
 struct Peer {
     spiffe_id: String,
-    cert_hash: String,
+    /// The `x-forwarded-client-cert` the application gets with this caller's requests.
+    xfcc: Option<HeaderValue>,
 }
 
 /// Who is calling, over which connection.
@@ -187,11 +189,17 @@ impl Inbound {
                 return Err(format!("{spiffe_id} is not in this mesh's trust domain"));
             }
             let cert_hash = hex(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+            let own = self
+                .identity
+                .get()
+                .map(|i| i.spiffe_id.clone())
+                .unwrap_or_default();
+            let xfcc = HeaderValue::from_str(&format!(
+                "By={own};Hash={cert_hash};Subject=\"\";URI={spiffe_id}"
+            ))
+            .ok();
             let caller = Caller {
-                peer: Some(Peer {
-                    spiffe_id,
-                    cert_hash,
-                }),
+                peer: Some(Peer { spiffe_id, xfcc }),
                 source,
                 local,
             };
@@ -298,27 +306,15 @@ impl Inbound {
         let peer = caller.peer.as_ref();
         strip_hop_by_hop(&mut parts.headers);
         // Only this proxy may say who the caller is.
-        parts.headers.remove(XFCC);
-        if let Some(peer) = peer {
-            let own = self
-                .identity
-                .get()
-                .map(|i| i.spiffe_id.clone())
-                .unwrap_or_default();
-            let xfcc = format!(
-                "By={own};Hash={};Subject=\"\";URI={}",
-                peer.cert_hash, peer.spiffe_id
-            );
-            if let Ok(value) = HeaderValue::from_str(&xfcc) {
-                parts.headers.insert(HeaderName::from_static(XFCC), value);
-            }
+        parts.headers.remove(&XFCC);
+        if let Some(xfcc) = peer.and_then(|p| p.xfcc.clone()) {
+            parts.headers.insert(XFCC.clone(), xfcc);
         }
         // A request that was HTTP/1.1 before the sidecars' HTTP/2 hop goes to the app as it was.
-        let downstream_http2 = parts.headers.remove(ORIGINAL_PROTOCOL).is_none()
+        let downstream_http2 = parts.headers.remove(&ORIGINAL_PROTOCOL).is_none()
             && parts.version == hyper::Version::HTTP_2;
         let config = self.config.borrow().clone();
-        let cluster_name = format!("inbound|{}||", self.port);
-        let Some(cluster) = config.model.clusters.get(&cluster_name) else {
+        let Some(cluster) = config.model.clusters.get(&self.cluster) else {
             return local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("NC"),
@@ -336,10 +332,16 @@ impl Inbound {
         let downstream = upgrade
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, crate::upstream::boxed(body));
         let sent = if upgrade {
             self.upstreams
-                .send_upgrade(endpoint.address, None, cluster.connect_timeout, request)
+                .send_upgrade(
+                    endpoint.address,
+                    None,
+                    cluster.connect_timeout,
+                    request,
+                    downstream,
+                )
                 .await
         } else {
             self.upstreams
@@ -352,7 +354,7 @@ impl Inbound {
                 )
                 .await
         };
-        crate::outbound::from_upstream(sent, downstream)
+        crate::outbound::from_upstream(sent)
     }
 }
 

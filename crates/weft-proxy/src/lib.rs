@@ -14,6 +14,7 @@ pub mod admin;
 pub mod drain;
 pub mod framing;
 pub mod gateway;
+pub mod h1;
 pub mod hashing;
 pub mod identity;
 pub mod inbound;
@@ -229,6 +230,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         identity: identity.clone(),
         upstreams: upstreams.clone(),
         port: ports.inbound.port(),
+        cluster: format!("inbound|{}||", ports.inbound.port()),
         drain: ports.drain.watch(),
         metrics: metrics.clone(),
         debug_headers: settings.debug_headers,

@@ -31,7 +31,7 @@ use crate::upstream::{Body, UpstreamError, Upstreams};
 use crate::xds::Config;
 
 /// The response header that carries Envoy-style response flags of locally answered errors.
-pub const RESPONSE_FLAGS: &str = "weft-response-flags";
+pub static RESPONSE_FLAGS: HeaderName = HeaderName::from_static("weft-response-flags");
 
 /// What the outbound handler reads.
 #[derive(Clone)]
@@ -65,9 +65,7 @@ pub fn local_response(
     );
     *response.status_mut() = status;
     if let Some(flag) = flag.and_then(|f| HeaderValue::from_str(f).ok()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(RESPONSE_FLAGS), flag);
+        response.headers_mut().insert(RESPONSE_FLAGS.clone(), flag);
     }
     response
 }
@@ -136,18 +134,13 @@ pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
-/// The upstream's answer as the downstream gets it: hop-by-hop headers removed, an upgrade
-/// spliced once both sides switch; a failure as `503` with its response flag.
-pub fn from_upstream(
-    result: Result<Response<Incoming>, UpstreamError>,
-    downstream: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<Body> {
+/// The upstream's answer as the downstream gets it: hop-by-hop headers removed; a failure
+/// as `503` with its response flag.
+pub fn from_upstream(result: Result<Response<Body>, UpstreamError>) -> Response<Body> {
     match result {
         Ok(mut response) => {
-            splice_upgrade(downstream, &mut response);
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            strip_hop_by_hop(response.headers_mut());
+            response
         }
         Err(error) => local_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -390,7 +383,7 @@ impl Outbound {
                 (Some(bytes), _) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
                     .boxed(),
-                (None, Some(body)) => body.boxed(),
+                (None, Some(body)) => crate::upstream::boxed(body),
                 (None, None) => break,
             });
             *request.version_mut() = parts.version;
@@ -479,10 +472,10 @@ impl Outbound {
                     if retry.is_some_and(|r| r.on_response(status, grpc_status)) {
                         continue;
                     }
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    apply_changes(&mut parts.headers, &weighted.response_headers);
-                    return Response::from_parts(parts, body.boxed());
+                    let mut response = response;
+                    strip_hop_by_hop(response.headers_mut());
+                    apply_changes(response.headers_mut(), &weighted.response_headers);
+                    return response;
                 }
                 Err(error) => {
                     self.balancers
@@ -619,12 +612,18 @@ impl Outbound {
         } else {
             cluster.default_tls.as_ref()
         };
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, crate::upstream::boxed(body));
         let result = self
             .upstreams
-            .send_upgrade(pick.endpoint.address, tls, cluster.connect_timeout, request)
+            .send_upgrade(
+                pick.endpoint.address,
+                tls,
+                cluster.connect_timeout,
+                request,
+                downstream,
+            )
             .await;
-        from_upstream(result, downstream)
+        from_upstream(result)
     }
 
     /// Sends a request the mesh has no route for to where the application was sending it,
@@ -643,17 +642,23 @@ impl Outbound {
         let downstream = upgrade
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
-        let request = Request::from_parts(parts, body.boxed());
+        let request = Request::from_parts(parts, crate::upstream::boxed(body));
         let result = if upgrade {
             self.upstreams
-                .send_upgrade(original, None, PASSTHROUGH_CONNECT_TIMEOUT, request)
+                .send_upgrade(
+                    original,
+                    None,
+                    PASSTHROUGH_CONNECT_TIMEOUT,
+                    request,
+                    downstream,
+                )
                 .await
         } else {
             self.upstreams
                 .send(original, None, false, PASSTHROUGH_CONNECT_TIMEOUT, request)
                 .await
         };
-        from_upstream(result, downstream)
+        from_upstream(result)
     }
 
     /// Serves a connection that was redirected to the outbound listener on its way to

@@ -5,24 +5,45 @@
 //! in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
 
 use foldhash::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
+use hyper::header::HeaderName;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
+use crate::h1;
 use crate::identity::CurrentIdentity;
 use crate::model::UpstreamTls;
 use crate::tls;
 
+/// Any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body broke off. (A type of its own rather than [`BoxError`]: hyper's server takes
+/// any error that converts into a `BoxError`, and the compiler cannot prove that of a boxed
+/// trait object inside the proxy's futures.)
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BodyError(#[from] pub BoxError);
+
 /// The body every proxied message is converted to.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// A body hyper received, as a [`Body`].
+pub fn boxed(body: Incoming) -> Body {
+    body.map_err(|error| BodyError(Box::new(error))).boxed()
+}
 
 /// Shapes a request for HTTP/2: scheme and authority in the request line, and the original
 /// protocol noted when the request was HTTP/1.1.
@@ -50,7 +71,7 @@ fn for_http2(request: &mut Request<Body>) {
     }
     if request.version() != hyper::Version::HTTP_2 {
         request.headers_mut().insert(
-            ORIGINAL_PROTOCOL,
+            ORIGINAL_PROTOCOL.clone(),
             hyper::header::HeaderValue::from_static("HTTP/1.1"),
         );
         *request.version_mut() = hyper::Version::HTTP_2;
@@ -81,12 +102,12 @@ fn alpn(http2: bool) -> &'static [&'static [u8]] {
 }
 
 /// A byte stream to an upstream: TCP, or TLS over TCP.
-pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
 
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// Header that carries an HTTP/1.1 request's protocol across an HTTP/2 hop between sidecars.
-pub const ORIGINAL_PROTOCOL: &str = "weft-orig-proto";
+pub static ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("weft-orig-proto");
 
 /// Why a request did not reach the upstream, with Envoy's response flag.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +117,7 @@ pub enum UpstreamError {
     Connect(String),
     /// The connection broke or was reset before a response (`UR`).
     #[error("upstream reset: {0}")]
-    Reset(hyper::Error),
+    Reset(BoxError),
 }
 
 impl UpstreamError {
@@ -125,10 +146,16 @@ struct PoolKey {
 /// How many idle HTTP/1.1 connections to keep per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 32;
 
+/// Idle HTTP/1.1 connections of the lean client ([`h1`]), per endpoint.
+type LeanPool = Arc<Mutex<HashMap<PoolKey, Vec<h1::Connection>>>>;
+
 /// The pool of upstream connections and the TLS settings they use.
 #[derive(Clone)]
 pub struct Upstreams {
     identity: CurrentIdentity,
+    /// For requests without a body.
+    lean_idle: LeanPool,
+    /// hyper's, for requests with a body.
     http1_idle: Arc<Mutex<HashMap<PoolKey, Vec<http1::SendRequest<Body>>>>>,
     http2: Arc<Mutex<HashMap<PoolKey, http2::SendRequest<Body>>>>,
 }
@@ -138,6 +165,7 @@ impl Upstreams {
     pub fn new(identity: CurrentIdentity) -> Self {
         Self {
             identity,
+            lean_idle: Arc::default(),
             http1_idle: Arc::default(),
             http2: Arc::default(),
         }
@@ -145,19 +173,39 @@ impl Upstreams {
 
     /// Sends `request` to `address`, over mesh mTLS when `tls` is given, in HTTP/2 when
     /// `http2` (or when the peer sidecar agrees to it over TLS).
-    pub async fn send(
-        &self,
+    ///
+    /// A request without a body to an HTTP/1.1 upstream goes by the lean client ([`h1`]);
+    /// the choice is made before either future exists, so the returned future is only as
+    /// large as the path taken.
+    pub fn send<'a>(
+        &'a self,
         address: SocketAddr,
-        tls: Option<&UpstreamTls>,
+        tls: Option<&'a UpstreamTls>,
         http2: bool,
         connect_timeout: Duration,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a {
         let key = PoolKey {
             address,
             tls: tls.map(|t| t.fingerprint),
             http2,
         };
+        if !http2 && hyper::body::Body::is_end_stream(request.body()) {
+            for_http1(&mut request);
+            Either::Left(self.send_lean(key, tls, connect_timeout, request))
+        } else {
+            Either::Right(self.send_hyper(key, tls, connect_timeout, request))
+        }
+    }
+
+    /// Sends `request` with hyper's client.
+    async fn send_hyper(
+        &self,
+        key: PoolKey,
+        tls: Option<&UpstreamTls>,
+        connect_timeout: Duration,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let mut pooled = self.pooled(&key);
         loop {
             let reused = pooled.is_some();
@@ -182,15 +230,76 @@ impl Upstreams {
                 }
             };
             match result {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(response.map(boxed)),
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed before the request went out: the request
                     // is untouched, so it goes again on a new connection.
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Reset(error.into_error())),
+                    _ => return Err(UpstreamError::Reset(Box::new(error.into_error()))),
                 },
             }
         }
+    }
+
+    /// Sends a request without a body over HTTP/1.1 with the lean client, on an idle
+    /// connection when there is one; a stale idle connection is passed over.
+    async fn send_lean(
+        &self,
+        key: PoolKey,
+        tls: Option<&UpstreamTls>,
+        connect_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        loop {
+            let (connection, reused) = match self.lean_pooled(&key) {
+                Some(connection) => (connection, true),
+                None => (self.connect_lean(key, tls, connect_timeout).await?, false),
+            };
+            let pool = self.lean_idle.clone();
+            let release: h1::Release = Box::new(move |connection| {
+                let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+                let connections = idle.entry(key).or_default();
+                if connections.len() < MAX_IDLE_PER_ENDPOINT {
+                    connections.push(connection);
+                }
+            });
+            match connection.send(&request, reused, release).await {
+                Ok(response) => return Ok(response.map(BodyExt::boxed)),
+                Err(h1::SendError::Stale(error)) if reused => stale_connection(&error),
+                Err(h1::SendError::Stale(error)) => {
+                    return Err(UpstreamError::Reset(Box::new(error)));
+                }
+                Err(h1::SendError::Failed(error)) => return Err(UpstreamError::Reset(error)),
+            }
+        }
+    }
+
+    /// A new connection for the lean client; boxed, as in `send_hyper`: connecting is rare
+    /// and its state (a TLS handshake) large.
+    fn connect_lean<'a>(
+        &'a self,
+        key: PoolKey,
+        tls: Option<&'a UpstreamTls>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<h1::Connection, UpstreamError>> + Send + 'a>> {
+        Box::pin(async move {
+            let (stream, _) = self
+                .connect_stream_with(key.address, tls, timeout, alpn(false))
+                .await?;
+            Ok(h1::Connection::new(stream))
+        })
+    }
+
+    /// An idle lean connection to `key` that still looks usable; the others are closed.
+    fn lean_pooled(&self, key: &PoolKey) -> Option<h1::Connection> {
+        let mut idle = self.lean_idle.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = idle.get_mut(key)?;
+        while let Some(mut connection) = connections.pop() {
+            if connection.is_usable() {
+                return Some(connection);
+            }
+        }
+        None
     }
 
     fn pooled(&self, key: &PoolKey) -> Option<Sender> {
@@ -259,14 +368,16 @@ impl Upstreams {
     }
 
     /// Sends an upgrade request (WebSocket) on an HTTP/1.1 connection of its own, so the
-    /// connection can switch protocols after `101`.
+    /// connection can switch protocols after `101`; then the bytes flow between it and
+    /// `downstream`.
     pub async fn send_upgrade(
         &self,
         address: SocketAddr,
         tls: Option<&UpstreamTls>,
         timeout: Duration,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        downstream: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let (stream, _) = self
             .connect_stream_with(address, tls, timeout, &[b"http/1.1"])
             .await?;
@@ -277,10 +388,12 @@ impl Upstreams {
             let _ = connection.with_upgrades().await;
         });
         for_http1(&mut request);
-        sender
+        let mut response = sender
             .send_request(request)
             .await
-            .map_err(UpstreamError::Reset)
+            .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
+        crate::outbound::splice_upgrade(downstream, &mut response);
+        Ok(response.map(boxed))
     }
 
     /// A connection to `address`, over mesh mTLS offering `alpn` when `tls` is given; says
@@ -368,6 +481,11 @@ where
     Ok(Sender::Http1(sender))
 }
 
+/// Notes an idle connection found closed when it was about to be used.
+fn stale_connection(error: &std::io::Error) {
+    tracing::debug!(%error, "an idle upstream connection had closed; trying another");
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
@@ -375,23 +493,31 @@ mod tests {
     use super::*;
 
     /// Every request's future holds a `send` future and is moved whole at least once; the
-    /// rare connect path is boxed so that it stays small.
+    /// rare connect path is boxed so that it stays small, on the lean path (a request
+    /// without a body) and on hyper's (one with a body).
     #[test]
     fn a_send_future_is_small() {
         let upstreams = Upstreams::new(CurrentIdentity::default());
-        let request = Request::new(
+        let empty = Request::new(
             http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed(),
         );
-        let sending = upstreams.send(
-            SocketAddr::from(([127, 0, 0, 1], 1)),
-            None,
-            false,
-            Duration::from_secs(1),
-            request,
+        let full = Request::new(
+            http_body_util::Full::new(Bytes::from_static(b"body"))
+                .map_err(|never| match never {})
+                .boxed(),
         );
-        let size = std::mem::size_of_val(&sending);
-        assert!(size <= 1024, "the send future takes {size} bytes");
+        for request in [empty, full] {
+            let sending = upstreams.send(
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                None,
+                false,
+                Duration::from_secs(1),
+                request,
+            );
+            let size = std::mem::size_of_val(&sending);
+            assert!(size <= 1200, "the send future takes {size} bytes");
+        }
     }
 }
