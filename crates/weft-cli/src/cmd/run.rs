@@ -114,6 +114,14 @@ async fn supervise(
         )
         .collect::<Vec<_>>()
         .join(",");
+    // Listening first: a signal that arrives as soon as the command runs is passed on, not
+    // taken by this process's default action (which would leave the command behind).
+    let mut streams = Vec::new();
+    for forwarded in FORWARDED {
+        let stream = signal(SignalKind::from_raw(forwarded as i32))
+            .with_context(|| format!("listening for {forwarded}"))?;
+        streams.push((forwarded, stream));
+    }
     let mut child = tokio::process::Command::new(program)
         .args(program_args)
         .env("HTTP_PROXY", &proxy_url)
@@ -126,12 +134,6 @@ async fn supervise(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
-    let mut streams = Vec::new();
-    for forwarded in FORWARDED {
-        let stream = signal(SignalKind::from_raw(forwarded as i32))
-            .with_context(|| format!("listening for {forwarded}"))?;
-        streams.push((forwarded, stream));
-    }
     let (relay_tx, mut relay_rx) = tokio::sync::mpsc::unbounded_channel();
     for (forwarded, mut stream) in streams {
         let relay_tx = relay_tx.clone();
