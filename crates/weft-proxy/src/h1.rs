@@ -299,10 +299,15 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, BoxError> {
         }
         headers.append(name, value);
     }
-    if headers.contains_key(hyper::header::TRANSFER_ENCODING) && !chunked {
-        // Framed by some other coding: the body runs until the connection closes.
-        content_length = None;
-        keep_alive = false;
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        // The transfer coding frames the body, not a Content-Length beside it (RFC 9112
+        // §6.3), which must not reach the next hop either.
+        headers.remove(hyper::header::CONTENT_LENGTH);
+        if !chunked {
+            // Framed by some other coding: the body runs until the connection closes.
+            content_length = None;
+            keep_alive = false;
+        }
     }
     Ok(Some(Head {
         status,
@@ -581,6 +586,29 @@ mod tests {
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), "abcde");
         assert_eq!(kept.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_wins_over_a_content_length_which_is_dropped() {
+        let (connection, mut upstream) = pair();
+        let (release, kept) = keeper();
+        let request = get("/");
+        let server = async {
+            read_request(&mut upstream).await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+        };
+        let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
+        let response = sent.unwrap();
+        assert!(!response.headers().contains_key("content-length"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        assert!(
+            kept.lock().unwrap().is_empty(),
+            "not reused after such a response"
+        );
     }
 
     #[tokio::test]
