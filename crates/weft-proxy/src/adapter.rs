@@ -264,7 +264,7 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
                             .map(|r| {
                                 Ok::<_, Rejected>(RegexRewrite {
                                     pattern: regex(&name, &r.pattern.unwrap_or_default().regex)?,
-                                    substitution: r.substitution,
+                                    substitution: substitution(&r.substitution),
                                 })
                             })
                             .transpose()?,
@@ -584,6 +584,30 @@ fn principal(
             ));
         }
     })
+}
+
+/// Envoy's regex substitution (RE2's: `\1` for a group, `\\` for a backslash, anything else
+/// literal) in the regex crate's syntax (`${1}`, `$$` for a dollar sign).
+fn substitution(envoy: &str) -> String {
+    let mut out = String::with_capacity(envoy.len() + 4);
+    let mut chars = envoy.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek().copied()) {
+            ('\\', Some(digit)) if digit.is_ascii_digit() => {
+                chars.next();
+                out.push_str("${");
+                out.push(digit);
+                out.push('}');
+            }
+            ('\\', Some('\\')) => {
+                chars.next();
+                out.push('\\');
+            }
+            ('$', _) => out.push_str("$$"),
+            (other, _) => out.push(other),
+        }
+    }
+    out
 }
 
 fn regex(config: &str, pattern: &str) -> Result<Regex, Rejected> {
@@ -1032,4 +1056,30 @@ fn socket_addr(address: &Address) -> Option<SocketAddr> {
         return None;
     };
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "a test fails loudly when its own setup fails"
+    )]
+
+    use super::*;
+
+    #[test]
+    fn envoy_substitutions_become_the_regex_crates() {
+        assert_eq!(substitution(r"/v2/\1/\2"), "/v2/${1}/${2}");
+        assert_eq!(substitution(r"/cost/$5\\x"), r"/cost/$$5\x");
+        // As Envoy does, every match is replaced.
+        let pattern = Regex::new("one").unwrap();
+        let replaced = pattern.replace_all("/xxx/one/yyy/one/zzz", substitution("two").as_str());
+        assert_eq!(replaced, "/xxx/two/yyy/two/zzz");
+        let groups = Regex::new("^/service/([^/]+)(/.*)$").unwrap();
+        let replaced = groups.replace_all(
+            "/service/foo/v1/api",
+            substitution(r"\2/instance/\1").as_str(),
+        );
+        assert_eq!(replaced, "/v1/api/instance/foo");
+    }
 }

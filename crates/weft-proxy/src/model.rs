@@ -355,7 +355,8 @@ pub struct RegexRewrite {
     /// What to replace.
     #[serde(with = "regex_text")]
     pub pattern: Regex,
-    /// What to put instead (`\1` for groups).
+    /// What to put instead, in the regex crate's syntax (`${1}` for a group); the adapter
+    /// translates Envoy's (`\1`).
     pub substitution: String,
 }
 

@@ -21,7 +21,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use regex::Regex;
 use tokio::sync::watch;
 
 use crate::model::{Action, Forward, HeaderChanges, PathMatch, Redirect, Route};
@@ -928,13 +927,10 @@ async fn inject_fault(fault: Option<&crate::model::Fault>) -> Option<Response<Bo
 fn rewritten_path(forward: &Forward, route: &Route, uri: &Uri) -> Option<String> {
     let path = uri.path();
     let new_path = if let Some(rewrite) = &forward.regex_rewrite {
-        // Envoy writes groups as \1; the regex crate as ${1}.
-        let substitution = Regex::new(r"\\(\d)")
-            .map(|r| r.replace_all(&rewrite.substitution, "$${$1}").into_owned())
-            .unwrap_or_else(|_| rewrite.substitution.clone());
+        // Every match, as Envoy replaces them.
         rewrite
             .pattern
-            .replace(path, substitution.as_str())
+            .replace_all(path, rewrite.substitution.as_str())
             .into_owned()
     } else if let (Some(prefix), PathMatch::Prefix(matched)) =
         (&forward.prefix_rewrite, &route.matcher.path)
