@@ -21,11 +21,11 @@ use prometheus_client::registry::Registry;
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::{self, Registrations};
+use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
+use crate::translate::{MeshGenerator, MeshIdentity};
 
 /// The file in the state directory that keeps the self-registered workloads across restarts.
 const SAVED_WORKLOADS: &str = "registered-workloads.json";
-use crate::store::{ConfigState, ConfigStore, FileStore, StoreError};
-use crate::translate::{MeshGenerator, MeshIdentity};
 
 /// What `weft control` needs to run.
 #[derive(Debug, Clone)]

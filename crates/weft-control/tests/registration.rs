@@ -154,24 +154,7 @@ async fn connected_workloads_are_endpoints_until_their_grace_period_ends() {
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: test}\nspec:\n  host: echo\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n",
     )
     .unwrap();
-    let control = ControlPlane::start(Config {
-        config_dir: dir.path().to_path_buf(),
-        xds_addr: "127.0.0.1:0".parse().unwrap(),
-        debug_addr: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().join(".weft"),
-        trust_domain: "cluster.local".into(),
-        cert_ttl: Duration::from_secs(3600),
-        registration_grace: Duration::from_millis(300),
-        xds_tls_addr: None,
-        tls_names: vec![],
-    })
-    .await
-    .unwrap();
-    let addr = control.xds_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(control.serve(async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = start(dir.path()).await;
 
     // A client in namespace `test` watches the endpoints of echo:9000 and of subset v2.
     let client_node = Node {

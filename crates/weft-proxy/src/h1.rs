@@ -507,15 +507,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
-
-    /// A connection whose upstream end the test plays by hand.
-    fn pair() -> (Connection, tokio::io::DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        (Connection::new(Box::new(ours)), theirs)
-    }
 
     fn get(path: &str) -> Request<()> {
         Request::get(path)
@@ -524,109 +518,108 @@ mod tests {
             .unwrap()
     }
 
-    /// A release that keeps what it is given.
-    fn keeper() -> (Release, Arc<Mutex<Vec<Connection>>>) {
-        let kept = Arc::new(Mutex::new(Vec::new()));
-        let into = kept.clone();
-        (Box::new(move |c| into.lock().unwrap().push(c)), kept)
+    /// What one request on a new connection came to.
+    struct Exchange {
+        sent: Result<Response<ResponseBody>, SendError>,
+        /// The request head as the upstream read it.
+        head: String,
+        /// The connections given back for reuse.
+        kept: Arc<Mutex<Vec<Connection>>>,
+        /// The upstream's end, while it stays open.
+        _upstream: Option<DuplexStream>,
     }
 
-    async fn read_request(upstream: &mut tokio::io::DuplexStream) -> String {
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(upstream.read_u8().await.unwrap());
+    /// Sends `request` on a new connection whose upstream, played by the test, reads the
+    /// request head, writes `chunks` one by one and then closes if `close`.
+    async fn exchange<B>(request: &Request<B>, chunks: &[&[u8]], close: bool) -> Exchange {
+        let (ours, mut upstream) = tokio::io::duplex(64 * 1024);
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let into = kept.clone();
+        let release: Release = Box::new(move |c| into.lock().unwrap().push(c));
+        let server = async {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(upstream.read_u8().await.unwrap());
+            }
+            for chunk in chunks {
+                upstream.write_all(chunk).await.unwrap();
+            }
+            String::from_utf8(head).unwrap()
+        };
+        let connection = Connection::new(Box::new(ours));
+        let (sent, head) = tokio::join!(connection.send(request, false, release), server);
+        Exchange {
+            sent,
+            head,
+            kept,
+            _upstream: (!close).then_some(upstream),
         }
-        String::from_utf8(head).unwrap()
     }
 
     #[tokio::test]
     async fn a_content_length_response_is_read_and_the_connection_released() {
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
-        let request = get("/a?b=c");
-        let server = async {
-            let head = read_request(&mut upstream).await;
-            upstream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhel")
-                .await
-                .unwrap();
-            upstream.write_all(b"lo").await.unwrap();
-            head
-        };
-        let (sent, head) = tokio::join!(connection.send(&request, false, release), server);
-        assert_eq!(head, "GET /a?b=c HTTP/1.1\r\nhost: upstream\r\n\r\n");
-        let response = sent.unwrap();
+        let exchange = exchange(
+            &get("/a?b=c"),
+            &[
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhel",
+                b"lo",
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(
+            exchange.head,
+            "GET /a?b=c HTTP/1.1\r\nhost: upstream\r\n\r\n"
+        );
+        let response = exchange.sent.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-a"], "1");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
-        assert_eq!(kept.lock().unwrap().len(), 1);
+        assert_eq!(exchange.kept.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn a_chunked_response_with_trailers_is_decoded() {
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
-        let request = get("/");
-        let server = async {
-            read_request(&mut upstream).await;
-            upstream
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n",
-                )
-                .await
-                .unwrap();
-            upstream
-                .write_all(b"2\r\nde\r\n0\r\nGrpc-Status: 0\r\n\r\n")
-                .await
-                .unwrap();
-        };
-        let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
-        let collected = sent.unwrap().into_body().collect().await.unwrap();
+        let exchange = exchange(
+            &get("/"),
+            &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n",
+                b"2\r\nde\r\n0\r\nGrpc-Status: 0\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        let collected = exchange.sent.unwrap().into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), "abcde");
-        assert_eq!(kept.lock().unwrap().len(), 1);
+        assert_eq!(exchange.kept.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn chunked_wins_over_a_content_length_which_is_dropped() {
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
-        let request = get("/");
-        let server = async {
-            read_request(&mut upstream).await;
-            upstream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-                .await
-                .unwrap();
-        };
-        let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
-        let response = sent.unwrap();
+        let exchange = exchange(
+            &get("/"),
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+            false,
+        )
+        .await;
+        let response = exchange.sent.unwrap();
         assert!(!response.headers().contains_key("content-length"));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "ok");
         assert!(
-            kept.lock().unwrap().is_empty(),
+            exchange.kept.lock().unwrap().is_empty(),
             "not reused after such a response"
         );
     }
 
     #[tokio::test]
     async fn a_response_without_length_runs_to_close_and_is_not_reused() {
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
-        let request = get("/");
-        let server = async move {
-            read_request(&mut upstream).await;
-            upstream
-                .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
-                .await
-                .unwrap();
-        };
-        let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
-        let body = sent.unwrap().into_body().collect().await.unwrap();
+        let exchange = exchange(&get("/"), &[b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], true).await;
+        let body = exchange.sent.unwrap().into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes(), "until the end");
-        assert!(kept.lock().unwrap().is_empty());
+        assert!(exchange.kept.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -636,61 +629,45 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             b"HTTP/1.1 abc\r\n\r\n",
         ] {
-            let (connection, mut upstream) = pair();
-            let (release, _) = keeper();
-            let request = get("/");
-            let server = async {
-                read_request(&mut upstream).await;
-                upstream.write_all(response).await.unwrap();
-            };
-            let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
-            assert!(matches!(sent, Err(SendError::Failed(_))), "{response:?}");
+            let exchange = exchange(&get("/"), &[response], false).await;
+            assert!(
+                matches!(exchange.sent, Err(SendError::Failed(_))),
+                "{response:?}"
+            );
         }
         // A body cut short is an error, not a short body.
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
-        let request = get("/");
-        let server = async move {
-            read_request(&mut upstream).await;
-            upstream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-                .await
-                .unwrap();
-        };
-        let (sent, ()) = tokio::join!(connection.send(&request, false, release), server);
-        assert!(sent.unwrap().into_body().collect().await.is_err());
-        assert!(kept.lock().unwrap().is_empty());
+        let exchange = exchange(
+            &get("/"),
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+            true,
+        )
+        .await;
+        assert!(exchange.sent.unwrap().into_body().collect().await.is_err());
+        assert!(exchange.kept.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn a_reused_connection_closed_before_responding_is_stale() {
-        let (mut connection, upstream) = pair();
+        let (ours, upstream) = tokio::io::duplex(64 * 1024);
+        let mut connection = Connection::new(Box::new(ours));
         assert!(connection.is_usable());
         drop(upstream);
         assert!(!connection.is_usable());
-        let (release, _) = keeper();
-        let request = get("/");
-        let sent = connection.send(&request, true, release).await;
+        let sent = connection.send(&get("/"), true, Box::new(drop)).await;
         assert!(matches!(sent, Err(SendError::Stale(_))));
     }
 
     #[tokio::test]
     async fn a_head_or_204_response_has_no_body_and_an_empty_post_says_so() {
-        let (connection, mut upstream) = pair();
-        let (release, kept) = keeper();
         let request = Request::post("/").header("host", "u").body(()).unwrap();
-        let server = async {
-            let head = read_request(&mut upstream).await;
-            upstream
-                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .await
-                .unwrap();
-            head
-        };
-        let (sent, head) = tokio::join!(connection.send(&request, false, release), server);
-        assert!(head.contains("content-length: 0\r\n"), "{head}");
-        let response = sent.unwrap();
+        let exchange = exchange(&request, &[b"HTTP/1.1 204 No Content\r\n\r\n"], false).await;
+        assert!(
+            exchange.head.contains("content-length: 0\r\n"),
+            "{}",
+            exchange.head
+        );
+        let response = exchange.sent.unwrap();
         assert!(response.body().is_end_stream());
-        assert_eq!(kept.lock().unwrap().len(), 1);
+        assert_eq!(exchange.kept.lock().unwrap().len(), 1);
     }
 }

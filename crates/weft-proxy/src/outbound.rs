@@ -452,7 +452,7 @@ impl Outbound {
                     retry_place.is_some()
                 });
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     let status = response.status().as_u16();
                     self.balancers.report(
                         cluster,
@@ -471,7 +471,6 @@ impl Outbound {
                     if retry.is_some_and(|r| r.on_response(status, grpc_status)) {
                         continue;
                     }
-                    let mut response = response;
                     strip_hop_by_hop(response.headers_mut());
                     apply_changes(response.headers_mut(), &weighted.response_headers);
                     return response;
