@@ -256,26 +256,20 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, BoxError> {
     let status = StatusCode::from_u16(response.code.unwrap_or(0))
         .map_err(|_| "the upstream's response has no valid status")?;
     let http11 = response.version == Some(1);
-    // Where each header's name and value lie in the buffer, so the values can share it.
-    let start = buffer.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(response.headers.len());
-    for header in response.headers.iter() {
-        let name = HeaderName::from_bytes(header.name.as_bytes())
-            .map_err(|_| format!("the upstream sent a bad header name {:?}", header.name))?;
-        let offset = header.value.as_ptr() as usize - start;
-        spans.push((name, offset..offset + header.value.len()));
-    }
-    let head = buffer.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut content_length = None;
     let mut chunked = false;
+    let mut transfer_coded = false;
     let mut keep_alive = http11;
-    for (name, span) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(span))
-            .map_err(|_| format!("the upstream sent a bad value for {name}"))?;
-        if name == hyper::header::CONTENT_LENGTH {
-            let parsed = value
-                .to_str()
+    // Which headers go on: `Connection` and `Keep-Alive` stay behind when `Connection` holds
+    // only the connection's own options (so the next hop's hop-by-hop stripping finds
+    // nothing to do), as does `Transfer-Encoding`, whose coding is undone here.
+    let mut kept = [false; MAX_HEADERS];
+    let mut names_headers = false;
+    for (header, kept) in response.headers.iter().zip(kept.iter_mut()) {
+        let name = header.name;
+        *kept = true;
+        if name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(header.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .ok_or("the upstream sent a bad Content-Length")?;
@@ -283,31 +277,58 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, BoxError> {
                 return Err("the upstream sent conflicting Content-Length values".into());
             }
             content_length = Some(parsed);
-        } else if name == hyper::header::TRANSFER_ENCODING {
-            chunked = value
-                .to_str()
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_coded = true;
+            *kept = false;
+            chunked = std::str::from_utf8(header.value)
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == hyper::header::CONNECTION {
-            let tokens = value.to_str().unwrap_or("");
-            for token in tokens.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    names_headers = true;
                 }
             }
         }
-        headers.append(name, value);
     }
-    if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
-        // The transfer coding frames the body, not a Content-Length beside it (RFC 9112
-        // §6.3), which must not reach the next hop either.
-        headers.remove(hyper::header::CONTENT_LENGTH);
-        if !chunked {
-            // Framed by some other coding: the body runs until the connection closes.
-            content_length = None;
-            keep_alive = false;
+    for (header, kept) in response.headers.iter().zip(kept.iter_mut()) {
+        if header.name.eq_ignore_ascii_case("keep-alive")
+            || (!names_headers && header.name.eq_ignore_ascii_case("connection"))
+            // The transfer coding frames the body, not a Content-Length beside it (RFC 9112
+            // §6.3), which must not reach the next hop either.
+            || (transfer_coded && header.name.eq_ignore_ascii_case("content-length"))
+        {
+            *kept = false;
         }
+    }
+    if transfer_coded && !chunked {
+        // Framed by some other coding: the body runs until the connection closes.
+        content_length = None;
+        keep_alive = false;
+    }
+    // The values share the buffer the head was read into.
+    let start = buffer.as_ptr() as usize;
+    let fields = response
+        .headers
+        .iter()
+        .zip(kept)
+        .filter(|(_, kept)| *kept)
+        .map(|(header, _)| {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| format!("the upstream sent a bad header name {:?}", header.name))?;
+            let offset = header.value.as_ptr() as usize - start;
+            Ok((name, offset..offset + header.value.len()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let head = buffer.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, span) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(span))
+            .map_err(|_| format!("the upstream sent a bad value for {name}"))?;
+        headers.append(name, value);
     }
     Ok(Some(Head {
         status,
@@ -577,6 +598,35 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "hello");
         assert_eq!(exchange.kept.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_connections_own_options_stay_behind() {
+        let own = exchange(
+            &get("/"),
+            &[b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"],
+            false,
+        )
+        .await;
+        let response = own.sent.unwrap();
+        let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-a"]);
+        assert_eq!(own.kept.lock().unwrap().len(), 1);
+
+        // A Connection header naming other headers is kept, for the hop-by-hop stripping
+        // to remove them.
+        let naming = exchange(
+            &get("/"),
+            &[b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"],
+            true,
+        )
+        .await;
+        let mut response = naming.sent.unwrap();
+        assert_eq!(response.headers()["connection"], "close, X-A");
+        crate::outbound::strip_hop_by_hop(response.headers_mut());
+        let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+        assert!(naming.kept.lock().unwrap().is_empty(), "closed, not reused");
     }
 
     #[tokio::test]
