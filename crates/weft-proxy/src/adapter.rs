@@ -380,7 +380,7 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
             routes,
         });
     }
-    Ok(RouteTable { virtual_hosts })
+    Ok(RouteTable::new(virtual_hosts))
 }
 
 /// The fault filter's per-route configuration; `None` when it injects nothing.

@@ -98,17 +98,39 @@ impl GatewayTls {
 pub struct RouteTable {
     /// Virtual hosts in order.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Which virtual host each exact domain belongs to (the first that lists it), so that a
+    /// request finds its host in one lookup however many services the mesh has.
+    #[serde(skip)]
+    exact: HashMap<String, usize>,
 }
 
 impl RouteTable {
+    /// A table of `virtual_hosts`, whose domains are lower case.
+    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+        let mut exact = HashMap::default();
+        for (index, vh) in virtual_hosts.iter().enumerate() {
+            for domain in vh.domains.iter().filter(|d| !d.contains('*')) {
+                exact.entry(domain.clone()).or_insert(index);
+            }
+        }
+        Self {
+            virtual_hosts,
+            exact,
+        }
+    }
+
     /// The virtual host for a Host (`authority`, with or without its port): an exact domain
     /// first, then `*.suffix` and `prefix*` wildcards, then `*`.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let authority = authority.to_ascii_lowercase();
+        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(authority)
+        };
         let exact = self
-            .virtual_hosts
-            .iter()
-            .find(|vh| vh.domains.contains(&authority));
+            .exact
+            .get(authority.as_ref())
+            .and_then(|&index| self.virtual_hosts.get(index));
         exact
             .or_else(|| {
                 self.virtual_hosts.iter().find(|vh| {

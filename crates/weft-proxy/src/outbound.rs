@@ -284,7 +284,8 @@ impl Outbound {
         let Some(cluster) = config.model.clusters.get(&weighted.name) else {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, Some("NC"), "no cluster\n");
         };
-        let Some(_admitted) = self.balancers.admit(cluster) else {
+        let balancer = self.balancers.of(cluster);
+        let Some(_admitted) = balancer.admit() else {
             return local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("UO"),
@@ -356,7 +357,7 @@ impl Outbound {
             // Another endpoint than those tried, when there is one (Istio's previous-hosts).
             let mut pick = None;
             for _ in 0..5 {
-                let candidate = self.balancers.pick(cluster, hash);
+                let candidate = balancer.pick(hash);
                 let fresh = candidate
                     .as_ref()
                     .is_some_and(|p| !tried.contains(&p.endpoint.address));
@@ -373,7 +374,9 @@ impl Outbound {
                 );
             };
             let address = pick.endpoint.address;
-            tried.push(address);
+            if attempts > 1 {
+                tried.push(address);
+            }
             let mut request = Request::new(match (&replay, body.take()) {
                 // Boxing an empty body allocates nothing.
                 (Some(bytes), _) if bytes.is_empty() => http_body_util::Empty::new()
@@ -442,20 +445,17 @@ impl Outbound {
                 None => sending.await,
             };
             drop(pick);
-            // A retry also needs a place under the cluster's `maxRetries`.
-            let retry = forward
-                .retry
-                .as_ref()
-                .filter(|_| attempt + 1 < attempts)
-                .filter(|_| {
-                    retry_place = self.balancers.admit_retry(cluster);
-                    retry_place.is_some()
-                });
+            // A retry also needs a place under the cluster's `maxRetries`, taken only once a
+            // retry is due.
+            let retry = forward.retry.as_ref().filter(|_| attempt + 1 < attempts);
+            let mut admit_retry = || {
+                retry_place = balancer.admit_retry();
+                retry_place.is_some()
+            };
             match result {
                 Ok(mut response) => {
                     let status = response.status().as_u16();
-                    self.balancers.report(
-                        cluster,
+                    balancer.report(
                         address,
                         match status {
                             502..=504 => Outcome::GatewayError,
@@ -468,7 +468,7 @@ impl Outbound {
                         .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
-                    if retry.is_some_and(|r| r.on_response(status, grpc_status)) {
+                    if retry.is_some_and(|r| r.on_response(status, grpc_status)) && admit_retry() {
                         continue;
                     }
                     strip_hop_by_hop(response.headers_mut());
@@ -476,8 +476,7 @@ impl Outbound {
                     return response;
                 }
                 Err(error) => {
-                    self.balancers
-                        .report(cluster, address, Outcome::GatewayError);
+                    balancer.report(address, Outcome::GatewayError);
                     tracing::debug!(%error, cluster = cluster.name, attempt, "upstream failed");
                     let connect = matches!(error, crate::upstream::UpstreamError::Connect(_));
                     last_error = Some(local_response(
@@ -485,7 +484,7 @@ impl Outbound {
                         Some(error.flag()),
                         format!("{error}\n"),
                     ));
-                    if !retry.is_some_and(|r| r.on_failure(connect)) {
+                    if !(retry.is_some_and(|r| r.on_failure(connect)) && admit_retry()) {
                         break;
                     }
                 }

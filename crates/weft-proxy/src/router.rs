@@ -169,25 +169,39 @@ impl Drop for Pick<'_> {
 }
 
 impl Balancers {
-    fn state(&self, cluster: &str) -> Arc<ClusterState> {
+    /// The balancer of one cluster, looked up once for all that a request does with it.
+    pub fn of<'a>(&self, cluster: &'a Cluster) -> ClusterBalancer<'a> {
         let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        match clusters.get(cluster) {
+        let state = match clusters.get(cluster.name.as_str()) {
             Some(state) => state.clone(),
-            None => clusters.entry(cluster.to_string()).or_default().clone(),
-        }
+            None => clusters.entry(cluster.name.clone()).or_default().clone(),
+        };
+        ClusterBalancer { cluster, state }
     }
 
+    /// A healthy endpoint of `cluster`: [`ClusterBalancer::pick`].
+    pub fn pick<'a>(&self, cluster: &'a Cluster, hash: Option<u64>) -> Option<Pick<'a>> {
+        self.of(cluster).pick(hash)
+    }
+}
+
+/// One cluster's load-balancer state, with the cluster it balances.
+#[derive(Debug)]
+pub struct ClusterBalancer<'a> {
+    cluster: &'a Cluster,
+    state: Arc<ClusterState>,
+}
+
+impl<'a> ClusterBalancer<'a> {
     /// A place for one request under the cluster's circuit breaker; `None` when it is full
     /// (Envoy's overflow, `503 UO`).
-    pub fn admit(&self, cluster: &Cluster) -> Option<Admitted> {
-        let state = self.state(&cluster.name);
-        Self::take(&state.requests, cluster.max_requests)
+    pub fn admit(&self) -> Option<Admitted> {
+        Self::take(&self.state.requests, self.cluster.max_requests)
     }
 
     /// A place for one retry under the cluster's `maxRetries`; `None` when none is free.
-    pub fn admit_retry(&self, cluster: &Cluster) -> Option<Admitted> {
-        let state = self.state(&cluster.name);
-        Self::take(&state.retries, cluster.max_retries)
+    pub fn admit_retry(&self) -> Option<Admitted> {
+        Self::take(&self.state.retries, self.cluster.max_retries)
     }
 
     fn take(counter: &Arc<AtomicUsize>, limit: u32) -> Option<Admitted> {
@@ -200,12 +214,11 @@ impl Balancers {
     /// Records how an attempt to `endpoint` ended; an endpoint that fails too often in a row
     /// is ejected for the cluster's base ejection time times the number of its ejections, as
     /// long as no more than the maximum share of the cluster is ejected.
-    pub fn report(&self, cluster: &Cluster, endpoint: SocketAddr, outcome: Outcome) {
-        let Some(outlier) = &cluster.outlier else {
+    pub fn report(&self, endpoint: SocketAddr, outcome: Outcome) {
+        let Some(outlier) = &self.cluster.outlier else {
             return;
         };
-        let state = self.state(&cluster.name);
-        let mut health = state.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
         let ejected_now = health.values().filter(|h| h.ejected(now)).count();
         let entry = health.entry(endpoint).or_default();
@@ -228,24 +241,28 @@ impl Balancers {
             && entry.consecutive_5xx >= outlier.consecutive_5xx)
             || (outlier.consecutive_gateway > 0
                 && entry.consecutive_gateway >= outlier.consecutive_gateway);
-        let total = cluster.endpoints.len().max(1);
+        let total = self.cluster.endpoints.len().max(1);
         let allowed = (ejected_now + 1) * 100 <= total * outlier.max_ejection_percent as usize;
         if tripped && !entry.ejected(now) && allowed {
             entry.ejections += 1;
             entry.ejected_until = Some(now + outlier.base_ejection * entry.ejections);
             entry.consecutive_5xx = 0;
             entry.consecutive_gateway = 0;
-            tracing::info!(cluster = cluster.name, %endpoint, "endpoint ejected (outlier detection)");
+            tracing::info!(
+                cluster = self.cluster.name,
+                %endpoint,
+                "endpoint ejected (outlier detection)"
+            );
         }
     }
 
-    /// A healthy endpoint of `cluster` by its policy; `None` when none is healthy. A
+    /// A healthy endpoint of the cluster by its policy; `None` when none is healthy. A
     /// consistent-hash cluster uses `hash` (a request without one gets a random endpoint).
     /// Endpoints ejected by outlier detection are skipped.
-    pub fn pick<'a>(&self, cluster: &'a Cluster, hash: Option<u64>) -> Option<Pick<'a>> {
+    pub fn pick(&self, hash: Option<u64>) -> Option<Pick<'a>> {
+        let cluster = self.cluster;
         let ejected: Vec<SocketAddr> = if cluster.outlier.is_some() {
-            let state = self.state(&cluster.name);
-            let health = state.health.lock().unwrap_or_else(|p| p.into_inner());
+            let health = self.state.health.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
             health
                 .iter()
@@ -256,8 +273,10 @@ impl Balancers {
             Vec::new()
         };
         let usable = |e: &&Endpoint| e.healthy && !ejected.contains(&e.address);
-        let healthy: Vec<&Endpoint> = cluster.endpoints.iter().filter(usable).collect();
-        if healthy.is_empty() {
+        // The n-th usable endpoint, without collecting them (this runs for every request).
+        let healthy = cluster.endpoints.iter().filter(usable).count();
+        let nth = |n: usize| cluster.endpoints.iter().filter(usable).nth(n);
+        if healthy == 0 {
             return None;
         }
         let hashed = match (cluster.lb, hash) {
@@ -265,9 +284,8 @@ impl Balancers {
             (LoadBalancer::Maglev, Some(key)) => hashing::maglev_lookup(&cluster.hash_table, key),
             _ => None,
         };
-        let state = self.state(&cluster.name);
         let active = |endpoint: &Endpoint| {
-            state
+            self.state
                 .active
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -285,14 +303,14 @@ impl Balancers {
                     .find(usable)?
             }
             LoadBalancer::RoundRobin => {
-                healthy[state.next.fetch_add(1, Ordering::Relaxed) % healthy.len()]
+                nth(self.state.next.fetch_add(1, Ordering::Relaxed) % healthy)?
             }
             LoadBalancer::Random | LoadBalancer::RingHash | LoadBalancer::Maglev => {
-                healthy[fastrand::usize(..healthy.len())]
+                nth(fastrand::usize(..healthy))?
             }
             LoadBalancer::LeastRequest => {
-                let a = healthy[fastrand::usize(..healthy.len())];
-                let b = healthy[fastrand::usize(..healthy.len())];
+                let a = nth(fastrand::usize(..healthy))?;
+                let b = nth(fastrand::usize(..healthy))?;
                 if active(b).load(Ordering::Relaxed) < active(a).load(Ordering::Relaxed) {
                     b
                 } else {
