@@ -42,6 +42,9 @@ enum Command {
     /// Mesh any process: run CMD beside its own sidecar, with HTTP_PROXY pointing at it.
     #[command(arg_required_else_help = true)]
     Run(cmd::run::Args),
+    /// What `weft run` starts its command with.
+    #[command(hide = true)]
+    RunChild(cmd::run::ChildArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::DemoApp(args) => cmd::demo_app::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::RunChild(args) => return cmd::run::run_child(args),
     };
     match result {
         Ok(code) => code,

@@ -190,6 +190,48 @@ fn signals_reach_the_command() {
 }
 
 #[test]
+fn the_command_does_not_outlive_a_killed_weft_run() {
+    let mesh = Mesh::start();
+    let mut child = mesh
+        .run(&["sh", "-c", "echo $$; while :; do sleep 0.1; done"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let command: i32 = first.trim().parse().unwrap();
+    // SIGKILL: weft run gets no chance to pass anything on.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let alive = || {
+        // Gone, or a zombie waiting for whoever inherited it.
+        std::fs::read_to_string(format!("/proc/{command}/stat"))
+            .ok()
+            .and_then(|stat| {
+                Some(
+                    stat.rsplit_once(')')?
+                        .1
+                        .trim_start()
+                        .starts_with(['Z', 'X']),
+                )
+            })
+            .is_some_and(|dead| !dead)
+    };
+    let started = Instant::now();
+    while alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the command outlived weft run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn bad_commands_ports_and_control_planes_get_clear_messages() {
     let mesh = Mesh::start();
     let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();

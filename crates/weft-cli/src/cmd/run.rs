@@ -122,7 +122,16 @@ async fn supervise(
             .with_context(|| format!("listening for {forwarded}"))?;
         streams.push((forwarded, stream));
     }
-    let mut child = tokio::process::Command::new(program)
+    // The command starts as this binary's hidden `run-child`, which asks the kernel for a
+    // SIGTERM should this process die (even by SIGKILL, when it cannot pass a signal on),
+    // then becomes the command: same process, same PID.
+    let exe = std::env::current_exe().context("finding the weft binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("run-child")
+        .arg("--parent")
+        .arg(std::process::id().to_string())
+        .arg("--")
+        .arg(program)
         .args(program_args)
         .env("HTTP_PROXY", &proxy_url)
         .env("http_proxy", &proxy_url)
@@ -163,6 +172,37 @@ async fn supervise(
         }
     };
     Ok(exit_code(status))
+}
+
+/// What `weft run` starts its command with (hidden): `weft run-child --parent PID -- CMD`.
+#[derive(Debug, clap::Args)]
+pub struct ChildArgs {
+    /// The `weft run` process that must be alive.
+    #[arg(long)]
+    parent: i32,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<OsString>,
+}
+
+/// Arranges for a SIGTERM when the `weft run` that started this process dies, then
+/// replaces this process with the command. Returns only if the command cannot start.
+pub fn run_child(args: ChildArgs) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    if let Err(error) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
+        eprintln!("weft run: cannot watch the weft run process: {error}");
+        return ExitCode::from(126);
+    }
+    // `weft run` may have died before the request above took effect.
+    if nix::unistd::getppid().as_raw() != args.parent {
+        return ExitCode::from(126);
+    }
+    let Some((program, rest)) = args.command.split_first() else {
+        return ExitCode::from(126);
+    };
+    let error = std::process::Command::new(program).args(rest).exec();
+    eprintln!("weft: cannot start {}: {error}", program.to_string_lossy());
+    ExitCode::from(127)
 }
 
 /// The command's status as this process's: its exit code, or 128 + the signal that ended it.
