@@ -115,6 +115,23 @@ impl Mesh {
             .args(args);
         command
     }
+
+    /// Starts `weft run -- sh -c SCRIPT` and returns it with the first line the script
+    /// prints (so the command is known to be running).
+    fn start_script(&self, script: &str) -> (std::process::Child, String) {
+        let mut child = self
+            .run(&["sh", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        (child, first.trim().to_string())
+    }
 }
 
 #[test]
@@ -153,22 +170,9 @@ fn curl_reaches_a_mesh_service_by_name_and_its_status_is_weft_runs() {
 #[test]
 fn signals_reach_the_command() {
     let mesh = Mesh::start();
-    let mut child = mesh
-        .run(&[
-            "sh",
-            "-c",
-            "trap 'exit 42' TERM; echo started; while :; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert_eq!(first.trim(), "started");
+    let (mut child, first) =
+        mesh.start_script("trap 'exit 42' TERM; echo started; while :; do sleep 0.1; done");
+    assert_eq!(first, "started");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let started = Instant::now();
@@ -192,18 +196,8 @@ fn signals_reach_the_command() {
 #[test]
 fn the_command_does_not_outlive_a_killed_weft_run() {
     let mesh = Mesh::start();
-    let mut child = mesh
-        .run(&["sh", "-c", "echo $$; while :; do sleep 0.1; done"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let command: i32 = first.trim().parse().unwrap();
+    let (mut child, first) = mesh.start_script("echo $$; while :; do sleep 0.1; done");
+    let command: i32 = first.parse().unwrap();
     // SIGKILL: weft run gets no chance to pass anything on.
     child.kill().unwrap();
     child.wait().unwrap();
