@@ -72,7 +72,8 @@ fn a_gateway_serves_plain_http_simple_and_mutual_tls_into_the_mesh() {
     common::pki(certs, "client", "client.example.com", true);
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
-    let (http, https, mutual) = (
+    let (http, https, mutual, redirect) = (
+        common::free_port(),
         common::free_port(),
         common::free_port(),
         common::free_port(),
@@ -109,6 +110,9 @@ spec:
   - port: {{number: {https}, name: https, protocol: HTTPS}}
     hosts: [shop.example.com]
     tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+  - port: {{number: {redirect}, name: http-redirect, protocol: HTTP}}
+    hosts: [shop.example.com, moved.example.com]
+    tls: {{httpsRedirect: true}}
   - port: {{number: {mutual}, name: https-partner, protocol: HTTPS}}
     hosts: [partner.example.com]
     tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
@@ -211,6 +215,29 @@ spec:
         "-H",
         "host: shop.example.com",
         &format!("http://127.0.0.1:{http}/other"),
+    ]);
+    assert_eq!(status, 404);
+
+    // `httpsRedirect`: a 301 to the same host and path over https, for a host a
+    // VirtualService routes and for one none does; other hosts are not the server's.
+    for host in ["shop.example.com", "moved.example.com"] {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{redirect_url}", "-H"])
+            .arg(format!("host: {host}"))
+            .arg(format!("http://127.0.0.1:{redirect}/echo?page=2"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("301 https://{host}/echo?page=2"),
+            "{host}"
+        );
+    }
+    let (status, _) = curl(&[
+        "-H",
+        "host: nobody.example.com",
+        &format!("http://127.0.0.1:{redirect}/echo"),
     ]);
     assert_eq!(status, 404);
 

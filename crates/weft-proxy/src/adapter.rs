@@ -378,6 +378,8 @@ fn route_table(config: RouteConfiguration) -> Result<RouteTable, Rejected> {
             name: vh.name,
             domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             routes,
+            // EXTERNAL_ONLY too: a proxy of Weft's takes no request as internal.
+            require_tls: vh.require_tls != 0,
         });
     }
     Ok(RouteTable::new(virtual_hosts))

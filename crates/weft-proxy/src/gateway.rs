@@ -4,14 +4,15 @@
 //! certificate of the server its SNI name picks (`SIMPLE`; `MUTUAL` also checks the client's
 //! certificate). Requests are routed by their Host with the port's routes — the
 //! VirtualServices bound to the Gateway — and forwarded like a sidecar's outbound requests:
-//! over mesh mTLS, with the gateway's own identity, to workloads of the mesh.
+//! over mesh mTLS, with the gateway's own identity, to workloads of the mesh. A plaintext
+//! request to a host of an `httpsRedirect` server gets a 301 to `https` instead.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{HOST, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -161,10 +162,41 @@ async fn handle(
     port: u16,
     tls: bool,
 ) -> Response<Body> {
-    match prepare(&mut request, peer, port, tls) {
-        None => outbound.handle(request, Some(peer.ip())).await,
-        Some(refused) => refused,
+    if let Some(refused) = prepare(&mut request, peer, port, tls) {
+        return refused;
     }
+    if !tls && let Some(redirect) = https_redirect(&outbound, &request, port) {
+        return redirect;
+    }
+    outbound.handle(request, Some(peer.ip())).await
+}
+
+/// The 301 to `https://<Host><path>` for a plaintext request to a host whose virtual host
+/// requires TLS (a Gateway server's `httpsRedirect`), as Envoy answers it.
+fn https_redirect(
+    outbound: &Outbound,
+    request: &Request<Incoming>,
+    port: u16,
+) -> Option<Response<Body>> {
+    let authority = request.uri().authority()?;
+    let config = outbound.config.borrow();
+    let virtual_host = config
+        .model
+        .route_table(port)?
+        .virtual_host(authority.as_str())?;
+    if !virtual_host.require_tls {
+        return None;
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(authority.as_str());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{host}{path}")).ok()?;
+    let mut response = local_response(StatusCode::MOVED_PERMANENTLY, None, "");
+    response.headers_mut().insert(LOCATION, location);
+    Some(response)
 }
 
 /// Addresses a request to its Host on the gateway's `port` and adds the forwarding headers;

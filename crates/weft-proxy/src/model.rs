@@ -159,6 +159,10 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// Routes in order; the first that matches wins.
     pub routes: Vec<Route>,
+    /// Whether a request that did not arrive over TLS is answered with a 301 to the same
+    /// host and path over `https` (Envoy's `require_tls`, from a Gateway server's
+    /// `httpsRedirect`).
+    pub require_tls: bool,
 }
 
 /// One route.

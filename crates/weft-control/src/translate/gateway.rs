@@ -5,7 +5,8 @@
 //! hosts) that terminates TLS with the server's certificate files. Every chain routes with
 //! the route configuration `http.<port>`: a virtual host per host of each VirtualService
 //! bound to one of those Gateways (`gateways: [ns/name]`, or `name` in the VirtualService's
-//! namespace) whose hosts the server admits, with the VirtualService's routes.
+//! namespace) whose hosts the server admits, with the VirtualService's routes. A host of a
+//! server with `tls.httpsRedirect` gets `require_tls: ALL`: plain HTTP to it is redirected.
 
 use weft_api::Resource as ApiResource;
 use weft_api::networking::ServerTlsMode;
@@ -17,6 +18,7 @@ use weft_xds::envoy::envoy::config::core::v3::{
 use weft_xds::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, filter,
 };
+use weft_xds::envoy::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use weft_xds::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
@@ -171,6 +173,11 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
     Some(Resource::new(format!("0.0.0.0_{port}"), pack(&listener)))
 }
 
+/// Whether a server answers plain HTTP with a redirect to HTTPS (`tls.httpsRedirect`).
+fn https_redirect(server: &Server) -> bool {
+    server.tls.as_ref().is_some_and(|tls| tls.https_redirect)
+}
+
 /// A file path as an Envoy data source.
 fn file(path: &str) -> DataSource {
     DataSource {
@@ -275,10 +282,37 @@ pub(crate) fn route_resource(
                 &gateway_host,
                 port,
             );
+            let redirect = servers.iter().any(|b| {
+                https_redirect(b.server)
+                    && admits(b.server, b.resource.namespace(), namespace, host)
+            });
             virtual_hosts.push(VirtualHost {
                 name: format!("{host}:{port}"),
                 domains: vec![host.clone(), format!("{host}:{port}")],
                 routes,
+                require_tls: if redirect {
+                    TlsRequirementType::All as i32
+                } else {
+                    0
+                },
+                ..VirtualHost::default()
+            });
+        }
+    }
+    // A host of an `httpsRedirect` server that no VirtualService routes here still
+    // redirects (as Istio does).
+    for bound in servers.iter().filter(|b| https_redirect(b.server)) {
+        for host in bound.server.hosts.iter().map(|h| host_part(h)) {
+            if virtual_hosts
+                .iter()
+                .any(|v| v.domains.iter().any(|d| d == host))
+            {
+                continue;
+            }
+            virtual_hosts.push(VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.to_string(), format!("{host}:{port}")],
+                require_tls: TlsRequirementType::All as i32,
                 ..VirtualHost::default()
             });
         }
