@@ -124,6 +124,12 @@ spec:
   hosts: [shop.example.com, partner.example.com]
   gateways: [istio-system/ingress]
   http:
+  - match: [{{uri: {{prefix: /echo/which}}, gateways: [mesh]}}]
+    route: [{{destination: {{host: echo, port: {{number: 8080}}}}}}]
+    headers: {{request: {{set: {{x-rule: mesh}}}}}}
+  - match: [{{uri: {{prefix: /echo/which}}, gateways: [istio-system/ingress]}}]
+    route: [{{destination: {{host: echo, port: {{number: 8080}}}}}}]
+    headers: {{request: {{set: {{x-rule: gateway}}}}}}
   - match: [{{uri: {{prefix: /echo}}}}]
     route: [{{destination: {{host: echo, port: {{number: 8080}}}}}}]
 ---
@@ -204,6 +210,19 @@ spec:
     );
     assert!(lower.contains("x-forwarded-proto: http\r\n"), "{body}");
     assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+
+    // A match naming only `mesh` in its `gateways` is not used at the gateway; one naming
+    // the gateway is.
+    let (status, body) = curl(&[
+        "-H",
+        "host: shop.example.com",
+        &format!("http://127.0.0.1:{http}/echo/which"),
+    ]);
+    assert_eq!(status, 200);
+    assert!(
+        body.to_ascii_lowercase().contains("x-rule: gateway\r\n"),
+        "{body}"
+    );
 
     // Hosts no bound VirtualService routes: 404, whether unknown or routed for the mesh only.
     for host in ["nobody.example.com", "inside.example.com"] {

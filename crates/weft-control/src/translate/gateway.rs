@@ -248,6 +248,13 @@ pub(crate) fn route_resource(
     if servers.is_empty() {
         return None;
     }
+    let mut gateways: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|b| (b.resource.namespace(), b.resource.metadata.name.as_str()))
+        .collect();
+    gateways.sort_unstable();
+    gateways.dedup();
+    let place = super::route::Place::Gateways(gateways);
     let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     for (resource, vs) in &snapshot.gateway_virtual_services {
         let namespace = resource.namespace();
@@ -281,6 +288,7 @@ pub(crate) fn route_resource(
                 client,
                 &gateway_host,
                 port,
+                &place,
             );
             let redirect = servers.iter().any(|b| {
                 https_redirect(b.server)

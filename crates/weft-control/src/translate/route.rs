@@ -148,9 +148,15 @@ fn virtual_host(
     domains: Vec<String>,
 ) -> VirtualHost {
     let routes = match snapshot.virtual_services.get(&service.host) {
-        Some((resource, vs)) => {
-            virtual_service_routes(snapshot, vs, resource.namespace(), client, service, port)
-        }
+        Some((resource, vs)) => virtual_service_routes(
+            snapshot,
+            vs,
+            resource.namespace(),
+            client,
+            service,
+            port,
+            &Place::Mesh,
+        ),
         None => {
             // No VirtualService: everything to the service, with the DestinationRule's
             // consistent hashing if it has one.
@@ -183,6 +189,7 @@ pub(crate) fn virtual_service_routes(
     client: &Client,
     service: &Service,
     port: u32,
+    place: &Place<'_>,
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for (index, rule) in vs.http.iter().enumerate() {
@@ -196,6 +203,9 @@ pub(crate) fn virtual_service_routes(
             rule.matches.iter().map(Some).collect()
         };
         for m in matches {
+            if m.is_some_and(|m| !place.named_in(&m.gateways, namespace)) {
+                continue;
+            }
             let route_match = match m {
                 None => prefix_match(""),
                 Some(m) => match route_match(m, client, port) {
@@ -234,6 +244,32 @@ pub(crate) fn virtual_service_routes(
         }
     }
     routes
+}
+
+/// Where routes are built: in the sidecars (`mesh`) or at a gateway port, which serves the
+/// servers of these Gateways (namespace, name).
+pub(crate) enum Place<'a> {
+    Mesh,
+    Gateways(Vec<(&'a str, &'a str)>),
+}
+
+impl Place<'_> {
+    /// Whether a match's `gateways` (`mesh`, `ns/name`, or `name` in the VirtualService's
+    /// `namespace`) take in this place; an empty list leaves it to the VirtualService's
+    /// own `gateways`.
+    fn named_in(&self, gateways: &[String], namespace: &str) -> bool {
+        gateways.is_empty()
+            || gateways
+                .iter()
+                .any(|gateway| match (self, gateway.as_str()) {
+                    (Place::Mesh, "mesh") => true,
+                    (Place::Mesh, _) | (Place::Gateways(_), "mesh") => false,
+                    (Place::Gateways(bound), gateway) => {
+                        let (ns, name) = gateway.split_once('/').unwrap_or((namespace, gateway));
+                        bound.contains(&(ns, name))
+                    }
+                })
+    }
 }
 
 fn prefix_match(prefix: &str) -> RouteMatch {

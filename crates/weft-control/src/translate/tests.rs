@@ -937,3 +937,17 @@ fn per_destination_headers_go_on_the_weighted_cluster_or_the_single_route() {
     );
     assert!(routes[1].request_headers_to_add.is_empty());
 }
+
+#[test]
+fn a_match_naming_only_gateways_is_left_out_of_the_sidecars_routes() {
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  gateways: [mesh, istio-system/ingress]\n  http:\n  - name: edge\n    match: [{uri: {prefix: /edge}, gateways: [istio-system/ingress]}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - name: inside\n    match: [{uri: {prefix: /edge}, gateways: [mesh]}, {uri: {prefix: /other}, gateways: [ingress]}]\n    route: [{destination: {host: reviews, subset: v1}}]\n";
+    let generator = serving(snapshot_of(&[("a-vs.yaml", vs), ("mesh.yaml", MESH)]));
+    let config: RouteConfiguration = one(&generator, types::ROUTE, "reviews:9080");
+    let names: Vec<&str> = config.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    // `ingress` alone means shop/ingress, another gateway than istio-system's.
+    assert_eq!(names, ["inside"]);
+}
