@@ -485,6 +485,24 @@ static CASES: &[Case] = &[
         Info,
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: r\n  trafficPolicy:\n    proxyProtocol: #<\n      version: V2\n",
     ),
+    case(
+        "gateway passthrough server not implemented",
+        "WEFT0301",
+        Info,
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: g\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: ['*']\n  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: ['*']\n    tls:\n      mode: PASSTHROUGH #<\n",
+    ),
+    case(
+        "gateway tcp server not implemented",
+        "WEFT0301",
+        Info,
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: g\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port:\n      number: 31400\n      name: tcp\n      protocol: TCP #<\n    hosts: ['*']\n",
+    ),
+    case(
+        "gateway credentialName not implemented",
+        "WEFT0301",
+        Info,
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: g\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['*']\n    tls:\n      mode: SIMPLE\n      credentialName: shop-cert #<\n",
+    ),
 ];
 
 fn run(yaml: &str) -> Vec<Message> {

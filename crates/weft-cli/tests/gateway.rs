@@ -72,7 +72,8 @@ fn a_gateway_serves_plain_http_simple_and_mutual_tls_into_the_mesh() {
     common::pki(certs, "client", "client.example.com", true);
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
-    let (http, https, mutual, redirect) = (
+    let (http, https, mutual, redirect, passthrough) = (
+        common::free_port(),
         common::free_port(),
         common::free_port(),
         common::free_port(),
@@ -113,6 +114,9 @@ spec:
   - port: {{number: {redirect}, name: http-redirect, protocol: HTTP}}
     hosts: [shop.example.com, moved.example.com]
     tls: {{httpsRedirect: true}}
+  - port: {{number: {passthrough}, name: tls-passthrough, protocol: TLS}}
+    hosts: ['*']
+    tls: {{mode: PASSTHROUGH}}
   - port: {{number: {mutual}, name: https-partner, protocol: HTTPS}}
     hosts: [partner.example.com]
     tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
@@ -259,6 +263,17 @@ spec:
         &format!("http://127.0.0.1:{redirect}/echo"),
     ]);
     assert_eq!(status, 404);
+
+    // A server Weft does not serve (PASSTHROUGH) gets no listener, not plaintext HTTP.
+    let (status, _) = curl(&[
+        "-H",
+        "host: shop.example.com",
+        &format!("http://127.0.0.1:{passthrough}/echo"),
+    ]);
+    assert_eq!(
+        status, 0,
+        "nothing listens on the PASSTHROUGH server's port"
+    );
 
     // TLS SIMPLE: the server's certificate, found by SNI.
     let resolve = format!("shop.example.com:{https}:127.0.0.1");

@@ -105,6 +105,13 @@ pub(crate) fn check(resources: &[Resource], out: &mut Vec<Message>) {
                     }
                 }
             }
+            Spec::Gateway(gateway) => {
+                for (i, server) in gateway.servers.iter().enumerate() {
+                    if let Some((field, feature)) = server.unserved() {
+                        found.push((format!("spec.servers[{i}].{field}"), feature));
+                    }
+                }
+            }
             Spec::Sidecar(sidecar) => {
                 let capture = sidecar.ingress.iter().any(|l| l.capture_mode.is_some())
                     || sidecar.egress.iter().any(|l| l.capture_mode.is_some());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Port, ServerTlsSettings};
+use super::{Port, ServerTlsMode, ServerTlsSettings};
 
 /// The `spec` of a Gateway.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -33,4 +33,43 @@ pub struct Server {
     pub default_endpoint: Option<String>,
     /// A name for the server.
     pub name: Option<String>,
+}
+
+impl Server {
+    /// Why Weft's gateway does not serve this server, if it does not: the field (below the
+    /// server) and the feature it would need. The gateway serves HTTP, HTTP/2 and gRPC in
+    /// plaintext or terminated with `SIMPLE` or `MUTUAL` TLS from certificate files.
+    pub fn unserved(&self) -> Option<(&'static str, &'static str)> {
+        let protocol = self.port.as_ref().map(|p| p.protocol.to_ascii_uppercase());
+        if protocol
+            .as_deref()
+            .is_some_and(|p| !matches!(p, "HTTP" | "HTTPS" | "HTTP2" | "GRPC"))
+        {
+            return Some(("port.protocol", "TCP and TLS gateway servers"));
+        }
+        let tls = self.tls.as_ref()?;
+        match tls.mode {
+            None | Some(ServerTlsMode::Simple | ServerTlsMode::Mutual) => {}
+            Some(ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough) => {
+                return Some((
+                    "tls.mode",
+                    "PASSTHROUGH and AUTO_PASSTHROUGH gateway servers",
+                ));
+            }
+            Some(ServerTlsMode::IstioMutual | ServerTlsMode::OptionalMutual) => {
+                return Some((
+                    "tls.mode",
+                    "ISTIO_MUTUAL and OPTIONAL_MUTUAL gateway servers",
+                ));
+            }
+        }
+        let files = !tls.server_certificate.is_empty() && !tls.private_key.is_empty();
+        if tls.mode.is_some() && !files {
+            return Some((
+                "tls.credentialName",
+                "gateway certificates from credentialName (Kubernetes secrets)",
+            ));
+        }
+        None
+    }
 }

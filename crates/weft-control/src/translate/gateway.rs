@@ -52,7 +52,10 @@ fn bound_servers<'a>(snapshot: &'a MeshSnapshot, client: &Client) -> Vec<Bound<'
                 .all(|(key, value)| client.labels.get(key) == Some(value))
         })
         .flat_map(|(resource, gateway)| {
-            gateway.servers.iter().filter_map(move |server| {
+            // A server Weft cannot serve (the analyzer says why) gets no listener, rather
+            // than plaintext HTTP its author did not ask for.
+            let served = gateway.servers.iter().filter(|s| s.unserved().is_none());
+            served.filter_map(move |server| {
                 Some(Bound {
                     resource,
                     server,
@@ -151,8 +154,7 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
                     ..FilterChain::default()
                 });
             }
-            // Plaintext HTTP (and modes Weft does not serve at a gateway yet, which the
-            // analyzer reports).
+            // Plaintext HTTP (the modes Weft does not serve were left out above).
             _ => plaintext = true,
         }
     }
