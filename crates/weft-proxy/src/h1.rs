@@ -292,11 +292,13 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, BoxError> {
                     names_headers = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case("keep-alive") {
+            *kept = false;
         }
     }
+    // What depends on every header having been seen.
     for (header, kept) in response.headers.iter().zip(kept.iter_mut()) {
-        if header.name.eq_ignore_ascii_case("keep-alive")
-            || (!names_headers && header.name.eq_ignore_ascii_case("connection"))
+        if (!names_headers && header.name.eq_ignore_ascii_case("connection"))
             // The transfer coding frames the body, not a Content-Length beside it (RFC 9112
             // §6.3), which must not reach the next hop either.
             || (transfer_coded && header.name.eq_ignore_ascii_case("content-length"))
