@@ -15,11 +15,20 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+# Debian packages, reading the package lists first where this machine has none yet (a new
+# machine may come without them, and then every install fails).
+apt_install() {
+  if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+    apt-get update -qq
+  fi
+  apt-get install -y -qq "$@" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
+}
+
 # Python with grpcio: a real, unmodified xDS client (gRPC C-core) for the control-plane tests.
 GRPCIO_VERSION=1.85.3
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
   echo "== installing Python test clients into .venv"
-  python3 -m venv .venv
+  python3 -m venv .venv || { apt_install python3-venv && python3 -m venv .venv; }
   .venv/bin/pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
 fi
 export WEFT_TEST_PYTHON="$PWD/.venv/bin/python"
@@ -27,7 +36,7 @@ export WEFT_TEST_PYTHON="$PWD/.venv/bin/python"
 # Node.js with @grpc/grpc-js-xds: a second, independent xDS client.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "== installing Node.js"
-  apt-get install -y -qq nodejs npm >/dev/null
+  apt_install nodejs npm
 fi
 clients=crates/weft-cli/tests/clients
 if [ ! -d "$clients/node_modules/@grpc/grpc-js-xds" ]; then
@@ -41,8 +50,7 @@ fi
 if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 ||
   ! command -v curl >/dev/null 2>&1; then
   echo "== installing iproute2, iptables and curl"
-  apt-get install -y -qq iproute2 iptables curl >/dev/null ||
-    { apt-get update -qq && apt-get install -y -qq iproute2 iptables curl >/dev/null; }
+  apt_install iproute2 iptables curl
 fi
 
 echo "== cargo fmt --check"

@@ -74,17 +74,19 @@ fn certificate_service() {
 }
 
 /// Where cargo unpacked the `envoy-types` package this build uses.
+///
+/// `cargo metadata` lists every package of the workspace's dependency graph, and unpacks any
+/// that a build did not need (dev-dependencies when only building). `--filter-platform`
+/// keeps it to the packages of the target being built, so it never wants Windows-only
+/// crates; and it may fetch, because on a new machine `cargo build` has not downloaded the
+/// dev-dependencies that metadata lists (with a full cache it reads only local files).
 fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
     let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
+        .args(["metadata", "--format-version", "1", "--filter-platform"])
+        .arg(std::env::var("TARGET")?)
+        .arg("--manifest-path")
         .arg(&manifest)
         .output()?;
     if !output.status.success() {
