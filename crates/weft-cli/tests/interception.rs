@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::netns::{NetNs, run};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -34,66 +36,6 @@ spec:
   workloadSelector:
     labels: {app: echo}
 ";
-
-/// A network namespace with loopback up and the test's addresses on it; deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().expect("the command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-impl NetNs {
-    fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test needs root: it makes a network namespace and iptables rules"
-        );
-        let name = format!("weft-test-{}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let netns = Self { name };
-        netns.exec(&["ip", "link", "set", "lo", "up"]);
-        for address in [SERVICE_VIP, OUTSIDE] {
-            netns.exec(&["ip", "addr", "add", &format!("{address}/32"), "dev", "lo"]);
-        }
-        netns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args));
-    }
-
-    /// Runs `body` on a thread inside the namespace: the sockets it opens and the processes
-    /// it starts live there.
-    fn enter<T: Send + 'static>(&self, body: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
-            let namespace = std::fs::File::open(&path).expect("the namespace exists");
-            nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("the thread enters the namespace");
-            body()
-        });
-        thread
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
 
 /// An HTTP application that answers with a `name` and the request head it received.
 fn app(bind: &str, name: &'static str) -> u16 {
@@ -139,8 +81,8 @@ fn plain_get(addr: &str, host: &str) -> String {
 
 #[test]
 fn redirected_connections_cross_the_mesh_or_pass_through() {
-    let netns = NetNs::new();
-    let name = netns.name.clone();
+    let netns = NetNs::new("interception", &["240.240.0.1/32", "240.240.0.2/32"]);
+    let name = netns.name().to_string();
     netns.enter(move || {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config");

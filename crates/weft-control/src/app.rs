@@ -18,6 +18,8 @@ use crate::ca::token::JoinTokens;
 use crate::ca::{CaError, CaService, CertificateAuthority};
 use prometheus_client::registry::Registry;
 
+use crate::kube::config::KubeStore;
+use crate::kube::registry::KubeRegistry;
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::{self, Registrations};
@@ -27,11 +29,24 @@ use crate::translate::{MeshGenerator, MeshIdentity};
 /// The file in the state directory that keeps the self-registered workloads across restarts.
 const SAVED_WORKLOADS: &str = "registered-workloads.json";
 
+/// Where the configuration and the services come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A folder of Istio YAML, watched; services from ServiceEntries and registrations.
+    Dir(PathBuf),
+    /// The Kubernetes API server: Istio's custom resources, and Services with their
+    /// EndpointSlices and Pods. `None` finds the cluster as `kubectl` does.
+    Kubernetes {
+        /// The kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
 /// What `weft control` needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The folder of Istio YAML to serve.
-    pub config_dir: PathBuf,
+    /// Where the configuration comes from.
+    pub source: Source,
     /// Where to serve plaintext xDS.
     pub xds_addr: SocketAddr,
     /// Where to serve the debug pages.
@@ -57,6 +72,9 @@ pub enum StartError {
     /// The config store could not start.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Kubernetes API server cannot be reached.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kube::ConnectError),
     /// The certificate authority could not start.
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
@@ -90,14 +108,31 @@ pub struct ControlPlane {
     registry: Arc<Registry>,
     ledger: Ledger,
     state: watch::Receiver<Arc<ConfigState>>,
-    _store: FileStore,
+    _sources: Sources,
+}
+
+/// The config store and, on Kubernetes, the registry; watching while they live.
+struct Sources {
+    _store: Box<dyn ConfigStore>,
+    _registry: Option<KubeRegistry>,
 }
 
 impl ControlPlane {
     /// Loads the configuration, starts watching it and binds the xDS port.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let store = FileStore::start(config.config_dir.clone())?;
+        let (store, platform_registry): (Box<dyn ConfigStore>, _) = match &config.source {
+            Source::Dir(dir) => (Box::new(FileStore::start(dir.clone())?), None),
+            Source::Kubernetes { kubeconfig } => {
+                let client = crate::kube::connect(kubeconfig.as_deref()).await?;
+                let registry = KubeRegistry::start(client.clone()).await;
+                (Box::new(KubeStore::start(client).await), Some(registry))
+            }
+        };
         let mut state = store.subscribe();
+        let mut platform = match &platform_registry {
+            Some(registry) => registry.subscribe(),
+            None => watch::channel(Arc::new(Vec::new())).1,
+        };
         let authority = CertificateAuthority::load_or_create(
             &config.state_dir,
             &config.trust_domain,
@@ -115,6 +150,7 @@ impl ControlPlane {
             0,
             &state.borrow_and_update(),
             &registrations.workloads(),
+            &platform.borrow_and_update(),
         )));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
@@ -158,7 +194,8 @@ impl ControlPlane {
         let mut registered = registrations.subscribe();
         let serving = generator.clone();
         tokio::spawn(async move {
-            // A new snapshot whenever the configuration or the registered workloads change.
+            // A new snapshot whenever the configuration, the registered workloads or the
+            // platform's services change.
             for version in 1.. {
                 let workloads_changed = tokio::select! {
                     changed = updates.changed() => {
@@ -166,6 +203,10 @@ impl ControlPlane {
                         registered.has_changed().unwrap_or(false)
                     }
                     changed = registered.changed() => if changed.is_err() { break } else { true },
+                    changed = platform.changed(), if platform.has_changed().is_ok() => {
+                        if changed.is_err() { continue }
+                        registered.has_changed().unwrap_or(false)
+                    }
                 };
                 registered.mark_unchanged();
                 let state = updates.borrow_and_update().clone();
@@ -177,7 +218,8 @@ impl ControlPlane {
                     tracing::warn!(%path, %error, "cannot save the registered workloads");
                 }
                 metrics.reloaded(&state);
-                let snapshot = MeshSnapshot::build(version, &state, &workloads);
+                let services = platform.borrow_and_update().clone();
+                let snapshot = MeshSnapshot::build(version, &state, &workloads, &services);
                 serving.set(Arc::new(snapshot));
                 if changes.send(version).is_err() {
                     break;
@@ -195,7 +237,10 @@ impl ControlPlane {
             registry: Arc::new(registry),
             ledger,
             state,
-            _store: store,
+            _sources: Sources {
+                _store: store,
+                _registry: platform_registry,
+            },
         })
     }
 
@@ -242,7 +287,7 @@ impl ControlPlane {
             registry,
             ledger,
             state,
-            _store,
+            _sources,
         } = self;
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {

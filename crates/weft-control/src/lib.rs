@@ -13,12 +13,15 @@
 //! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed;
 //! * [`translate`] turns a snapshot into the listeners, routes, clusters and endpoints one
 //!   proxy needs — an Envoy, a Weft proxy, or a proxyless gRPC client;
+//! * [`kube`] is the config store and registry on Kubernetes: Istio's custom resources,
+//!   Services, EndpointSlices and Pods, watched in the API server;
 //! * [`app`] wires them to the ADS server of `weft-xds`, and [`admin`] serves the debug
 //!   pages.
 
 pub mod admin;
 pub mod app;
 pub mod ca;
+pub mod kube;
 pub mod metrics;
 pub mod model;
 mod node;

@@ -44,12 +44,18 @@ pub struct MeshSnapshot {
 }
 
 impl MeshSnapshot {
-    /// Builds a snapshot from the configuration in force and the registered workloads.
-    pub fn build(version: u64, state: &ConfigState, registered: &[RegisteredWorkload]) -> Self {
+    /// Builds a snapshot from the configuration in force, the registered workloads and the
+    /// services of the platform's registry.
+    pub fn build(
+        version: u64,
+        state: &ConfigState,
+        registered: &[RegisteredWorkload],
+        platform: &[Service],
+    ) -> Self {
         let mut resources: Vec<&Resource> = state.resources.values().collect();
         // Load order (file, then line) decides which of two conflicting resources wins.
         resources.sort_by(|a, b| a.origin.cmp(&b.origin));
-        let services = registry::build(&resources, registered);
+        let services = registry::build(platform, &resources, registered);
         let mut virtual_services = BTreeMap::new();
         let mut destination_rules: BTreeMap<String, Vec<(Resource, DestinationRule)>> =
             BTreeMap::new();

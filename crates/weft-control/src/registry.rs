@@ -1,4 +1,5 @@
-//! The service registry: services and their endpoints, from ServiceEntries (hosts, ports,
+//! The service registry: services and their endpoints, from the platform's own registry
+//! (Kubernetes Services, see [`crate::kube::registry`]), from ServiceEntries (hosts, ports,
 //! resolution, inline endpoints or a workloadSelector over WorkloadEntries and registered
 //! workloads), and from workloads that registered themselves over xDS.
 //!
@@ -117,10 +118,12 @@ impl Service {
     }
 }
 
-/// Builds the registry from the resources in force and the workloads that registered
-/// themselves. The first ServiceEntry for a host (in load order) defines it; a service named
-/// only by registered workloads gets the ports they declare.
+/// Builds the registry from the services of the platform (Kubernetes), the resources in
+/// force and the workloads that registered themselves. A platform service defines its host;
+/// otherwise the first ServiceEntry for a host (in load order) does; a service named only by
+/// registered workloads gets the ports they declare.
 pub fn build(
+    platform: &[Service],
     resources: &[&Resource],
     registered: &[RegisteredWorkload],
 ) -> BTreeMap<String, Service> {
@@ -131,7 +134,10 @@ pub fn build(
             _ => None,
         })
         .collect();
-    let mut services = BTreeMap::new();
+    let mut services: BTreeMap<String, Service> = platform
+        .iter()
+        .map(|service| (service.host.clone(), service.clone()))
+        .collect();
     for resource in resources {
         let Spec::ServiceEntry(se) = &resource.spec else {
             continue;

@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use weft_control::app::{Config, ControlPlane};
+use weft_control::app::{Config, ControlPlane, Source};
 use weft_xds::envoy::envoy::config::core::v3::Node;
 use weft_xds::envoy::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use weft_xds::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -221,7 +221,7 @@ async fn connected_workloads_are_endpoints_until_their_grace_period_ends() {
 
 async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let control = ControlPlane::start(Config {
-        config_dir: dir.to_path_buf(),
+        source: Source::Dir(dir.to_path_buf()),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         debug_addr: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.join(".weft"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use weft_control::app::{Config, ControlPlane};
+use weft_control::app::{Config, ControlPlane, Source};
 use weft_control::ca::token::JoinTokens;
 use weft_xds::envoy::envoy::config::core::v3::Node;
 use weft_xds::envoy::envoy::service::discovery::v3::DiscoveryRequest;
@@ -58,7 +58,7 @@ async fn tls_port_needs_the_mesh_root_and_a_join_token() {
     .unwrap();
     let state_dir = dir.path().join(".weft");
     let control = ControlPlane::start(Config {
-        config_dir: dir.path().to_path_buf(),
+        source: Source::Dir(dir.path().to_path_buf()),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
         debug_addr: "127.0.0.1:0".parse().unwrap(),
         state_dir: state_dir.clone(),

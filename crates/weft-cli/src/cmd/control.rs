@@ -6,14 +6,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use weft_control::app::{Config, ControlPlane};
+use weft_control::app::{Config, ControlPlane, Source};
 
 /// Arguments of `weft control`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder of Istio YAML to serve; watched for changes.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config_dir: Option<PathBuf>,
+    /// Read the configuration (Istio's custom resources) and the services (Services,
+    /// EndpointSlices, Pods) from a Kubernetes API server instead of a folder.
     #[arg(long)]
-    config_dir: PathBuf,
+    kubernetes: bool,
+    /// The kubeconfig file for `--kubernetes`; otherwise found as kubectl finds it
+    /// (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
     /// Address for plaintext xDS (ADS over gRPC). Loopback by default: plaintext xDS is for
     /// proxies on this host.
     #[arg(long, default_value = "127.0.0.1:15010")]
@@ -28,8 +40,9 @@ pub struct Args {
     /// Address for the debug pages (/ready, /debug/syncz, /debug/analysis, /debug/registry).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_addr: SocketAddr,
-    /// Where the CA keys and the join-token key live; `<config-dir>/.weft` by default.
-    #[arg(long)]
+    /// Where the CA keys and the join-token key live; `<config-dir>/.weft` by default
+    /// (required with `--kubernetes`).
+    #[arg(long, required_if_eq("kubernetes", "true"))]
     state_dir: Option<PathBuf>,
     /// Trust domain of workload identities (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`).
     #[arg(long, default_value = "cluster.local")]
@@ -51,11 +64,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::init_logging(&args.log)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        let (source, state_dir) = match &args.config_dir {
+            Some(dir) => (
+                Source::Dir(dir.clone()),
+                state_dir(args.state_dir.as_deref(), dir),
+            ),
+            None => (
+                Source::Kubernetes {
+                    kubeconfig: args.kubeconfig.clone(),
+                },
+                args.state_dir.clone().context("--state-dir is needed")?,
+            ),
+        };
         let config = Config {
-            config_dir: args.config_dir.clone(),
+            source,
             xds_addr: args.xds_addr,
             debug_addr: args.debug_addr,
-            state_dir: state_dir(args.state_dir.as_deref(), &args.config_dir),
+            state_dir,
             trust_domain: args.trust_domain.clone(),
             cert_ttl: args.cert_ttl,
             registration_grace: args.registration_grace,
@@ -66,11 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .context("starting the control plane")?;
         let state = control.state();
-        tracing::info!(
-            config_dir = %args.config_dir.display(),
-            resources = state.resources.len(),
-            "loaded configuration"
-        );
+        tracing::info!(resources = state.resources.len(), "loaded configuration");
         tracing::info!("serving debug pages on {}", control.debug_addr()?);
         if let Some(addr) = control.xds_tls_addr() {
             tracing::info!("serving xDS over TLS on {}", addr?);

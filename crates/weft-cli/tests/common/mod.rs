@@ -3,6 +3,9 @@
 
 #![allow(dead_code, reason = "each test binary uses part of these helpers")]
 
+pub mod cluster;
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -69,7 +69,12 @@ fn snapshot_of(files: &[(&str, &str)]) -> MeshSnapshot {
     for (name, text) in files {
         loader.load_str(*name, text);
     }
-    MeshSnapshot::build(1, &merge(&ConfigState::default(), loader.finish()), &[])
+    MeshSnapshot::build(
+        1,
+        &merge(&ConfigState::default(), loader.finish()),
+        &[],
+        &[],
+    )
 }
 
 /// A generator serving `snapshot`.

@@ -1,0 +1,162 @@
+//! The config store on Kubernetes: Istio's custom resources, watched in the API server.
+//!
+//! Every kind Weft reads is watched (in its newest version: the API server serves each
+//! object in every version, schemas being the same). On each change the objects are loaded
+//! with the same loader and checks as a folder of YAML and merged the same way
+//! ([`store::merge`]): an invalid resource keeps its last valid version. An object's origin
+//! is `k8s:<creationTimestamp>:<Kind>/<namespace>/<name>`, so where two resources conflict
+//! the older one wins, as in Istio.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use weft_api::load::{Limits, LoadOutput, Loader};
+
+use super::crds::CrdKind;
+use crate::store::{self, ConfigState, ConfigStore};
+
+/// How long the first lists may take before the store publishes what it has.
+const INITIAL_SYNC: Duration = Duration::from_secs(10);
+/// Changes that arrive this close together are read once.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// Istio's resources from the API server, published as [`ConfigState`]s.
+pub struct KubeStore {
+    state: watch::Receiver<Arc<ConfigState>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One watched kind and the objects in its cache.
+struct WatchedKind {
+    kind: weft_api::Kind,
+    objects: Store<DynamicObject>,
+}
+
+impl KubeStore {
+    /// Starts watching and waits (up to a few seconds) for the first list of every kind, so
+    /// proxies are not sent an empty mesh while the lists arrive.
+    pub async fn start(client: kube::Client) -> Self {
+        let changed = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        let mut kinds = Vec::new();
+        for kind in weft_api::Kind::ALL {
+            let Some(crd) = CrdKind::find(kind.group(), kind.as_str()) else {
+                continue;
+            };
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(crd.group, crd.newest_version(), crd.kind),
+                crd.plural,
+            );
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            let objects = writer.as_reader();
+            let changed = changed.clone();
+            let events =
+                reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                    .default_backoff();
+            tasks.push(tokio::spawn(async move {
+                let mut events = std::pin::pin!(events);
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(_) => changed.notify_one(),
+                        Err(error) => {
+                            tracing::warn!(kind = kind.as_str(), %error, "watching Istio resources")
+                        }
+                    }
+                }
+            }));
+            kinds.push(WatchedKind { kind, objects });
+        }
+        let ready = futures::future::join_all(kinds.iter().map(|k| k.objects.wait_until_ready()));
+        if tokio::time::timeout(INITIAL_SYNC, ready).await.is_err() {
+            let missing: Vec<&str> = kinds
+                .iter()
+                .filter(|k| k.objects.state().is_empty())
+                .map(|k| k.kind.as_str())
+                .collect();
+            tracing::warn!(
+                ?missing,
+                "not every Istio kind could be listed (are the CRDs installed? `weft install`)"
+            );
+        }
+        let initial = store::merge(&ConfigState::default(), load(&kinds));
+        let (publish, state) = watch::channel(Arc::new(initial));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                while tokio::time::timeout(DEBOUNCE, changed.notified())
+                    .await
+                    .is_ok()
+                {}
+                let next = store::merge(&publish.borrow(), load(&kinds));
+                tracing::info!(
+                    generation = next.generation,
+                    resources = next.resources.len(),
+                    "configuration read from Kubernetes"
+                );
+                if publish.send(Arc::new(next)).is_err() {
+                    break;
+                }
+            }
+        }));
+        Self { state, tasks }
+    }
+}
+
+impl ConfigStore for KubeStore {
+    fn subscribe(&self) -> watch::Receiver<Arc<ConfigState>> {
+        self.state.clone()
+    }
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Loads every cached object as the file loader would load it from YAML.
+fn load(kinds: &[WatchedKind]) -> LoadOutput {
+    let mut loader = Loader::new(Limits::default());
+    for watched in kinds {
+        for object in watched.objects.state() {
+            let (origin, text) = document(watched.kind, &object);
+            loader.load_str(origin, &text);
+        }
+    }
+    loader.finish()
+}
+
+/// The object as one JSON document (what the loader reads), and its origin.
+fn document(kind: weft_api::Kind, object: &DynamicObject) -> (String, String) {
+    let meta = &object.metadata;
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let name = meta.name.as_deref().unwrap_or_default();
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    let origin = format!("k8s:{created}:{}/{namespace}/{name}", kind.as_str());
+    let document = json!({
+        "apiVersion": object.types.as_ref().map(|t| t.api_version.as_str()).unwrap_or_default(),
+        "kind": kind.as_str(),
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": meta.labels.clone().unwrap_or_default(),
+            "annotations": meta.annotations.clone().unwrap_or_default(),
+        },
+        "spec": object.data.get("spec").cloned().unwrap_or(Value::Object(Default::default())),
+    });
+    (origin, document.to_string())
+}

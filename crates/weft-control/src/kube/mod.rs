@@ -1,0 +1,39 @@
+//! The control plane on Kubernetes: the API server is the config store and the registry.
+//!
+//! * [`config`] watches Istio's custom resources and loads them like a folder of YAML;
+//! * [`registry`] watches Services, EndpointSlices and Pods and turns them into services;
+//! * [`crds`] defines Istio's custom resource kinds, for `weft manifest generate`.
+
+pub mod config;
+pub mod crds;
+pub mod registry;
+
+use std::path::Path;
+
+/// Why the API server cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The kubeconfig file cannot be read.
+    #[error("reading the kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// No cluster configuration was found.
+    #[error("finding the cluster: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The client cannot be built.
+    #[error("connecting to the API server: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// Connects to the API server: with the kubeconfig file given, else as `kubectl` would
+/// (`KUBECONFIG`, `~/.kube/config`, or the pod's service account inside a cluster).
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)?;
+            let options = kube::config::KubeConfigOptions::default();
+            kube::Config::from_custom_kubeconfig(file, &options).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
