@@ -36,6 +36,9 @@ enum Command {
     Gateway(cmd::gateway::Args),
     /// Print a join token: what a workload presents to get certificates for one identity.
     JoinToken(cmd::join_token::Args),
+    /// Print the Kubernetes objects that install Weft (Istio's CRDs and the control plane).
+    #[command(subcommand)]
+    Manifest(cmd::manifest::Command),
     /// Run a sidecar for one workload: mTLS, routing and load balancing, configured by
     /// `weft control`.
     Proxy(cmd::proxy::Args),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
+        Command::Manifest(command) => cmd::manifest::run(command),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::DemoApp(args) => cmd::demo_app::run(args),

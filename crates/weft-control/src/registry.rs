@@ -48,6 +48,11 @@ pub struct Endpoint {
     pub locality: String,
     /// Relative weight; 1 when not given.
     pub weight: u32,
+    /// Whether a sidecar that speaks mesh mTLS is in front of the workload, where the
+    /// registry knows: a Kubernetes pod says so with its `security.istio.io/tlsMode: istio`
+    /// label (injection adds it), or its proxy registers. `None` elsewhere: then every
+    /// endpoint of a mesh-internal service is taken to have one.
+    pub sidecar: Option<bool>,
 }
 
 impl Endpoint {
@@ -64,6 +69,7 @@ impl Endpoint {
             },
             locality: entry.locality.clone(),
             weight: entry.weight.filter(|w| *w > 0).unwrap_or(1),
+            sidecar: None,
         }
     }
 
@@ -76,6 +82,7 @@ impl Endpoint {
             service_account: workload.service_account.clone(),
             locality: String::new(),
             weight: 1,
+            sidecar: None,
         }
     }
 
@@ -138,6 +145,7 @@ pub fn build(
         .iter()
         .map(|service| (service.host.clone(), service.clone()))
         .collect();
+    let on_platform = |host: &str| platform.iter().any(|s| s.host == host);
     for resource in resources {
         let Spec::ServiceEntry(se) = &resource.spec else {
             continue;
@@ -178,6 +186,7 @@ pub fn build(
     for workload in registered {
         for served in &workload.serves {
             let host = fqdn(&served.service, &workload.namespace);
+            let platform_service = on_platform(&host);
             let service = services.entry(host.clone()).or_insert_with(|| Service {
                 host,
                 namespace: workload.namespace.clone(),
@@ -201,6 +210,20 @@ pub fn build(
             };
             let mut endpoint = Endpoint::from_registered(workload);
             endpoint.ports.insert(port_name, served.target_port);
+            if platform_service {
+                // The platform's registry says which pods serve its services; a proxy
+                // registering at a pod's address says only where it is reached (its own
+                // inbound port when nothing intercepts) and that it speaks mTLS.
+                if let Some(existing) = service
+                    .endpoints
+                    .iter_mut()
+                    .find(|e| e.address == endpoint.address && e.namespace == endpoint.namespace)
+                {
+                    existing.ports.extend(endpoint.ports);
+                    existing.sidecar = Some(true);
+                }
+                continue;
+            }
             match service
                 .endpoints
                 .iter_mut()

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod demo_app;
 pub mod gateway;
 pub mod join_token;
+pub mod manifest;
 pub mod proxy;
 pub mod run;
 

@@ -1,10 +1,12 @@
 //! A real Kubernetes control plane for a test: etcd, kube-apiserver and
-//! kube-controller-manager (its EndpointSlice, ServiceAccount and namespace controllers),
+//! kube-controller-manager (its Deployment, ReplicaSet, EndpointSlice, ServiceAccount and
+//! namespace controllers),
 //! started on loopback with certificates made for the test, and `kubectl` pointed at it.
 //!
 //! The binaries are Kubernetes' own, built from Go modules by `scripts/k8s-bin.sh`; the test
 //! script passes their folder in `WEFT_K8S_BIN` (or `KUBEBUILDER_ASSETS`, as envtest reads it).
-//! There is no kubelet: tests create a Node and patch pod status as a kubelet would, and run
+//! There is no scheduler and no kubelet: tests bind pods to the one Node and patch pod status
+//! as those would, and run
 //! the workloads as local processes at the pod IPs. Pod IPs are 10.244.0.x on the loopback of
 //! a network namespace the test makes ([`super::netns`]); the API refuses 127.0.0.x in
 //! EndpointSlices. Start a cluster from inside that namespace: its ports are then private to
@@ -49,7 +51,12 @@ fn bin_dir() -> PathBuf {
             "this test needs a real kube-apiserver and etcd: run it through scripts/test.sh, or \
              set WEFT_K8S_BIN to the folder `bash scripts/k8s-bin.sh` prints",
         );
-    for binary in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+    for binary in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+    ] {
         assert!(
             dir.join(binary).is_file(),
             "{} has no {binary}",
@@ -85,7 +92,12 @@ impl Cluster {
             Command::new(cluster.bin.join("etcd"))
                 .arg("--data-dir")
                 .arg(&etcd_dir)
-                .args(["--listen-client-urls", &etcd, "--advertise-client-urls", &etcd])
+                .args([
+                    "--listen-client-urls",
+                    &etcd,
+                    "--advertise-client-urls",
+                    &etcd,
+                ])
                 .args(["--listen-peer-urls", &peer])
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("default={peer}")])
@@ -133,7 +145,7 @@ impl Cluster {
                 .arg(&cluster.kubeconfig)
                 .args([
                     "--controllers",
-                    "endpointslice,serviceaccount,serviceaccount-token,namespace",
+                    "deployment,replicaset,endpointslice,serviceaccount,serviceaccount-token,namespace",
                 ])
                 .args(["--leader-elect=false", "--secure-port", "0"])
                 .arg("--service-account-private-key-file")
@@ -177,10 +189,10 @@ impl Cluster {
     pub fn until(&mut self, limit: Duration, what: &str, mut ready: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + limit;
         while !ready(self) {
-            for (child, name) in self
-                .processes
-                .iter_mut()
-                .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
+            for (child, name) in
+                self.processes
+                    .iter_mut()
+                    .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
             {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("{name} exited ({status}):\n{}", self.log_tail(name));
@@ -253,6 +265,54 @@ impl Cluster {
         ])
         .trim()
         .to_string()
+    }
+
+    /// Waits for the one pod `selector` (`app=reviews,version=v1`) matches in `namespace`
+    /// (made by its Deployment's ReplicaSet), binds it to the node as the scheduler would and
+    /// marks it running and ready at `ip` as the kubelet would. Returns its name.
+    pub fn run_pod(&mut self, namespace: &str, selector: &str, ip: &str) -> String {
+        let names = |cluster: &Self| {
+            cluster
+                .kubectl(&["get", "pods", "-n", namespace, "-l", selector, "-o", "name"])
+                .lines()
+                .filter_map(|line| line.strip_prefix("pod/"))
+                .map(str::to_string)
+                .collect::<Vec<String>>()
+        };
+        let what = format!("a pod matches {selector}");
+        self.until(Duration::from_secs(60), &what, |c| names(c).len() == 1);
+        let pod = names(self).remove(0);
+        let binding = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": pod},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"},
+        });
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/binding");
+        let args = ["create", "--raw", &path, "-f", "-"];
+        succeeded(&args, self.try_kubectl_stdin(&args, &binding.to_string()));
+        self.pod_ready(namespace, &pod, ip);
+        pod
+    }
+
+    /// Marks a pod as running and not ready (its readiness probe failing), as the kubelet
+    /// would: its EndpointSlice controller takes it out of service.
+    pub fn pod_not_ready(&self, namespace: &str, pod: &str) {
+        let status = serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "ContainersReady", "status": "False"},
+        ]}});
+        self.kubectl(&[
+            "patch",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
     }
 
     /// Marks a pod as running and ready at `ip`, as the kubelet would.

@@ -28,18 +28,25 @@ impl Control {
 
     /// Starts `weft control` serving xDS on `xds_addr` (a restart on the same address).
     pub fn start_at(config_dir: &Path, xds_addr: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args([
-                "control",
-                "--xds-addr",
-                xds_addr,
-                "--debug-addr",
-                "127.0.0.1:0",
-                "--log",
-                "warn,weft=info",
-            ])
-            .arg("--config-dir")
-            .arg(config_dir)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.args(["control", "--xds-addr", xds_addr]);
+        command.arg("--config-dir").arg(config_dir);
+        Self::spawn(command)
+    }
+
+    /// Starts `weft control --kubernetes` on the cluster of `kubeconfig`, its keys in
+    /// `state_dir`, on ephemeral ports.
+    pub fn start_kubernetes(kubeconfig: &Path, state_dir: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.args(["control", "--kubernetes", "--xds-addr", "127.0.0.1:0"]);
+        command.arg("--kubeconfig").arg(kubeconfig);
+        command.arg("--state-dir").arg(state_dir);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .args(["--debug-addr", "127.0.0.1:0", "--log", "warn,weft=info"])
             .stderr(Stdio::piped())
             .spawn()
             .expect("weft control starts");

@@ -58,9 +58,8 @@ impl KubeStore {
             let writer = reflector::store::Writer::new(resource.clone());
             let objects = writer.as_reader();
             let changed = changed.clone();
-            let events =
-                reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                    .default_backoff();
+            let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff();
             tasks.push(tokio::spawn(async move {
                 let mut events = std::pin::pin!(events);
                 while let Some(event) = events.next().await {

@@ -2,10 +2,12 @@
 //!
 //! * [`config`] watches Istio's custom resources and loads them like a folder of YAML;
 //! * [`registry`] watches Services, EndpointSlices and Pods and turns them into services;
-//! * [`crds`] defines Istio's custom resource kinds, for `weft manifest generate`.
+//! * [`crds`] defines Istio's custom resource kinds;
+//! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane.
 
 pub mod config;
 pub mod crds;
+pub mod manifest;
 pub mod registry;
 
 use std::path::Path;

@@ -6,8 +6,9 @@
 //!   prefix (`http-`, `grpc-`, `tcp-`, …); without either it is detected per connection;
 //! * its endpoints are the ready addresses of the EndpointSlices labelled with its name,
 //!   with the slice's port numbers by port name;
-//! * each endpoint carries its Pod's labels (subsets select by them) and service account
-//!   (its identity).
+//! * each endpoint carries its Pod's labels (subsets select by them), service account (its
+//!   identity) and whether it has a sidecar (the `security.istio.io/tlsMode: istio` label
+//!   injection adds; clients speak plaintext to pods without one, as in Istio).
 //!
 //! ExternalName Services and UDP or SCTP ports are left out: the mesh proxies TCP only.
 
@@ -26,6 +27,8 @@ use weft_api::networking::service_entry::{Location, Resolution};
 
 use crate::registry::{Endpoint, Service, ServicePort};
 
+/// The pod label injection adds: the pod's sidecar accepts mesh mTLS.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 /// How long the first lists may take before the registry publishes what it has.
 const INITIAL_SYNC: Duration = Duration::from_secs(10);
 /// Changes that arrive this close together are read once.
@@ -113,7 +116,8 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let events = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let events =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     let changed = changed.clone();
     tasks.push(tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
@@ -238,6 +242,9 @@ fn service_of(
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".to_string());
+            let sidecar = labels
+                .get(TLS_MODE_LABEL)
+                .is_some_and(|mode| mode == "istio");
             for address in &endpoint.addresses {
                 endpoints.push(Endpoint {
                     address: address.clone(),
@@ -247,6 +254,7 @@ fn service_of(
                     service_account: service_account.clone(),
                     locality: String::new(),
                     weight: 1,
+                    sidecar: Some(sidecar),
                 });
             }
         }

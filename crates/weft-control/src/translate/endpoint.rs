@@ -62,7 +62,9 @@ fn load_assignment(
             health_status: HealthStatus::Healthy as i32,
             metadata: Some(metadata(
                 endpoint,
-                service.location == Location::MeshInternal,
+                endpoint
+                    .sidecar
+                    .unwrap_or(service.location == Location::MeshInternal),
                 trust_domain,
             )),
             load_balancing_weight: Some(UInt32Value {

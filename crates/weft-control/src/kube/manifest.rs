@@ -1,0 +1,208 @@
+//! What `weft manifest generate` prints and `weft install` applies: Istio's CRDs and the
+//! control plane's objects, for one of Istio's install profiles.
+//!
+//! Objects come in the order they can be applied in: definitions, then the namespace, then
+//! what lives in it.
+
+use serde_json::{Value, json};
+
+use super::crds::KINDS;
+
+/// The namespace the control plane runs in, as Istio's.
+pub const NAMESPACE: &str = "istio-system";
+/// The name of the control plane's Deployment, Service, ServiceAccount and RBAC objects.
+pub const CONTROL: &str = "weft-control";
+/// The label every generated object carries, so `weft uninstall` finds them.
+pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
+
+/// An install profile, as Istio's `--set profile=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The CRDs and the control plane.
+    Minimal,
+    /// What most meshes run; today the same objects as `minimal`.
+    Default,
+    /// For trying the mesh out: the control plane asks for less CPU and memory.
+    Demo,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "minimal" => Ok(Self::Minimal),
+            "default" => Ok(Self::Default),
+            "demo" => Ok(Self::Demo),
+            other => Err(format!(
+                "unknown profile {other:?}; the profiles are minimal, default and demo"
+            )),
+        }
+    }
+}
+
+/// What is installed besides the profile: the image and its version.
+#[derive(Debug, Clone)]
+pub struct Values {
+    /// The install profile.
+    pub profile: Profile,
+    /// The container image of `weft` (`weft:<version>` unless `--set image=` says).
+    pub image: String,
+}
+
+/// Every object of the install, in apply order.
+pub fn generate(values: &Values) -> Vec<Value> {
+    let mut objects: Vec<Value> = KINDS.iter().map(|kind| kind.definition()).collect();
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": labels(&[])},
+    }));
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(CONTROL),
+    }));
+    objects.push(cluster_role());
+    objects.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": CONTROL, "labels": labels(&[])},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROL},
+        "subjects": [{"kind": "ServiceAccount", "name": CONTROL, "namespace": NAMESPACE}],
+    }));
+    objects.push(control_service());
+    objects.push(control_deployment(values));
+    objects
+}
+
+/// What the control plane reads (Istio's resources and the registry's kinds) and writes
+/// (the status of Istio's resources).
+fn cluster_role() -> Value {
+    let mut istio_groups: Vec<&str> = KINDS.iter().map(|kind| kind.group).collect();
+    istio_groups.dedup();
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": CONTROL, "labels": labels(&[])},
+        "rules": [
+            {"apiGroups": istio_groups, "resources": ["*"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": istio_groups, "resources": ["*/status"], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        ],
+    })
+}
+
+/// The control plane's ports under Istio's numbers and names: plaintext xDS, xDS and the
+/// CA over TLS, and the debug pages.
+fn control_service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(CONTROL),
+        "spec": {
+            "selector": {"app": CONTROL},
+            "ports": [
+                {"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
+                {"name": "https-dns", "port": 15012, "protocol": "TCP"},
+                {"name": "http-monitoring", "port": 15014, "protocol": "TCP"},
+            ],
+        },
+    })
+}
+
+fn control_deployment(values: &Values) -> Value {
+    let (cpu, memory) = match values.profile {
+        Profile::Demo => ("10m", "64Mi"),
+        Profile::Minimal | Profile::Default => ("100m", "256Mi"),
+    };
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(CONTROL),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": CONTROL}},
+            "template": {
+                "metadata": {
+                    "labels": labels(&[("app", CONTROL)]),
+                    "annotations": {"sidecar.istio.io/inject": "false"},
+                },
+                "spec": {
+                    "serviceAccountName": CONTROL,
+                    "containers": [{
+                        "name": "control",
+                        "image": values.image,
+                        "args": [
+                            "control", "--kubernetes", "--state-dir", "/var/lib/weft",
+                            "--xds-addr", "0.0.0.0:15010",
+                            "--xds-tls-addr", "0.0.0.0:15012",
+                            "--tls-name", format!("{CONTROL}.{NAMESPACE}.svc"),
+                            "--debug-addr", "0.0.0.0:15014",
+                        ],
+                        "ports": [
+                            {"name": "grpc-xds", "containerPort": 15010},
+                            {"name": "https-dns", "containerPort": 15012},
+                            {"name": "http-monitoring", "containerPort": 15014},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 15014}},
+                        "resources": {"requests": {"cpu": cpu, "memory": memory}},
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 1337,
+                            "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "state", "mountPath": "/var/lib/weft"}],
+                    }],
+                    "volumes": [{"name": "state", "emptyDir": {}}],
+                },
+            },
+        },
+    })
+}
+
+fn metadata(name: &str) -> Value {
+    json!({"name": name, "namespace": NAMESPACE, "labels": labels(&[("app", name)])})
+}
+
+fn labels(extra: &[(&str, &str)]) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert(PART_OF.0.to_string(), Value::from(PART_OF.1));
+    for (key, value) in extra {
+        labels.insert((*key).to_string(), Value::from(*value));
+    }
+    Value::Object(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crds_come_before_the_namespace_and_the_namespace_before_what_lives_in_it() {
+        let values = Values {
+            profile: Profile::Default,
+            image: "weft:test".to_string(),
+        };
+        let objects = generate(&values);
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        let namespace = kinds.iter().position(|k| *k == "Namespace");
+        let last_crd = kinds.iter().rposition(|k| *k == "CustomResourceDefinition");
+        assert!(last_crd < namespace, "{kinds:?}");
+        for object in &objects {
+            assert_eq!(object["metadata"]["labels"][PART_OF.0], PART_OF.1);
+            if let Some(ns) = object["metadata"]["namespace"].as_str() {
+                assert_eq!(ns, NAMESPACE);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_profile_is_refused_with_the_known_ones() {
+        let error = "ambient".parse::<Profile>().expect_err("unknown");
+        assert!(error.contains("minimal, default and demo"), "{error}");
+    }
+}
