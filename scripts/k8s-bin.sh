@@ -2,7 +2,7 @@
 # Prints the folder holding a real Kubernetes control plane for the tests: kube-apiserver,
 # kube-controller-manager and kubectl from the k8s.io/kubernetes Go module, and etcd from
 # go.etcd.io/etcd, built with Go at pinned releases and cached, so only the first run on a
-# machine builds them (about 9 minutes on two cores).
+# machine builds them (about a quarter of an hour on two cores).
 #
 # KUBEBUILDER_ASSETS, as controller-runtime's envtest reads it, names a folder that already
 # holds them; it is used as it is.
