@@ -8,7 +8,10 @@
 //!   the VirtualServices, DestinationRules and PeerAuthentications applied with kubectl as
 //!   its configuration: real `weft proxy` processes at the pods' IPs route 100% to v1, then
 //!   50/50 v1/v3 after a `kubectl apply`; a pod taken out of its EndpointSlice stops getting
-//!   traffic within a second; STRICT mTLS refuses plaintext.
+//!   traffic within a second; STRICT mTLS refuses plaintext;
+//! * its CA signs a pod's certificate for the service account of its TokenRequest token
+//!   (audience `istio-ca`, reviewed by the API server), and nothing for another account's,
+//!   an expired or a wrong-audience token.
 //!
 //! **Needs root** (the network namespace) and the Kubernetes binaries (`WEFT_K8S_BIN`, set by
 //! scripts/test.sh).
@@ -265,13 +268,12 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
         }
 
         let state = tempfile::tempdir().unwrap();
-        let control =
-            common::Control::start_kubernetes(&cluster.kubeconfig, &state.path().join(".weft"));
+        let control = common::Control::start_kubernetes(&cluster.kubeconfig, state.path());
         let mut apps = Vec::new();
         let mut sidecars = Vec::new();
         for ((version, ip), name) in pods.iter().zip(&names) {
             let (app_port, served) = reviews_app(version);
-            let token = common::join_token(state.path(), "default", "bookinfo-reviews");
+            let token = cluster.token("default", "bookinfo-reviews", "istio-ca");
             let labels = format!("app=reviews,version={version}");
             let app_port = app_port.to_string();
             let sidecar = common::Proxy::start(&[
@@ -302,7 +304,11 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
             apps.push(served);
             sidecars.push(sidecar);
         }
-        let token = common::join_token(state.path(), "default", "bookinfo-productpage");
+        // The client reads its token from a file, as a pod's projected token is mounted.
+        let token_file = state.path().join("istio-token");
+        let token = cluster.token("default", "bookinfo-productpage", "istio-ca");
+        std::fs::write(&token_file, token).unwrap();
+        let token_file = token_file.to_str().unwrap();
         let client = common::Proxy::start(&[
             "--control",
             &control.xds,
@@ -318,8 +324,8 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
             client_ip,
             "--instance-ip",
             client_ip,
-            "--token",
-            &token,
+            "--token-file",
+            token_file,
         ]);
         client.until_ready();
         let outbound = client.outbound.clone();
@@ -388,5 +394,134 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
         drop(client);
         drop(sidecars);
         drop(control);
+    });
+}
+
+/// A service-account token signed with the cluster's own key, as the API server mints them,
+/// but with the lifetime the test chooses: how an expired token is made without waiting.
+fn signed_token(cluster: &Cluster, service_account: &str, uid: &str, expires_in: i64) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = std::fs::read_to_string(&cluster.service_account_key).unwrap();
+    let pkcs8 = rcgen::KeyPair::from_pem(&pem).unwrap().serialize_der();
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &pkcs8,
+        &rng,
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+    let claims = serde_json::json!({
+        "iss": common::cluster::ISSUER,
+        "sub": format!("system:serviceaccount:default:{service_account}"),
+        "aud": ["istio-ca"],
+        "iat": now - 3600,
+        "nbf": now - 3600,
+        "exp": now + expires_in,
+        "kubernetes.io": {
+            "namespace": "default",
+            "serviceaccount": {"name": service_account, "uid": uid},
+        },
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = key.sign(&rng, signing_input.as_bytes()).unwrap();
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.as_ref())
+    )
+}
+
+/// Asks the control plane's CA for a certificate for `identity` with `token`.
+fn certificate(control: &str, identity: &str, token: &str) -> Result<Vec<String>, tonic::Code> {
+    use weft_xds::istio_ca::IstioCertificateRequest;
+    use weft_xds::istio_ca::istio_certificate_service_client::IstioCertificateServiceClient;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        identity.to_string().try_into().unwrap(),
+    )];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = IstioCertificateServiceClient::connect(format!("http://{control}"))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: 3600,
+            metadata: None,
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        client
+            .create_certificate(request)
+            .await
+            .map(|response| response.into_inner().cert_chain)
+            .map_err(|status| status.code())
+    })
+}
+
+#[test]
+fn the_ca_signs_only_the_service_account_of_a_valid_istio_ca_token() {
+    let netns = NetNs::new("k8s-identity", &["10.244.0.1/32"]);
+    netns.enter(|| {
+        let cluster = Cluster::start();
+        cluster.kubectl(&["create", "serviceaccount", "bookinfo-reviews"]);
+        cluster.kubectl(&["create", "serviceaccount", "bookinfo-productpage"]);
+        let state = tempfile::tempdir().unwrap();
+        let control = common::Control::start_kubernetes(&cluster.kubeconfig, state.path());
+        let reviews = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
+
+        // The pod's own token, from the TokenRequest API for the audience istio-ca.
+        let token = cluster.token("default", "bookinfo-reviews", "istio-ca");
+        let chain = certificate(&control.xds, reviews, &token).expect("a certificate");
+        assert!(chain.len() >= 2, "{chain:?}");
+
+        // Another service account's token gets no certificate for this one.
+        let other = cluster.token("default", "bookinfo-productpage", "istio-ca");
+        assert_eq!(
+            certificate(&control.xds, reviews, &other),
+            Err(tonic::Code::PermissionDenied)
+        );
+        // A token for the API server's own audience is not one for the CA.
+        let wrong_audience = cluster.token("default", "bookinfo-reviews", common::cluster::ISSUER);
+        assert_eq!(
+            certificate(&control.xds, reviews, &wrong_audience),
+            Err(tonic::Code::Unauthenticated)
+        );
+        // A token signed by the cluster's key but expired a minute ago gets nothing; the
+        // same token unexpired does (so expiry is what refused it).
+        let uid = cluster.kubectl(&[
+            "get",
+            "serviceaccount",
+            "bookinfo-reviews",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ]);
+        let expired = signed_token(&cluster, "bookinfo-reviews", &uid, -60);
+        assert_eq!(
+            certificate(&control.xds, reviews, &expired),
+            Err(tonic::Code::Unauthenticated)
+        );
+        let fresh = signed_token(&cluster, "bookinfo-reviews", &uid, 600);
+        assert!(certificate(&control.xds, reviews, &fresh).is_ok());
+        // Nor does what is not a token at all.
+        assert_eq!(
+            certificate(&control.xds, reviews, "not-a-token"),
+            Err(tonic::Code::Unauthenticated)
+        );
     });
 }

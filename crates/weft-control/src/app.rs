@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::kube::config::KubeStore;
 use crate::kube::registry::KubeRegistry;
+use crate::kube::tokens::ServiceAccountTokens;
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::{self, Registrations};
@@ -120,14 +121,17 @@ struct Sources {
 impl ControlPlane {
     /// Loads the configuration, starts watching it and binds the xDS port.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let (store, platform_registry): (Box<dyn ConfigStore>, _) = match &config.source {
-            Source::Dir(dir) => (Box::new(FileStore::start(dir.clone())?), None),
-            Source::Kubernetes { kubeconfig } => {
-                let client = crate::kube::connect(kubeconfig.as_deref()).await?;
-                let registry = KubeRegistry::start(client.clone()).await;
-                (Box::new(KubeStore::start(client).await), Some(registry))
-            }
-        };
+        let (store, platform_registry, service_accounts): (Box<dyn ConfigStore>, _, _) =
+            match &config.source {
+                Source::Dir(dir) => (Box::new(FileStore::start(dir.clone())?), None, None),
+                Source::Kubernetes { kubeconfig } => {
+                    let client = crate::kube::connect(kubeconfig.as_deref()).await?;
+                    let registry = KubeRegistry::start(client.clone()).await;
+                    let tokens = ServiceAccountTokens::new(client.clone());
+                    let store = KubeStore::start(client).await;
+                    (Box::new(store), Some(registry), Some(tokens))
+                }
+            };
         let mut state = store.subscribe();
         let mut platform = match &platform_registry {
             Some(registry) => registry.subscribe(),
@@ -175,7 +179,11 @@ impl ControlPlane {
             None => None,
         };
         let tokens = Arc::new(tokens);
-        let ca = CaService::new(Arc::new(authority), tokens.clone()).with_metrics(metrics.clone());
+        let mut ca =
+            CaService::new(Arc::new(authority), tokens.clone()).with_metrics(metrics.clone());
+        if let Some(service_accounts) = service_accounts {
+            ca = ca.with_service_accounts(service_accounts);
+        }
         let ledger = ads.ledger();
         let listener =
             TcpListener::bind(config.xds_addr)

@@ -6,6 +6,7 @@
 //! a renewed certificate is used by new connections while established ones finish with the
 //! old one. [`renew_forever`] renews it when two thirds of its lifetime have passed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +31,31 @@ pub enum IdentityError {
     /// The CA's answer is not a usable certificate chain.
     #[error("the CA's answer is not usable: {0}")]
     BadChain(String),
+    /// The token file cannot be read.
+    #[error("reading the token file {0}: {1}")]
+    TokenFile(PathBuf, std::io::Error),
+}
+
+/// What the proxy presents to the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A token given once: a join token.
+    Token(String),
+    /// A file read again before every request: a pod's projected service-account token,
+    /// which the kubelet replaces before it expires.
+    File(PathBuf),
+}
+
+impl Credential {
+    /// The token to present now.
+    pub fn token(&self) -> Result<String, IdentityError> {
+        match self {
+            Self::Token(token) => Ok(token.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|error| IdentityError::TokenFile(path.clone(), error)),
+        }
+    }
 }
 
 /// A certificate and its key, ready for TLS, with what the admin page shows.
@@ -56,7 +82,7 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
-/// Generates a key, sends a CSR for `spiffe_id` with the join `token`, and returns the
+/// Generates a key, sends a CSR for `spiffe_id` with `token`, and returns the
 /// identity the CA signed.
 pub async fn request(
     channel: Channel,
@@ -77,7 +103,7 @@ pub async fn request(
     });
     let bearer = format!("Bearer {token}")
         .parse()
-        .map_err(|_| IdentityError::BadChain("the join token is not a valid header".into()))?;
+        .map_err(|_| IdentityError::BadChain("the token is not a valid header".into()))?;
     request.metadata_mut().insert("authorization", bearer);
     let response = IstioCertificateServiceClient::new(channel)
         .create_certificate(request)
@@ -293,12 +319,16 @@ fn renew_after(identity: &Identity) -> Duration {
 pub async fn renew_forever(
     current: CurrentIdentity,
     channel: Channel,
-    token: String,
+    credential: Credential,
     spiffe_id: String,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match request(channel.clone(), &token, &spiffe_id).await {
+        let requested = match credential.token() {
+            Ok(token) => request(channel.clone(), &token, &spiffe_id).await,
+            Err(error) => Err(error),
+        };
+        match requested {
             Ok(identity) => {
                 tracing::info!(spiffe_id, serial = identity.serial, "certificate obtained");
                 let wait = renew_after(&identity);
@@ -312,5 +342,23 @@ pub async fn renew_forever(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Credential;
+
+    #[test]
+    fn a_token_file_is_read_again_each_time_so_a_rotated_token_is_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("istio-token");
+        std::fs::write(&path, "first\n").expect("write");
+        let credential = Credential::File(path.clone());
+        assert_eq!(credential.token().expect("read"), "first");
+        std::fs::write(&path, "second").expect("write");
+        assert_eq!(credential.token().expect("read"), "second");
+        std::fs::remove_file(&path).expect("remove");
+        assert!(credential.token().is_err());
     }
 }

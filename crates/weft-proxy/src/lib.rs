@@ -73,8 +73,8 @@ pub struct Settings {
     pub upstreams: Vec<(u16, String, u16)>,
     /// The mesh's trust domain.
     pub trust_domain: String,
-    /// The join token the CA wants.
-    pub token: String,
+    /// What the proxy presents to the CA (unused with certificate files).
+    pub credential: identity::Credential,
     /// Certificate files to use instead of asking the control plane's CA.
     pub certificate_files: Option<identity::CertificateFiles>,
     /// How long a drain waits for connections to finish.
@@ -212,7 +212,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         None => tokio::spawn(identity::renew_forever(
             identity.clone(),
             channel.clone(),
-            settings.token.clone(),
+            settings.credential.clone(),
             spiffe_id,
         )),
     };

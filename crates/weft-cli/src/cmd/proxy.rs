@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use weft_proxy::Settings;
+use weft_proxy::identity::Credential;
 
 /// Arguments of `weft proxy` (and the sidecar's of `weft run`).
 #[derive(clap::Args)]
@@ -72,7 +73,8 @@ pub struct Args {
         conflicts_with = "token_file"
     )]
     token: Option<String>,
-    /// A file holding the join token.
+    /// A file holding the token: a join token, or on Kubernetes the pod's projected
+    /// service-account token (audience `istio-ca`); read again at every renewal.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// The config dir of a control plane on this machine: the join token is made from its
@@ -146,16 +148,19 @@ impl Args {
             .name
             .or(name)
             .context("give the workload's name with --name")?;
-        let token = match (&self.token, &self.token_file, &self.config_dir) {
-            (Some(token), _, _) => token.clone(),
-            (None, Some(file), _) => std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?
-                .trim()
-                .to_string(),
-            (None, None, Some(config_dir)) => {
-                super::join_token::issue(config_dir, &self.namespace, &self.service_account)?
+        let credential = match (&self.token, &self.token_file, &self.config_dir) {
+            (Some(token), _, _) => Credential::Token(token.clone()),
+            (None, Some(file), _) => {
+                // Read now so a wrong path fails at start; read again at every renewal.
+                Credential::File(file.clone()).token()?;
+                Credential::File(file.clone())
             }
-            (None, None, None) if self.cert_chain.is_some() => String::new(),
+            (None, None, Some(config_dir)) => Credential::Token(super::join_token::issue(
+                config_dir,
+                &self.namespace,
+                &self.service_account,
+            )?),
+            (None, None, None) if self.cert_chain.is_some() => Credential::Token(String::new()),
             (None, None, None) => anyhow::bail!(
                 "give the workload's join token with --token, --token-file or WEFT_JOIN_TOKEN (see `weft join-token`), or the local control plane's --config-dir"
             ),
@@ -177,7 +182,7 @@ impl Args {
             metrics_port: self.metrics_port.unwrap_or(metrics),
             upstreams: self.upstreams,
             trust_domain: self.trust_domain,
-            token,
+            credential,
             certificate_files: match (self.cert_chain, self.key, self.root_cert) {
                 (Some(chain), Some(key), Some(root)) => {
                     Some(weft_proxy::identity::CertificateFiles { chain, key, root })

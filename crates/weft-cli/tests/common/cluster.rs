@@ -39,8 +39,14 @@ pub struct Cluster {
     pub ca: PathBuf,
     /// The API server's address.
     pub server: String,
+    /// The key that signs service-account tokens (PKCS#8 PEM, ECDSA P-256), and the issuer
+    /// they name.
+    pub service_account_key: PathBuf,
     dir: tempfile::TempDir,
 }
+
+/// The issuer of the cluster's service-account tokens.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The folder of the Kubernetes binaries.
 fn bin_dir() -> PathBuf {
@@ -82,6 +88,7 @@ impl Cluster {
             kubeconfig,
             ca: files.ca.clone(),
             server,
+            service_account_key: files.service_account_private.clone(),
             dir,
         };
         let etcd_dir = cluster.dir.path().join("etcd");
@@ -124,10 +131,7 @@ impl Cluster {
                 .arg(&files.service_account_public)
                 .arg("--service-account-signing-key-file")
                 .arg(&files.service_account_private)
-                .args([
-                    "--service-account-issuer",
-                    "https://kubernetes.default.svc.cluster.local",
-                ])
+                .args(["--service-account-issuer", ISSUER])
                 .args(["--authorization-mode", "RBAC"])
                 .args(["--service-cluster-ip-range", "10.96.0.0/16"])
                 .args([

@@ -9,8 +9,9 @@
 //! implemented yet.
 //!
 //! It is served as Istio's `IstioCertificateService/CreateCertificate`; callers authenticate
-//! with a [join token](token) in `authorization: Bearer <token>`, and may only get a
-//! certificate for the identity their token names.
+//! with a [join token](token) in `authorization: Bearer <token>` or, on Kubernetes, with
+//! their pod's service-account token for the audience `istio-ca` (reviewed by the API
+//! server), and may only get a certificate for the identity their token names.
 
 pub mod token;
 
@@ -27,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::kube::tokens::ServiceAccountTokens;
 use token::JoinTokens;
 use weft_xds::istio_ca::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
@@ -354,6 +356,7 @@ fn split_pem(text: &str) -> Vec<String> {
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
     tokens: Arc<JoinTokens>,
+    service_accounts: Option<ServiceAccountTokens>,
     metrics: ControlMetrics,
 }
 
@@ -363,8 +366,15 @@ impl CaService {
         Self {
             ca,
             tokens,
+            service_accounts: None,
             metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Also accepts service-account tokens the API server vouches for.
+    pub fn with_service_accounts(mut self, tokens: ServiceAccountTokens) -> Self {
+        self.service_accounts = Some(tokens);
+        self
     }
 
     /// Counts issued and refused certificates in `metrics`.
@@ -385,7 +395,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let result = self.create(request);
+        let result = self.create(request).await;
         match &result {
             Ok(_) => {
                 self.metrics.certificates_issued.inc();
@@ -395,6 +405,7 @@ impl IstioCertificateService for CaService {
                     tonic::Code::Unauthenticated => "unauthenticated",
                     tonic::Code::PermissionDenied => "wrong_identity",
                     tonic::Code::InvalidArgument => "malformed",
+                    tonic::Code::Unavailable => "unavailable",
                     _ => "internal",
                 };
                 self.metrics
@@ -408,16 +419,41 @@ impl IstioCertificateService for CaService {
 }
 
 impl CaService {
-    fn create(
+    /// Whose the caller's token is: a join token of this control plane, else a service
+    /// account's token the API server vouches for. Refused when neither says.
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(String, String), Status> {
+        let token = token::bearer(metadata)
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        if let Some(identity) = self.tokens.verify(token) {
+            return Ok(identity);
+        }
+        let Some(service_accounts) = &self.service_accounts else {
+            return Err(Status::unauthenticated(
+                "the join token is not valid for this control plane",
+            ));
+        };
+        match service_accounts.verify(token).await {
+            Ok(Some(identity)) => Ok(identity),
+            Ok(None) => Err(Status::unauthenticated(
+                "neither a join token of this control plane nor a valid service-account token for the audience istio-ca",
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "cannot review a service-account token");
+                Err(Status::unavailable(
+                    "cannot review the token with the API server",
+                ))
+            }
+        }
+    }
+
+    async fn create(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let token = token::bearer(request.metadata()).ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <join token>`")
-        })?;
-        let (namespace, service_account) = self.tokens.verify(token).ok_or_else(|| {
-            Status::unauthenticated("the join token is not valid for this control plane")
-        })?;
+        let (namespace, service_account) = self.authenticate(request.metadata()).await?;
         let identity = SpiffeId {
             trust_domain: self.ca.trust_domain.clone(),
             namespace,

@@ -76,8 +76,8 @@ pub fn generate(values: &Values) -> Vec<Value> {
     objects
 }
 
-/// What the control plane reads (Istio's resources and the registry's kinds) and writes
-/// (the status of Istio's resources).
+/// What the control plane reads (Istio's resources and the registry's kinds), writes (the
+/// status of Istio's resources) and asks (whose a pod's token is, for the CA).
 fn cluster_role() -> Value {
     let mut istio_groups: Vec<&str> = KINDS.iter().map(|kind| kind.group).collect();
     istio_groups.dedup();
@@ -90,6 +90,7 @@ fn cluster_role() -> Value {
             {"apiGroups": istio_groups, "resources": ["*/status"], "verbs": ["get", "update", "patch"]},
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
         ],
     })
 }

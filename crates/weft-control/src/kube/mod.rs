@@ -3,12 +3,14 @@
 //! * [`config`] watches Istio's custom resources and loads them like a folder of YAML;
 //! * [`registry`] watches Services, EndpointSlices and Pods and turns them into services;
 //! * [`crds`] defines Istio's custom resource kinds;
-//! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane.
+//! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane;
+//! * [`tokens`] asks the API server whose a pod's service-account token is, for the CA.
 
 pub mod config;
 pub mod crds;
 pub mod manifest;
 pub mod registry;
+pub mod tokens;
 
 use std::path::Path;
 
