@@ -34,6 +34,9 @@ enum Command {
     /// Run an ingress gateway: the ports of the Gateway resources that select it, routed by
     /// the VirtualServices bound to them.
     Gateway(cmd::gateway::Args),
+    /// Redirect a pod's TCP traffic to its sidecar with iptables (the init container's job,
+    /// as Istio's istio-iptables); `--clean` removes the rules.
+    Iptables(cmd::iptables::Args),
     /// Print a join token: what a workload presents to get certificates for one identity.
     JoinToken(cmd::join_token::Args),
     /// Print the Kubernetes objects that install Weft (Istio's CRDs and the control plane).
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
+        Command::Iptables(args) => cmd::iptables::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Manifest(command) => cmd::manifest::run(command),
         Command::Proxy(args) => cmd::proxy::run(args),

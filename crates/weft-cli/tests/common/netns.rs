@@ -38,6 +38,36 @@ impl NetNs {
         netns
     }
 
+    /// Links this namespace to `other` with a veth pair, `address` (`10.10.0.1/24`) on this
+    /// side and `other_address` on the other: traffic between them leaves loopback, as
+    /// between two pods.
+    pub fn link(&self, address: &str, other: &NetNs, other_address: &str) {
+        static LINKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LINKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (here, there) = (
+            format!("wa{}x{n}", std::process::id()),
+            format!("wb{}x{n}", std::process::id()),
+        );
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &here,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &there,
+            "netns",
+            &other.name,
+        ]));
+        self.exec(&["ip", "addr", "add", address, "dev", &here]);
+        self.exec(&["ip", "link", "set", &here, "up"]);
+        other.exec(&["ip", "addr", "add", other_address, "dev", &there]);
+        other.exec(&["ip", "link", "set", &there, "up"]);
+    }
+
     /// The namespace's name, for `ip netns exec`.
     pub fn name(&self) -> &str {
         &self.name
