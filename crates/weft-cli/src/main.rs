@@ -34,6 +34,9 @@ enum Command {
     /// Run an ingress gateway: the ports of the Gateway resources that select it, routed by
     /// the VirtualServices bound to them.
     Gateway(cmd::gateway::Args),
+    /// Add the sidecar to the pods of Kubernetes manifests, as the injection webhook would
+    /// (istioctl's kube-inject).
+    Inject(cmd::inject::Args),
     /// Redirect a pod's TCP traffic to its sidecar with iptables (the init container's job,
     /// as Istio's istio-iptables); `--clean` removes the rules.
     Iptables(cmd::iptables::Args),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
+        Command::Inject(args) => cmd::inject::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Manifest(command) => cmd::manifest::run(command),

@@ -525,3 +525,226 @@ fn the_ca_signs_only_the_service_account_of_a_valid_istio_ca_token() {
         );
     });
 }
+
+/// A pod as a user writes it, with `labels` and `annotations` (YAML flow maps).
+fn pod(namespace: &str, name: &str, labels: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {labels}
+  annotations: {annotations}
+spec:
+  containers:
+  - name: app
+    image: docker.io/istio/examples-bookinfo-ratings-v1:1.20.3
+    ports: [{{containerPort: 9080}}]
+"
+    )
+}
+
+/// The names of a stored pod's init containers.
+fn init_containers(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    cluster.kubectl(&[
+        "get",
+        "pod",
+        name,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.spec.initContainers[*].name}",
+    ])
+}
+
+#[test]
+fn the_api_server_calls_the_webhook_to_inject_the_pods_that_ask_for_a_sidecar() {
+    let webhook = "10.244.0.2";
+    let netns = NetNs::new("k8s-inject", &["10.244.0.1/32", "10.244.0.2/32"]);
+    netns.enter(move || {
+        let mut cluster = Cluster::start();
+        install(&cluster);
+        cluster.kubectl(&["create", "namespace", "mesh"]);
+        cluster.kubectl(&["label", "namespace", "mesh", "istio-injection=enabled"]);
+        cluster.kubectl(&["create", "namespace", "plain"]);
+        for namespace in ["mesh", "plain", "kube-system"] {
+            let what = format!("{namespace} has its default service account");
+            cluster.until(Duration::from_secs(30), &what, |c| {
+                c.try_kubectl(&["get", "serviceaccount", "default", "-n", namespace])
+                    .status
+                    .success()
+            });
+        }
+        // Playing kube-proxy: the control plane's Service address leads to its webhook port.
+        let cluster_ip = cluster.kubectl(&[
+            "get",
+            "service",
+            "weft-control",
+            "-n",
+            "istio-system",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        common::netns::run(std::process::Command::new("ip").args([
+            "route",
+            "add",
+            "10.96.0.0/16",
+            "dev",
+            "lo",
+        ]));
+        common::netns::run(std::process::Command::new("iptables").args([
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &cluster_ip,
+            "--dport",
+            "443",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{webhook}:15017"),
+        ]));
+        let state = tempfile::tempdir().unwrap();
+        let webhook_addr = format!("{webhook}:15017");
+        let control = common::Control::start_kubernetes_with(
+            &cluster.kubeconfig,
+            state.path(),
+            &[
+                "--webhook-addr",
+                &webhook_addr,
+                "--sidecar-image",
+                "weft:test",
+            ],
+        );
+        cluster.until(Duration::from_secs(30), "the caBundle is set", |c| {
+            let bundles = c.kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "weft-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[*].clientConfig.caBundle}",
+            ]);
+            bundles.split_whitespace().count() == 2
+        });
+
+        // The seed's sidecar resources, in a namespace labelled for injection.
+        cluster.apply(&pod(
+            "mesh",
+            "injected",
+            "{app: ratings, version: v1}",
+            "{sidecar.istio.io/proxyMemory: 512Mi, sidecar.istio.io/proxyMemoryLimit: 1Gi, \
+             sidecar.istio.io/proxyCPU: 100m, sidecar.istio.io/proxyCPULimit: 2000m}",
+        ));
+        assert_eq!(
+            init_containers(&cluster, "mesh", "injected"),
+            "istio-init istio-proxy"
+        );
+        let proxy = |field: &str| {
+            cluster.kubectl(&[
+                "get",
+                "pod",
+                "injected",
+                "-n",
+                "mesh",
+                "-o",
+                &format!("jsonpath={{.spec.initContainers[1].{field}}}"),
+            ])
+        };
+        assert_eq!(proxy("restartPolicy"), "Always");
+        assert_eq!(proxy("image"), "weft:test");
+        assert_eq!(proxy("resources.requests.memory"), "512Mi");
+        assert_eq!(proxy("resources.requests.cpu"), "100m");
+        assert_eq!(proxy("resources.limits.memory"), "1Gi");
+        // The API server writes 2000m as 2.
+        assert_eq!(proxy("resources.limits.cpu"), "2");
+        let labels = cluster.kubectl(&["get", "pod", "injected", "-n", "mesh", "--show-labels"]);
+        assert!(
+            labels.contains("security.istio.io/tlsMode=istio"),
+            "{labels}"
+        );
+
+        // Opted out by label (the webhook is not called) or by annotation (it declines).
+        cluster.apply(&pod(
+            "mesh",
+            "label-out",
+            "{sidecar.istio.io/inject: \"false\"}",
+            "{}",
+        ));
+        assert_eq!(init_containers(&cluster, "mesh", "label-out"), "");
+        cluster.apply(&pod(
+            "mesh",
+            "annotation-out",
+            "{}",
+            "{sidecar.istio.io/inject: \"false\"}",
+        ));
+        assert_eq!(init_containers(&cluster, "mesh", "annotation-out"), "");
+        // An unlabelled namespace: only a pod that asks gets one.
+        cluster.apply(&pod("plain", "untouched", "{app: x}", "{}"));
+        assert_eq!(init_containers(&cluster, "plain", "untouched"), "");
+        cluster.apply(&pod(
+            "plain",
+            "asked",
+            "{sidecar.istio.io/inject: \"true\"}",
+            "{}",
+        ));
+        assert_eq!(
+            init_containers(&cluster, "plain", "asked"),
+            "istio-init istio-proxy"
+        );
+        // kube-system never, even when a pod asks.
+        cluster.apply(&pod(
+            "kube-system",
+            "system",
+            "{sidecar.istio.io/inject: \"true\"}",
+            "{}",
+        ));
+        assert_eq!(init_containers(&cluster, "kube-system", "system"), "");
+
+        // A Deployment's pods, created by its ReplicaSet, are injected too.
+        cluster.apply(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ratings-v1, namespace: mesh}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  template:
+    metadata: {labels: {app: ratings, version: v1}}
+    spec:
+      containers: [{name: ratings, image: docker.io/istio/examples-bookinfo-ratings-v1:1.20.3}]
+",
+        );
+        cluster.until(
+            Duration::from_secs(30),
+            "the Deployment's pod is injected",
+            |c| {
+                c.kubectl(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    "mesh",
+                    "-l",
+                    "app=ratings,pod-template-hash",
+                    "-o",
+                    "jsonpath={.items[*].spec.initContainers[*].name}",
+                ]) == "istio-init istio-proxy"
+            },
+        );
+
+        // With the webhook down, failurePolicy Fail: such a pod is refused, not started
+        // outside the mesh; other namespaces are not affected.
+        drop(control);
+        let refused = cluster.try_kubectl_stdin(
+            &["apply", "-f", "-"],
+            &pod("mesh", "while-down", "{}", "{}"),
+        );
+        assert!(!refused.status.success());
+        let message = String::from_utf8_lossy(&refused.stderr);
+        assert!(message.contains("failed calling webhook"), "{message}");
+        cluster.apply(&pod("plain", "still-fine", "{}", "{}"));
+    });
+}

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::kube::config::KubeStore;
 use crate::kube::registry::KubeRegistry;
 use crate::kube::tokens::ServiceAccountTokens;
+use crate::kube::webhook::{self, InjectionConfig, WebhookError};
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::{self, Registrations};
@@ -40,6 +41,8 @@ pub enum Source {
     Kubernetes {
         /// The kubeconfig file.
         kubeconfig: Option<PathBuf>,
+        /// The sidecar-injection webhook, when served.
+        injection: Option<InjectionConfig>,
     },
 }
 
@@ -76,6 +79,9 @@ pub enum StartError {
     /// The Kubernetes API server cannot be reached.
     #[error(transparent)]
     Kubernetes(#[from] crate::kube::ConnectError),
+    /// The injection webhook cannot be served.
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
     /// The certificate authority could not start.
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
@@ -116,16 +122,28 @@ pub struct ControlPlane {
 struct Sources {
     _store: Box<dyn ConfigStore>,
     _registry: Option<KubeRegistry>,
+    /// The injection webhook's tasks.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl ControlPlane {
     /// Loads the configuration, starts watching it and binds the xDS port.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        let mut kube_client = None;
         let (store, platform_registry, service_accounts): (Box<dyn ConfigStore>, _, _) =
             match &config.source {
                 Source::Dir(dir) => (Box::new(FileStore::start(dir.clone())?), None, None),
-                Source::Kubernetes { kubeconfig } => {
+                Source::Kubernetes { kubeconfig, .. } => {
                     let client = crate::kube::connect(kubeconfig.as_deref()).await?;
+                    kube_client = Some(client.clone());
                     let registry = KubeRegistry::start(client.clone()).await;
                     let tokens = ServiceAccountTokens::new(client.clone());
                     let store = KubeStore::start(client).await;
@@ -142,6 +160,17 @@ impl ControlPlane {
             &config.trust_domain,
             config.cert_ttl,
         )?;
+        let mut tasks = Vec::new();
+        if let (
+            Source::Kubernetes {
+                injection: Some(injection),
+                ..
+            },
+            Some(client),
+        ) = (&config.source, &kube_client)
+        {
+            tasks = webhook::start(injection, client.clone(), &authority).await?;
+        }
         let registrations = Registrations::new(config.registration_grace);
         let saved_workloads = config.state_dir.join(SAVED_WORKLOADS);
         registrations.restore(registration::load(&saved_workloads));
@@ -248,6 +277,7 @@ impl ControlPlane {
             _sources: Sources {
                 _store: store,
                 _registry: platform_registry,
+                tasks,
             },
         })
     }

@@ -37,6 +37,24 @@ pub fn to_yaml(value: &Value) -> String {
     yaml::write_yaml(value)
 }
 
+/// Reads every YAML (or JSON) document of `text` as a JSON value, for tools that rewrite
+/// Kubernetes objects (`weft inject`); empty documents are skipped. The error names the
+/// line.
+pub fn documents(text: &str, limits: &Limits) -> Result<Vec<Value>, String> {
+    let mut nodes = Vec::new();
+    yaml::for_each_document(text, limits, |node| nodes.push(node))
+        .map_err(|error| format!("line {}: {}", error.line, error.message))?;
+    let mut values = Vec::new();
+    for node in &nodes {
+        let (value, _) = yaml::to_json(node)
+            .map_err(|error| format!("line {}: {}", error.line, error.message))?;
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    Ok(values)
+}
+
 /// A workload known from the loaded files, for selector checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use weft_control::app::{Config, ControlPlane, Source};
+use weft_control::kube::inject::Injector;
+use weft_control::kube::manifest::{CONTROL, INJECTOR_CONFIGURATION, NAMESPACE};
+use weft_control::kube::webhook::InjectionConfig;
 
 /// Arguments of `weft control`.
 #[derive(clap::Args)]
@@ -26,6 +29,23 @@ pub struct Args {
     /// (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
     #[arg(long, requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
+    /// With `--kubernetes`: serve the sidecar-injection webhook (HTTPS) on this address
+    /// (Istio's port is 15017); the API server calls it as the MutatingWebhookConfiguration
+    /// `--webhook-configuration` says, whose `caBundle` is kept set to the mesh root.
+    #[arg(long, requires = "kubernetes")]
+    webhook_addr: Option<SocketAddr>,
+    /// A name the webhook's certificate is valid for; repeat for several.
+    #[arg(long = "webhook-name", default_values_t = [format!("{CONTROL}.{NAMESPACE}.svc")])]
+    webhook_names: Vec<String>,
+    /// The MutatingWebhookConfiguration the webhook keeps the `caBundle` of.
+    #[arg(long, default_value = INJECTOR_CONFIGURATION)]
+    webhook_configuration: String,
+    /// The image injected pods run `weft` from [default: weft:<this version>].
+    #[arg(long)]
+    sidecar_image: Option<String>,
+    /// The xDS address injected sidecars dial.
+    #[arg(long, default_value_t = format!("{CONTROL}.{NAMESPACE}.svc:15010"))]
+    sidecar_control: String,
     /// Address for plaintext xDS (ADS over gRPC). Loopback by default: plaintext xDS is for
     /// proxies on this host.
     #[arg(long, default_value = "127.0.0.1:15010")]
@@ -72,6 +92,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => (
                 Source::Kubernetes {
                     kubeconfig: args.kubeconfig.clone(),
+                    injection: args.webhook_addr.map(|addr| InjectionConfig {
+                        addr,
+                        names: args.webhook_names.clone(),
+                        configuration: args.webhook_configuration.clone(),
+                        injector: Injector {
+                            image: args.sidecar_image.clone().unwrap_or_else(default_image),
+                            control: args.sidecar_control.clone(),
+                            control_namespace: NAMESPACE.to_string(),
+                        },
+                    }),
                 },
                 args.state_dir.clone().context("--state-dir is needed")?,
             ),
@@ -104,6 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The `weft` image of this version.
+pub fn default_image() -> String {
+    format!("weft:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// `--state-dir`, or `.weft` inside the config dir (hidden, so the config loader skips it).

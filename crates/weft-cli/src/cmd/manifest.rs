@@ -40,7 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn values(settings: &[String]) -> anyhow::Result<Values> {
     let mut values = Values {
         profile: Profile::Default,
-        image: format!("weft:{}", env!("CARGO_PKG_VERSION")),
+        image: super::control::default_image(),
     };
     for setting in settings {
         let (key, value) = setting

@@ -5,6 +5,7 @@ pub mod control;
 pub mod demo;
 pub mod demo_app;
 pub mod gateway;
+pub mod inject;
 pub mod iptables;
 pub mod join_token;
 pub mod manifest;

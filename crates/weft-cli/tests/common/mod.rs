@@ -37,8 +37,14 @@ impl Control {
     /// Starts `weft control --kubernetes` on the cluster of `kubeconfig`, its keys in
     /// `state_dir`, on ephemeral ports.
     pub fn start_kubernetes(kubeconfig: &Path, state_dir: &Path) -> Self {
+        Self::start_kubernetes_with(kubeconfig, state_dir, &[])
+    }
+
+    /// As [`Control::start_kubernetes`], with more flags.
+    pub fn start_kubernetes_with(kubeconfig: &Path, state_dir: &Path, flags: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
         command.args(["control", "--kubernetes", "--xds-addr", "127.0.0.1:0"]);
+        command.args(flags);
         command.arg("--kubeconfig").arg(kubeconfig);
         command.arg("--state-dir").arg(state_dir);
         Self::spawn(command)

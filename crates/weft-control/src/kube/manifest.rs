@@ -1,5 +1,5 @@
-//! What `weft manifest generate` prints and `weft install` applies: Istio's CRDs and the
-//! control plane's objects, for one of Istio's install profiles.
+//! What `weft manifest generate` prints: Istio's CRDs, the control plane's objects and the
+//! sidecar-injection webhook, for one of Istio's install profiles.
 //!
 //! Objects come in the order they can be applied in: definitions, then the namespace, then
 //! what lives in it.
@@ -12,6 +12,8 @@ use super::crds::KINDS;
 pub const NAMESPACE: &str = "istio-system";
 /// The name of the control plane's Deployment, Service, ServiceAccount and RBAC objects.
 pub const CONTROL: &str = "weft-control";
+/// The MutatingWebhookConfiguration of sidecar injection.
+pub const INJECTOR_CONFIGURATION: &str = "weft-sidecar-injector";
 /// The label every generated object carries, so `weft uninstall` finds them.
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 
@@ -73,7 +75,52 @@ pub fn generate(values: &Values) -> Vec<Value> {
     }));
     objects.push(control_service());
     objects.push(control_deployment(values));
+    objects.push(injection_webhooks());
     objects
+}
+
+/// Istio's two injection webhooks: pods in namespaces labelled `istio-injection=enabled`
+/// (unless the pod says `sidecar.istio.io/inject: "false"`), and pods labelled
+/// `sidecar.istio.io/inject: "true"` in namespaces without the label. System namespaces are
+/// never sent. `failurePolicy: Fail`: with the webhook down such pods are refused rather
+/// than started outside the mesh. The control plane fills in the `caBundle`.
+fn injection_webhooks() -> Value {
+    let never = json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public", NAMESPACE]});
+    let webhook = |name: &str, namespaces: Value, objects: Value| {
+        json!({
+            "name": name,
+            "clientConfig": {"service": {"name": CONTROL, "namespace": NAMESPACE, "path": "/inject", "port": 443}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": namespaces},
+            "objectSelector": {"matchExpressions": objects},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 10,
+        })
+    };
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": INJECTOR_CONFIGURATION, "labels": labels(&[])},
+        "webhooks": [
+            webhook(
+                "namespace.sidecar-injector.istio.io",
+                json!([{"key": "istio-injection", "operator": "In", "values": ["enabled"]}, never]),
+                json!([{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]),
+            ),
+            webhook(
+                "object.sidecar-injector.istio.io",
+                json!([
+                    {"key": "istio-injection", "operator": "DoesNotExist"},
+                    {"key": "istio.io/rev", "operator": "DoesNotExist"},
+                    never,
+                ]),
+                json!([{"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]}]),
+            ),
+        ],
+    })
 }
 
 /// What the control plane reads (Istio's resources and the registry's kinds), writes (the
@@ -91,12 +138,13 @@ fn cluster_role() -> Value {
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": ["get", "list", "watch", "update", "patch"]},
         ],
     })
 }
 
 /// The control plane's ports under Istio's numbers and names: plaintext xDS, xDS and the
-/// CA over TLS, and the debug pages.
+/// CA over TLS, the debug pages and the injection webhook.
 fn control_service() -> Value {
     json!({
         "apiVersion": "v1",
@@ -108,6 +156,7 @@ fn control_service() -> Value {
                 {"name": "grpc-xds", "port": 15010, "protocol": "TCP"},
                 {"name": "https-dns", "port": 15012, "protocol": "TCP"},
                 {"name": "http-monitoring", "port": 15014, "protocol": "TCP"},
+                {"name": "https-webhook", "port": 443, "targetPort": 15017, "protocol": "TCP"},
             ],
         },
     })
@@ -141,11 +190,14 @@ fn control_deployment(values: &Values) -> Value {
                             "--xds-tls-addr", "0.0.0.0:15012",
                             "--tls-name", format!("{CONTROL}.{NAMESPACE}.svc"),
                             "--debug-addr", "0.0.0.0:15014",
+                            "--webhook-addr", "0.0.0.0:15017",
+                            "--sidecar-image", values.image,
                         ],
                         "ports": [
                             {"name": "grpc-xds", "containerPort": 15010},
                             {"name": "https-dns", "containerPort": 15012},
                             {"name": "http-monitoring", "containerPort": 15014},
+                            {"name": "https-webhook", "containerPort": 15017},
                         ],
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 15014}},
                         "resources": {"requests": {"cpu": cpu, "memory": memory}},

@@ -3,14 +3,18 @@
 //! * [`config`] watches Istio's custom resources and loads them like a folder of YAML;
 //! * [`registry`] watches Services, EndpointSlices and Pods and turns them into services;
 //! * [`crds`] defines Istio's custom resource kinds;
+//! * [`inject`] is what sidecar injection adds to a pod, and [`webhook`] serves it to the API
+//!   server;
 //! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane;
 //! * [`tokens`] asks the API server whose a pod's service-account token is, for the CA.
 
 pub mod config;
 pub mod crds;
+pub mod inject;
 pub mod manifest;
 pub mod registry;
 pub mod tokens;
+pub mod webhook;
 
 use std::path::Path;
 

@@ -1,0 +1,290 @@
+//! The sidecar-injection webhook the API server calls for every pod being created in a
+//! namespace (or with a label) that asks for injection: an AdmissionReview in, the pod's
+//! sidecar as a JSON Patch out ([`super::inject`]).
+//!
+//! It is served over TLS with a certificate from the mesh CA; the API server trusts it
+//! through the `caBundle` of the MutatingWebhookConfiguration, which [`keep_ca_bundle`] keeps
+//! set to the mesh root. A pod whose annotations cannot be honoured is refused with the
+//! reason, never admitted without its sidecar.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::inject::{Decision, Injector, decide};
+
+/// The path the API server posts to.
+pub const PATH: &str = "/inject";
+/// The largest AdmissionReview read (the API server's own request limit is 3 MiB).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What the webhook needs: the injector and the API server (namespace labels).
+pub struct InjectionWebhook {
+    injector: Injector,
+    namespaces: Api<Namespace>,
+}
+
+impl InjectionWebhook {
+    /// A webhook injecting with `injector`, reading namespaces with `client`.
+    pub fn new(injector: Injector, client: kube::Client) -> Self {
+        Self {
+            injector,
+            namespaces: Api::all(client),
+        }
+    }
+
+    /// Serves the webhook on `listener` with `tls` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let webhook = self.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                else {
+                    tracing::debug!(%peer, "webhook TLS handshake failed");
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let webhook = webhook.clone();
+                    async move { Ok::<_, std::convert::Infallible>(webhook.handle(request, peer).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        if request.uri().path() != PATH || request.method() != hyper::Method::POST {
+            return reply(
+                StatusCode::NOT_FOUND,
+                json!({"error": "POST an AdmissionReview to /inject"}),
+            );
+        }
+        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "too large"})),
+        };
+        let Ok(review) = serde_json::from_slice::<Value>(&body) else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "not an AdmissionReview"}),
+            );
+        };
+        let Some(uid) = review["request"]["uid"].as_str() else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "an AdmissionReview without request.uid"}),
+            );
+        };
+        let response = match self.review(&review["request"]).await {
+            Ok(Some(patch)) => json!({
+                "uid": uid,
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": STANDARD.encode(patch.to_string()),
+            }),
+            Ok(None) => json!({"uid": uid, "allowed": true}),
+            Err(message) => {
+                tracing::warn!(%peer, %message, "refused a pod at injection");
+                json!({"uid": uid, "allowed": false, "status": {"code": 400, "message": message}})
+            }
+        };
+        reply(
+            StatusCode::OK,
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+        )
+    }
+
+    /// The JSON Patch for one admission request; `None` when the pod is not injected.
+    async fn review(&self, request: &Value) -> Result<Option<Value>, String> {
+        let mut pod = request["object"].clone();
+        if request["kind"]["kind"] != "Pod" || !pod.is_object() {
+            return Ok(None);
+        }
+        let namespace = request["namespace"]
+            .as_str()
+            .or_else(|| pod["metadata"]["namespace"].as_str())
+            .unwrap_or("default")
+            .to_string();
+        let labels = match self.namespaces.get_opt(&namespace).await {
+            Ok(found) => found
+                .and_then(|ns| ns.metadata.labels)
+                .map(|labels| {
+                    labels
+                        .into_iter()
+                        .map(|(key, value)| (key, Value::from(value)))
+                        .collect::<serde_json::Map<String, Value>>()
+                })
+                .unwrap_or_default(),
+            Err(error) => return Err(format!("cannot read namespace {namespace}: {error}")),
+        };
+        let decision = decide(
+            &pod["metadata"],
+            &pod["spec"],
+            &namespace,
+            Some(&labels),
+            &self.injector.control_namespace,
+        );
+        if let Decision::Skip(reason) = decision {
+            tracing::debug!(namespace, reason, "not injected");
+            return Ok(None);
+        }
+        self.injector.inject(&mut pod)?;
+        Ok(Some(json!([
+            {"op": "add", "path": "/metadata/labels", "value": pod["metadata"]["labels"]},
+            {"op": "add", "path": "/metadata/annotations", "value": pod["metadata"]["annotations"]},
+            {"op": "add", "path": "/spec", "value": pod["spec"]},
+        ])))
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Keeps every webhook of the MutatingWebhookConfiguration `name` trusting `root_pem`,
+/// checking every `every`; a missing configuration (installed without injection) is logged
+/// once and looked for again.
+pub async fn keep_ca_bundle(client: kube::Client, name: String, root_pem: String, every: Duration) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let bundle = k8s_openapi::ByteString(root_pem.into_bytes());
+    let mut warned = false;
+    loop {
+        match api.get_opt(&name).await {
+            Ok(Some(mut configuration)) => {
+                let webhooks = configuration.webhooks.iter_mut().flatten();
+                let mut changed = false;
+                for webhook in webhooks {
+                    if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
+                        webhook.client_config.ca_bundle = Some(bundle.clone());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    match api
+                        .replace(&name, &PostParams::default(), &configuration)
+                        .await
+                    {
+                        Ok(_) => tracing::info!(name, "set the injection webhook's caBundle"),
+                        Err(error) => tracing::warn!(name, %error, "cannot set the caBundle"),
+                    }
+                }
+            }
+            Ok(None) if !warned => {
+                tracing::warn!(
+                    name,
+                    "no MutatingWebhookConfiguration: pods are not injected"
+                );
+                warned = true;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(name, %error, "cannot read the webhook configuration"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Where and how the injection webhook is served.
+#[derive(Debug, Clone)]
+pub struct InjectionConfig {
+    /// The address to listen on (Istio's port is 15017, behind the Service's 443).
+    pub addr: SocketAddr,
+    /// The names its certificate is valid for (`weft-control.istio-system.svc`).
+    pub names: Vec<String>,
+    /// The MutatingWebhookConfiguration whose `caBundle` is kept set.
+    pub configuration: String,
+    /// What is injected.
+    pub injector: Injector,
+}
+
+/// Why the webhook cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The port cannot be bound.
+    #[error("cannot listen for the injection webhook on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The serving certificate cannot be made or used.
+    #[error("the injection webhook's certificate: {0}")]
+    Certificate(String),
+}
+
+/// Binds the webhook's port and starts serving it and keeping its `caBundle` current;
+/// returns the tasks.
+pub async fn start(
+    config: &InjectionConfig,
+    client: kube::Client,
+    authority: &crate::ca::CertificateAuthority,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, WebhookError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificate = |error: &dyn std::fmt::Display| WebhookError::Certificate(error.to_string());
+    let (chain, key) = authority
+        .serving_certificate(&config.names)
+        .map_err(|e| certificate(&e))?;
+    let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| certificate(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| certificate(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| certificate(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| certificate(&e))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| WebhookError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    tracing::info!("serving the injection webhook on {}", config.addr);
+    let webhook = Arc::new(InjectionWebhook::new(
+        config.injector.clone(),
+        client.clone(),
+    ));
+    Ok(vec![
+        tokio::spawn(webhook.serve(listener, Arc::new(tls))),
+        tokio::spawn(keep_ca_bundle(
+            client,
+            config.configuration.clone(),
+            authority.root_pem().to_string(),
+            Duration::from_secs(30),
+        )),
+    ])
+}
