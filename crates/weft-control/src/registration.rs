@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use weft_xds::envoy::envoy::config::core::v3::Node;
 
 use crate::node;
+use crate::registry::Service;
 
 /// One service port a workload serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +92,38 @@ impl RegisteredWorkload {
         if serves.is_empty() {
             return None;
         }
-        Some(Self {
+        Some(Self::serving(node, address, serves))
+    }
+
+    /// A sidecar's workload as the platform's registry knows its pod: what its node says of
+    /// it, serving every port of the services with an endpoint at its address. For a pod whose
+    /// proxy declares no services (an injected one): Kubernetes says what it serves. `None`
+    /// when no such service has it.
+    pub fn from_platform(node: &Node, services: &BTreeMap<String, Service>) -> Option<Self> {
+        let address = node::string_list(node, "INSTANCE_IPS").into_iter().next()?;
+        let namespace = node::string(node, "NAMESPACE").unwrap_or_else(|| "default".to_string());
+        let mut serves = Vec::new();
+        for service in services.values() {
+            let endpoint = service
+                .endpoints
+                .iter()
+                .find(|e| e.address == address && e.namespace == namespace && e.sidecar.is_some());
+            if let Some(endpoint) = endpoint {
+                serves.extend(service.ports.iter().map(|port| ServedPort {
+                    service: service.host.clone(),
+                    port: port.number,
+                    target_port: endpoint.port_for(port),
+                }));
+            }
+        }
+        if serves.is_empty() {
+            return None;
+        }
+        Some(Self::serving(node, address, serves))
+    }
+
+    fn serving(node: &Node, address: String, serves: Vec<ServedPort>) -> Self {
+        Self {
             name: node::string(node, "NAME").unwrap_or_else(|| node.id.clone()),
             namespace: node::string(node, "NAMESPACE").unwrap_or_else(|| "default".to_string()),
             labels: node::string_map(node, "LABELS"),
@@ -102,7 +134,7 @@ impl RegisteredWorkload {
             app_port: node::string(node, "APP_PORT")
                 .and_then(|p| p.trim().parse().ok())
                 .filter(|p| (1..=65535).contains(p)),
-        })
+        }
     }
 }
 
@@ -274,4 +306,80 @@ pub fn save(path: &Path, workloads: &[RegisteredWorkload]) -> std::io::Result<()
     let partial = path.with_extension("partial");
     std::fs::write(&partial, json)?;
     std::fs::rename(&partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use weft_api::networking::service_entry::{Location, Resolution};
+    use weft_xds::envoy::envoy::config::core::v3::Node;
+    use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
+
+    use super::RegisteredWorkload;
+    use crate::registry::{Endpoint, Service, ServicePort};
+
+    fn node(ip: &str) -> Node {
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_string())),
+        };
+        let fields = [("NAMESPACE", text("shop")), ("INSTANCE_IPS", text(ip))];
+        Node {
+            id: "sidecar".into(),
+            metadata: Some(Struct {
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }),
+            ..Node::default()
+        }
+    }
+
+    fn service(sidecar: Option<bool>) -> BTreeMap<String, Service> {
+        let host = "reviews.shop.svc.cluster.local".to_string();
+        let endpoint = Endpoint {
+            address: "10.244.0.11".into(),
+            ports: [("http".to_string(), 9080)].into_iter().collect(),
+            labels: BTreeMap::new(),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            locality: String::new(),
+            weight: 1,
+            sidecar,
+        };
+        let service = Service {
+            host: host.clone(),
+            namespace: "shop".into(),
+            ports: vec![ServicePort {
+                number: 80,
+                name: "http".into(),
+                protocol: "HTTP".into(),
+                target_port: Some(9080),
+            }],
+            resolution: Resolution::Static,
+            location: Location::MeshInternal,
+            endpoints: vec![endpoint],
+        };
+        [(host, service)].into_iter().collect()
+    }
+
+    #[test]
+    fn a_pod_that_declares_nothing_serves_what_its_kubernetes_services_say() {
+        let workload =
+            RegisteredWorkload::from_platform(&node("10.244.0.11"), &service(Some(true)))
+                .expect("served");
+        assert_eq!(workload.serves.len(), 1);
+        assert_eq!(workload.serves[0].service, "reviews.shop.svc.cluster.local");
+        assert_eq!(
+            (workload.serves[0].port, workload.serves[0].target_port),
+            (80, 9080)
+        );
+        assert_eq!(workload.app_port, None);
+        // Another address, or an endpoint not from the platform's registry: nothing.
+        assert!(
+            RegisteredWorkload::from_platform(&node("10.244.0.12"), &service(Some(true))).is_none()
+        );
+        assert!(RegisteredWorkload::from_platform(&node("10.244.0.11"), &service(None)).is_none());
+    }
 }

@@ -14,7 +14,7 @@ pub const NAMESPACE: &str = "istio-system";
 pub const CONTROL: &str = "weft-control";
 /// The MutatingWebhookConfiguration of sidecar injection.
 pub const INJECTOR_CONFIGURATION: &str = "weft-sidecar-injector";
-/// The label every generated object carries, so `weft uninstall` finds them.
+/// The label every generated object carries (`kubectl delete -l app.kubernetes.io/part-of=weft`).
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 
 /// An install profile, as Istio's `--set profile=`.

@@ -356,7 +356,10 @@ impl MeshGenerator {
 impl Generator for MeshGenerator {
     fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Arc<ResourceSet> {
         let snapshot = self.current();
-        let client = Client::from_node(node);
+        let mut client = Client::from_node(node);
+        if client.workload.is_none() && !client.proxyless_grpc && !client.gateway {
+            client.workload = RegisteredWorkload::from_platform(node, &snapshot.services);
+        }
         // A workload's own inbound side is built for it alone, not cached.
         let own = |name: &str| match (type_url, &client.workload) {
             (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => Some(Some(
