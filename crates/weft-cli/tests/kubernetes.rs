@@ -9,6 +9,9 @@
 //!   its configuration: real `weft proxy` processes at the pods' IPs route 100% to v1, then
 //!   50/50 v1/v3 after a `kubectl apply`; a pod taken out of its EndpointSlice stops getting
 //!   traffic within a second; STRICT mTLS refuses plaintext;
+//! * the API server calls its webhooks: pods that ask for a sidecar are stored with it (and
+//!   refused while the webhook is down), the others not; an invalid VirtualService is
+//!   refused with the analyzer's message;
 //! * its CA signs a pod's certificate for the service account of its TokenRequest token
 //!   (audience `istio-ca`, reviewed by the API server), and nothing for another account's,
 //!   an expired or a wrong-audience token.
@@ -559,7 +562,7 @@ fn init_containers(cluster: &Cluster, namespace: &str, name: &str) -> String {
 }
 
 #[test]
-fn the_api_server_calls_the_webhook_to_inject_the_pods_that_ask_for_a_sidecar() {
+fn the_api_server_calls_the_webhooks_to_inject_pods_and_refuse_invalid_resources() {
     let webhook = "10.244.0.2";
     let netns = NetNs::new("k8s-inject", &["10.244.0.1/32", "10.244.0.2/32"]);
     netns.enter(move || {
@@ -734,6 +737,34 @@ spec:
                 ]) == "istio-init istio-proxy"
             },
         );
+
+        // An invalid VirtualService is refused at `kubectl apply` with the analyzer's
+        // message; a valid one is stored.
+        let invalid = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: mesh}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+    timeout: five seconds
+";
+        let refused = cluster.try_kubectl_stdin(&["apply", "-f", "-"], invalid);
+        assert!(!refused.status.success(), "{refused:?}");
+        let message = String::from_utf8_lossy(&refused.stderr);
+        assert!(message.contains("denied the request"), "{message}");
+        assert!(
+            message.contains("`spec.http[0].timeout`: invalid duration \"five seconds\""),
+            "{message}"
+        );
+        cluster.apply(&invalid.replace("five seconds", "5s"));
+        // Every example of the seed passes validation.
+        cluster.kubectl(&["create", "namespace", "production"]);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            cluster.apply(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
 
         // With the webhook down, failurePolicy Fail: such a pod is refused, not started
         // outside the mesh; other namespaces are not affected.

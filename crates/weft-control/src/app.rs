@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::kube::config::KubeStore;
 use crate::kube::registry::KubeRegistry;
 use crate::kube::tokens::ServiceAccountTokens;
-use crate::kube::webhook::{self, InjectionConfig, WebhookError};
+use crate::kube::webhook::{self, WebhookConfig, WebhookError};
 use crate::metrics::ControlMetrics;
 use crate::model::MeshSnapshot;
 use crate::registration::{self, Registrations};
@@ -42,7 +42,7 @@ pub enum Source {
         /// The kubeconfig file.
         kubeconfig: Option<PathBuf>,
         /// The sidecar-injection webhook, when served.
-        injection: Option<InjectionConfig>,
+        injection: Option<WebhookConfig>,
     },
 }
 

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use weft_control::app::{Config, ControlPlane, Source};
 use weft_control::kube::inject::Injector;
-use weft_control::kube::manifest::{CONTROL, INJECTOR_CONFIGURATION, NAMESPACE};
-use weft_control::kube::webhook::InjectionConfig;
+use weft_control::kube::manifest::{
+    CONTROL, INJECTOR_CONFIGURATION, NAMESPACE, VALIDATOR_CONFIGURATION,
+};
+use weft_control::kube::webhook::WebhookConfig;
 
 /// Arguments of `weft control`.
 #[derive(clap::Args)]
@@ -29,17 +31,15 @@ pub struct Args {
     /// (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
     #[arg(long, requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// With `--kubernetes`: serve the sidecar-injection webhook (HTTPS) on this address
-    /// (Istio's port is 15017); the API server calls it as the MutatingWebhookConfiguration
-    /// `--webhook-configuration` says, whose `caBundle` is kept set to the mesh root.
+    /// With `--kubernetes`: serve the admission webhooks (HTTPS: sidecar injection at
+    /// /inject, validation of Istio resources at /validate) on this address (Istio's port is
+    /// 15017); the `caBundle` of `weft-sidecar-injector` and `weft-validator` is kept set
+    /// to the mesh root.
     #[arg(long, requires = "kubernetes")]
     webhook_addr: Option<SocketAddr>,
     /// A name the webhook's certificate is valid for; repeat for several.
     #[arg(long = "webhook-name", default_values_t = [format!("{CONTROL}.{NAMESPACE}.svc")])]
     webhook_names: Vec<String>,
-    /// The MutatingWebhookConfiguration the webhook keeps the `caBundle` of.
-    #[arg(long, default_value = INJECTOR_CONFIGURATION)]
-    webhook_configuration: String,
     /// The image injected pods run `weft` from [default: weft:<this version>].
     #[arg(long)]
     sidecar_image: Option<String>,
@@ -92,10 +92,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => (
                 Source::Kubernetes {
                     kubeconfig: args.kubeconfig.clone(),
-                    injection: args.webhook_addr.map(|addr| InjectionConfig {
+                    injection: args.webhook_addr.map(|addr| WebhookConfig {
                         addr,
                         names: args.webhook_names.clone(),
-                        configuration: args.webhook_configuration.clone(),
+                        mutating: INJECTOR_CONFIGURATION.to_string(),
+                        validating: VALIDATOR_CONFIGURATION.to_string(),
                         injector: Injector {
                             image: args.sidecar_image.clone().unwrap_or_else(default_image),
                             control: args.sidecar_control.clone(),

@@ -14,6 +14,8 @@ pub const NAMESPACE: &str = "istio-system";
 pub const CONTROL: &str = "weft-control";
 /// The MutatingWebhookConfiguration of sidecar injection.
 pub const INJECTOR_CONFIGURATION: &str = "weft-sidecar-injector";
+/// The ValidatingWebhookConfiguration of Istio resources.
+pub const VALIDATOR_CONFIGURATION: &str = "weft-validator";
 /// The label every generated object carries (`kubectl delete -l app.kubernetes.io/part-of=weft`).
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 
@@ -76,7 +78,30 @@ pub fn generate(values: &Values) -> Vec<Value> {
     objects.push(control_service());
     objects.push(control_deployment(values));
     objects.push(injection_webhooks());
+    objects.push(validation_webhook());
     objects
+}
+
+/// Istio's resources are checked when written, with the analyzer's messages. Its
+/// `failurePolicy` is `Ignore`, as Istio's: with the control plane down they can still be
+/// written, and the control plane keeps the last valid version of one that is invalid.
+fn validation_webhook() -> Value {
+    let mut groups: Vec<&str> = KINDS.iter().map(|kind| kind.group).collect();
+    groups.dedup();
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": VALIDATOR_CONFIGURATION, "labels": labels(&[])},
+        "webhooks": [{
+            "name": "validation.istio.io",
+            "clientConfig": {"service": {"name": CONTROL, "namespace": NAMESPACE, "path": "/validate", "port": 443}},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": groups, "apiVersions": ["*"], "resources": ["*"]}],
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    })
 }
 
 /// Istio's two injection webhooks: pods in namespaces labelled `istio-injection=enabled`
@@ -138,7 +163,7 @@ fn cluster_role() -> Value {
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": ["get", "list", "watch", "update", "patch"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "verbs": ["get", "list", "watch", "update", "patch"]},
         ],
     })
 }

@@ -1,11 +1,15 @@
-//! The sidecar-injection webhook the API server calls for every pod being created in a
-//! namespace (or with a label) that asks for injection: an AdmissionReview in, the pod's
-//! sidecar as a JSON Patch out ([`super::inject`]).
+//! The admission webhooks the API server calls, over TLS with a certificate from the mesh
+//! CA:
 //!
-//! It is served over TLS with a certificate from the mesh CA; the API server trusts it
-//! through the `caBundle` of the MutatingWebhookConfiguration, which [`keep_ca_bundle`] keeps
-//! set to the mesh root. A pod whose annotations cannot be honoured is refused with the
-//! reason, never admitted without its sidecar.
+//! * `/inject`, for every pod being created in a namespace (or with a label) that asks for
+//!   injection: an AdmissionReview in, the pod's sidecar as a JSON Patch out
+//!   ([`super::inject`]). A pod whose annotations cannot be honoured is refused with the
+//!   reason, never admitted without its sidecar;
+//! * `/validate`, for every Istio resource written: refused, with the messages `weft analyze`
+//!   prints, when it has an error, as istiod's validating webhook does.
+//!
+//! The API server trusts them through the `caBundle` of their webhook configurations, which
+//! [`keep_ca_bundle`] keeps set to the mesh root.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,26 +20,28 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::inject::{Decision, Injector, decide};
 
-/// The path the API server posts to.
-pub const PATH: &str = "/inject";
+/// The path the API server posts pods to.
+pub const INJECT_PATH: &str = "/inject";
+/// The path the API server posts Istio resources to.
+pub const VALIDATE_PATH: &str = "/validate";
 /// The largest AdmissionReview read (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// What the webhook needs: the injector and the API server (namespace labels).
-pub struct InjectionWebhook {
+pub struct AdmissionWebhooks {
     injector: Injector,
     namespaces: Api<Namespace>,
 }
 
-impl InjectionWebhook {
+impl AdmissionWebhooks {
     /// A webhook injecting with `injector`, reading namespaces with `client`.
     pub fn new(injector: Injector, client: kube::Client) -> Self {
         Self {
@@ -77,10 +83,13 @@ impl InjectionWebhook {
         request: Request<hyper::body::Incoming>,
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        if request.uri().path() != PATH || request.method() != hyper::Method::POST {
+        let path = request.uri().path().to_string();
+        if ![INJECT_PATH, VALIDATE_PATH].contains(&path.as_str())
+            || request.method() != hyper::Method::POST
+        {
             return reply(
                 StatusCode::NOT_FOUND,
-                json!({"error": "POST an AdmissionReview to /inject"}),
+                json!({"error": "POST an AdmissionReview to /inject or /validate"}),
             );
         }
         let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
@@ -99,6 +108,20 @@ impl InjectionWebhook {
                 json!({"error": "an AdmissionReview without request.uid"}),
             );
         };
+        if path == VALIDATE_PATH {
+            let response = match validate(&review["request"]) {
+                Ok(()) => json!({"uid": uid, "allowed": true}),
+                Err(message) => json!({
+                    "uid": uid,
+                    "allowed": false,
+                    "status": {"code": 400, "message": message},
+                }),
+            };
+            return reply(
+                StatusCode::OK,
+                json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+            );
+        }
         let response = match self.review(&review["request"]).await {
             Ok(Some(patch)) => json!({
                 "uid": uid,
@@ -161,6 +184,57 @@ impl InjectionWebhook {
     }
 }
 
+/// Checks an Istio resource being written as the config store will load it; the error
+/// messages when it has errors. Kinds Weft does not read, and deletions, pass.
+fn validate(request: &Value) -> Result<(), String> {
+    if request["operation"] == "DELETE" {
+        return Ok(());
+    }
+    let (group, kind) = (
+        request["kind"]["group"].as_str().unwrap_or_default(),
+        request["kind"]["kind"].as_str().unwrap_or_default(),
+    );
+    let Some(kind) = weft_api::Kind::ALL
+        .iter()
+        .find(|k| k.group() == group && k.as_str() == kind)
+    else {
+        return Ok(());
+    };
+    let object = &request["object"];
+    let metadata = &object["metadata"];
+    let namespace = request["namespace"]
+        .as_str()
+        .or_else(|| metadata["namespace"].as_str())
+        .unwrap_or("default");
+    let document = json!({
+        "apiVersion": object["apiVersion"],
+        "kind": kind.as_str(),
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": namespace,
+            "labels": metadata["labels"].as_object().cloned().unwrap_or_default(),
+            "annotations": metadata["annotations"].as_object().cloned().unwrap_or_default(),
+        },
+        "spec": object.get("spec").cloned().unwrap_or_else(|| json!({})),
+    });
+    let mut loader = weft_api::load::Loader::new(weft_api::load::Limits::default());
+    loader.load_str("admission", &document.to_string());
+    let loaded = loader.finish();
+    let errors: Vec<String> = weft_api::check(&loaded)
+        .into_iter()
+        .filter(|message| message.level() == weft_api::Level::Error)
+        .map(|mut message| {
+            message.origin = None;
+            message.to_string()
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -171,22 +245,34 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     response
 }
 
-/// Keeps every webhook of the MutatingWebhookConfiguration `name` trusting `root_pem`,
-/// checking every `every`; a missing configuration (installed without injection) is logged
-/// once and looked for again.
-pub async fn keep_ca_bundle(client: kube::Client, name: String, root_pem: String, every: Duration) {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let bundle = k8s_openapi::ByteString(root_pem.into_bytes());
+/// Keeps every webhook of the webhook configuration `name` (a MutatingWebhookConfiguration
+/// or ValidatingWebhookConfiguration, as `kind` says) trusting `root_pem`, checking every
+/// `every`; a missing configuration (installed without it) is logged once and looked for
+/// again.
+pub async fn keep_ca_bundle(
+    client: kube::Client,
+    kind: &'static str,
+    name: String,
+    root_pem: String,
+    every: Duration,
+) {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind),
+        &format!("{}s", kind.to_ascii_lowercase()),
+    );
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let bundle = Value::from(STANDARD.encode(root_pem));
     let mut warned = false;
     loop {
         match api.get_opt(&name).await {
             Ok(Some(mut configuration)) => {
-                let webhooks = configuration.webhooks.iter_mut().flatten();
                 let mut changed = false;
-                for webhook in webhooks {
-                    if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
-                        webhook.client_config.ca_bundle = Some(bundle.clone());
-                        changed = true;
+                if let Some(webhooks) = configuration.data["webhooks"].as_array_mut() {
+                    for webhook in webhooks {
+                        if webhook["clientConfig"]["caBundle"] != bundle {
+                            webhook["clientConfig"]["caBundle"] = bundle.clone();
+                            changed = true;
+                        }
                     }
                 }
                 if changed {
@@ -194,34 +280,39 @@ pub async fn keep_ca_bundle(client: kube::Client, name: String, root_pem: String
                         .replace(&name, &PostParams::default(), &configuration)
                         .await
                     {
-                        Ok(_) => tracing::info!(name, "set the injection webhook's caBundle"),
-                        Err(error) => tracing::warn!(name, %error, "cannot set the caBundle"),
+                        Ok(_) => tracing::info!(kind, name, "set the webhook's caBundle"),
+                        Err(error) => tracing::warn!(kind, name, %error, "cannot set the caBundle"),
                     }
                 }
             }
             Ok(None) if !warned => {
                 tracing::warn!(
+                    kind,
                     name,
-                    "no MutatingWebhookConfiguration: pods are not injected"
+                    "no webhook configuration: its webhook is not called"
                 );
                 warned = true;
             }
             Ok(None) => {}
-            Err(error) => tracing::warn!(name, %error, "cannot read the webhook configuration"),
+            Err(error) => {
+                tracing::warn!(kind, name, %error, "cannot read the webhook configuration")
+            }
         }
         tokio::time::sleep(every).await;
     }
 }
 
-/// Where and how the injection webhook is served.
+/// Where and how the admission webhooks are served.
 #[derive(Debug, Clone)]
-pub struct InjectionConfig {
+pub struct WebhookConfig {
     /// The address to listen on (Istio's port is 15017, behind the Service's 443).
     pub addr: SocketAddr,
     /// The names its certificate is valid for (`weft-control.istio-system.svc`).
     pub names: Vec<String>,
-    /// The MutatingWebhookConfiguration whose `caBundle` is kept set.
-    pub configuration: String,
+    /// The MutatingWebhookConfiguration (injection) whose `caBundle` is kept set.
+    pub mutating: String,
+    /// The ValidatingWebhookConfiguration (Istio resources) whose `caBundle` is kept set.
+    pub validating: String,
     /// What is injected.
     pub injector: Injector,
 }
@@ -245,7 +336,7 @@ pub enum WebhookError {
 /// Binds the webhook's port and starts serving it and keeping its `caBundle` current;
 /// returns the tasks.
 pub async fn start(
-    config: &InjectionConfig,
+    config: &WebhookConfig,
     client: kube::Client,
     authority: &crate::ca::CertificateAuthority,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, WebhookError> {
@@ -273,16 +364,24 @@ pub async fn start(
             addr: config.addr,
             source,
         })?;
-    tracing::info!("serving the injection webhook on {}", config.addr);
-    let webhook = Arc::new(InjectionWebhook::new(
+    tracing::info!("serving the admission webhooks on {}", config.addr);
+    let webhook = Arc::new(AdmissionWebhooks::new(
         config.injector.clone(),
         client.clone(),
     ));
     Ok(vec![
         tokio::spawn(webhook.serve(listener, Arc::new(tls))),
         tokio::spawn(keep_ca_bundle(
+            client.clone(),
+            "MutatingWebhookConfiguration",
+            config.mutating.clone(),
+            authority.root_pem().to_string(),
+            Duration::from_secs(30),
+        )),
+        tokio::spawn(keep_ca_bundle(
             client,
-            config.configuration.clone(),
+            "ValidatingWebhookConfiguration",
+            config.validating.clone(),
             authority.root_pem().to_string(),
             Duration::from_secs(30),
         )),
