@@ -7,7 +7,9 @@
 //! of its clusters) and ACK every response. Each round edits one VirtualService's weights and times until every client has
 //! the new routes. Run with `cargo bench -p weft-cli --bench push`; `BENCH_CLIENTS=N` changes
 //! the number of clients, and `BENCH_SIDECAR=1` adds a Sidecar resource per namespace that
-//! scopes each proxy to its own namespace's 50 services.
+//! scopes each proxy to its own namespace's 50 services. `BENCH_KUBERNETES=1` (root, and
+//! `WEFT_K8S_BIN` as for the tests) serves the same mesh from a real API server instead, as
+//! Services, EndpointSlices and Istio resources, and edits with `kubectl apply`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -189,11 +191,119 @@ fn main() {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(DEFAULT_CLIENTS);
+    if std::env::var_os("BENCH_KUBERNETES").is_some() {
+        let netns = common::netns::NetNs::new("bench", &["10.244.0.1/32"]);
+        netns.enter(move || on_kubernetes(clients));
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config");
     std::fs::create_dir(&config).expect("mkdir");
     write_mesh(&config);
     let control = common::Control::start(&config);
+    let edit = move |round: usize| {
+        std::fs::write(
+            config.join("svc-0.yaml"),
+            virtual_service(0, 50 + round as u32),
+        )
+        .expect("edit");
+    };
+    let change = format!(
+        "file change (includes the {} ms debounce)",
+        weft_control::store::FileStore::DEBOUNCE.as_millis()
+    );
+    measure(&control, clients, &change, edit, || String::new());
+}
+
+/// The same mesh as Kubernetes objects in a real API server: 1,000 Services (without
+/// selectors) with an EndpointSlice of 10 addresses each, and the DestinationRules and
+/// VirtualServices; each round is a `kubectl apply` of one VirtualService.
+fn on_kubernetes(clients: usize) {
+    let cluster = std::sync::Arc::new(common::cluster::Cluster::start());
+    let manifest = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["manifest", "generate", "--set", "profile=minimal"])
+        .output()
+        .expect("weft manifest generate");
+    let output = cluster.try_kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &String::from_utf8_lossy(&manifest.stdout),
+    );
+    assert!(output.status.success(), "{output:?}");
+    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all"]);
+    let mut objects = String::new();
+    for n in 0..20 {
+        objects.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: team-{n}}}\n---\n"
+        ));
+    }
+    for s in 0..SERVICES {
+        let ns = format!("team-{}", s % 20);
+        objects.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\n"
+        ));
+        objects.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{s}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: svc-{s}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+        ));
+        for e in 0..ENDPOINTS {
+            objects.push_str(&format!(
+                "- addresses: [10.{}.{}.{}]\n",
+                100 + s / 250,
+                s % 250,
+                e + 1
+            ));
+        }
+        objects.push_str("---\n");
+        objects.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{s}, namespace: {ns}}}\nspec:\n  host: svc-{s}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
+        ));
+        objects.push_str(&virtual_service(s, 90));
+    }
+    let loaded = Instant::now();
+    let output = cluster.try_kubectl_stdin(&["create", "-f", "-"], &objects);
+    assert!(
+        output.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!(
+        "kubernetes: created {} objects in {:.0} s",
+        20 + SERVICES * 4,
+        loaded.elapsed().as_secs_f64()
+    );
+    let state = tempfile::tempdir().expect("tempdir");
+    let control = common::Control::start_kubernetes(&cluster.kubeconfig, state.path());
+    let editing = cluster.clone();
+    let edit = move |round: usize| {
+        editing.apply(&virtual_service(0, 50 + round as u32));
+    };
+    let metrics = cluster.clone();
+    let watch_traffic = move || {
+        let text = metrics.kubectl(&["get", "--raw", "/metrics"]);
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|line| line.starts_with(name) && line.contains("networking.istio.io"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        format!(
+            "{:.0} watch events, {:.0} KiB",
+            sum("apiserver_watch_events_total"),
+            sum("apiserver_watch_events_sizes_sum") / 1024.0
+        )
+    };
+    measure(&control, clients, "kubectl apply", edit, watch_traffic);
+}
+
+/// Connects `clients` ADS clients to `control`, then times `ROUNDS` edits (`edit(round)`)
+/// until every client has the new routes; prints the figures, with `extra()` (read before
+/// and after the rounds) beside them.
+fn measure(
+    control: &common::Control,
+    clients: usize,
+    change: &str,
+    edit: impl Fn(usize) + Send + Sync + Clone + 'static,
+    extra: impl Fn() -> String,
+) {
     let pid = control.child.id();
     let addr = control.xds.clone();
     let rss_idle = proc_field(pid, "status", "VmRSS:");
@@ -217,12 +327,14 @@ fn main() {
         }
         let initial = start.elapsed();
         let rss_connected = proc_field(pid, "status", "VmRSS:");
+        let extra_before = extra();
         let mut push_times = Vec::new();
         let mut push_cpu = Vec::new();
         for round in 0..ROUNDS {
             let cpu_before = cpu_seconds(pid);
             let edited = Instant::now();
-            std::fs::write(config.join("svc-0.yaml"), virtual_service(0, 50 + round as u32)).expect("edit");
+            let edit = edit.clone();
+            let editing = tokio::task::spawn_blocking(move || edit(round));
             let mut updated = std::collections::HashSet::new();
             while updated.len() < clients {
                 let event = events.recv().await.expect("events");
@@ -232,6 +344,7 @@ fn main() {
                 }
             }
             push_times.push(edited.elapsed().as_secs_f64());
+            editing.await.expect("the edit");
             // Let the ACKs land before reading the CPU counter.
             tokio::time::sleep(Duration::from_millis(200)).await;
             push_cpu.push(cpu_seconds(pid) - cpu_before);
@@ -239,9 +352,8 @@ fn main() {
         println!("push: {SERVICES} services x {ENDPOINTS} endpoints, {clients} ADS clients (LDS, RDS, CDS, EDS each)");
         println!("  initial sync of all clients: {:.2} s", initial.as_secs_f64());
         println!(
-            "  file change -> new routes at all {clients} clients: median {:.0} ms over {ROUNDS} rounds (includes the {} ms debounce)",
+            "  {change} -> new routes at all {clients} clients: median {:.0} ms over {ROUNDS} rounds",
             median(push_times.clone()) * 1e3,
-            weft_control::store::FileStore::DEBOUNCE.as_millis()
         );
         println!("  control-plane CPU per push: median {:.2} s", median(push_cpu));
         println!(
@@ -251,6 +363,9 @@ fn main() {
             proc_field(pid, "status", "VmRSS:") as f64 / 1024.0,
             proc_field(pid, "status", "VmHWM:") as f64 / 1024.0
         );
+        let extra_after = extra();
+        if !extra_after.is_empty() {
+            println!("  Istio-resource watch traffic from the API server (all watchers), before the {ROUNDS} pushes: {extra_before}; after: {extra_after}");
+        }
     });
-    drop(control);
 }

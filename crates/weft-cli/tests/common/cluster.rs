@@ -236,13 +236,14 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(stdin.as_bytes())
-            .expect("kubectl reads its input");
-        child.wait_with_output().expect("kubectl runs")
+        // Written from another thread: kubectl may answer before it has read everything,
+        // and a full output pipe would otherwise stop both.
+        let mut input = child.stdin.take().expect("stdin is piped");
+        let stdin = stdin.to_string();
+        let writer = std::thread::spawn(move || input.write_all(stdin.as_bytes()));
+        let output = child.wait_with_output().expect("kubectl runs");
+        let _ = writer.join();
+        output
     }
 
     /// Runs `kubectl args`; it must succeed. Returns its standard output.
