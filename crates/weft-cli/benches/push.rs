@@ -212,7 +212,7 @@ fn main() {
         "file change (includes the {} ms debounce)",
         weft_control::store::FileStore::DEBOUNCE.as_millis()
     );
-    measure(&control, clients, &change, edit, || String::new());
+    measure(&control, clients, &change, edit, String::new);
 }
 
 /// The same mesh as Kubernetes objects in a real API server: 1,000 Services (without
