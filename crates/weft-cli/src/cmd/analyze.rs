@@ -20,8 +20,18 @@ const EXIT_FINDINGS: u8 = 79;
 pub struct Args {
     /// Files and directories to analyse (directories recursively: *.yaml, *.yml, *.json);
     /// `-` reads standard input.
-    #[arg(required_unless_present = "list_codes")]
+    #[arg(required_unless_present_any = ["list_codes", "kubernetes"])]
     paths: Vec<PathBuf>,
+    /// Also analyse the live cluster (`istioctl analyze`): its Istio resources and Pods,
+    /// together with the files given.
+    #[arg(short = 'k', long)]
+    kubernetes: bool,
+    /// The kubeconfig for `-k`; otherwise found as kubectl finds it.
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With `-k`, only this namespace's resources (all namespaces otherwise).
+    #[arg(short = 'n', long, requires = "kubernetes")]
+    namespace: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -89,6 +99,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             loader.load_reader("-", std::io::stdin().lock());
         } else {
             loader.load_path(path);
+        }
+    }
+    if args.kubernetes {
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let documents = runtime.block_on(async {
+            let client = weft_control::kube::connect(args.kubeconfig.as_deref()).await?;
+            let documents =
+                weft_control::kube::config::documents(client, args.namespace.as_deref()).await?;
+            anyhow::Ok(documents)
+        });
+        for (origin, text) in documents.context("reading the cluster")? {
+            loader.load_str(origin, &text);
         }
     }
     let loaded = loader.finish();

@@ -123,6 +123,69 @@ impl Drop for KubeStore {
     }
 }
 
+/// Every Istio resource in the cluster (in `namespace`, or all), and every Pod (the
+/// workloads selectors are checked against), as documents the loader reads: origin and
+/// JSON text, for `weft analyze -k`. Kinds whose CRD is not installed are skipped.
+pub async fn documents(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Result<Vec<(String, String)>, kube::Error> {
+    use kube::api::ListParams;
+    let mut out = Vec::new();
+    for kind in weft_api::Kind::ALL {
+        let Some(crd) = CrdKind::find(kind.group(), kind.as_str()) else {
+            continue;
+        };
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(crd.group, crd.newest_version(), crd.kind),
+            crd.plural,
+        );
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let objects = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(error) => return Err(error),
+        };
+        for object in objects {
+            let (_, text) = document(kind, &object);
+            let meta = &object.metadata;
+            let origin = format!(
+                "kubernetes:{}/{}/{}",
+                kind.as_str(),
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or_default()
+            );
+            out.push((origin, text));
+        }
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let meta = &pod.metadata;
+        let origin = format!(
+            "kubernetes:Pod/{}/{}",
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        let document = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "labels": meta.labels.clone().unwrap_or_default(),
+            },
+        });
+        out.push((origin, document.to_string()));
+    }
+    Ok(out)
+}
+
 /// Loads every cached object as the file loader would load it from YAML.
 fn load(kinds: &[WatchedKind]) -> LoadOutput {
     let mut loader = Loader::new(Limits::default());
