@@ -94,13 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Limits::default()
     };
     let mut loader = Loader::new(limits);
-    for path in &args.paths {
-        if path.as_os_str() == "-" {
-            loader.load_reader("-", std::io::stdin().lock());
-        } else {
-            loader.load_path(path);
-        }
-    }
+    // The cluster first: a file's version of the same resource replaces the cluster's.
     if args.kubernetes {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let documents = runtime.block_on(async {
@@ -111,6 +105,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         for (origin, text) in documents.context("reading the cluster")? {
             loader.load_str(origin, &text);
+        }
+    }
+    for path in &args.paths {
+        if path.as_os_str() == "-" {
+            loader.load_reader("-", std::io::stdin().lock());
+        } else {
+            loader.load_path(path);
         }
     }
     let loaded = loader.finish();
