@@ -331,6 +331,8 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
             token_file,
         ]);
         client.until_ready();
+        // Readiness where the kubelet probes it (the injected startup and readiness probes).
+        assert_eq!(common::get_status(&client.metrics, "/healthz/ready").0, 200);
         let outbound = client.outbound.clone();
 
         // 100% v1, from the VirtualService and DestinationRule applied with kubectl.

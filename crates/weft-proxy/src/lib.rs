@@ -224,7 +224,12 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
 
     let upstreams = upstream::Upstreams::new(identity.clone());
     let metrics = Arc::new(metrics::Metrics::new(&settings.name, &settings.namespace));
-    tokio::spawn(metrics.clone().serve(metrics_listener));
+    let admin = admin::Admin {
+        config: config.clone(),
+        identity: identity.clone(),
+        drain: ports.drain.clone(),
+    };
+    tokio::spawn(metrics.clone().serve(metrics_listener, admin.clone()));
     let inbound = inbound::Inbound {
         config: config.clone(),
         identity: identity.clone(),
@@ -252,14 +257,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         tokio::spawn(gateway::serve(outbound.clone(), settings.bind));
     }
     tokio::spawn(serve_outbound(outbound, outbound_listener));
-    tokio::spawn(
-        admin::Admin {
-            config,
-            identity,
-            drain: ports.drain.clone(),
-        }
-        .serve(admin_listener),
-    );
+    tokio::spawn(admin.serve(admin_listener));
     Ok(ports)
 }
 

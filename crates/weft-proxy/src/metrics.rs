@@ -243,19 +243,35 @@ impl Metrics {
             .join(",")
     }
 
-    /// Serves `/stats/prometheus` (and `/metrics`) on `listener` forever.
-    pub async fn serve(self: std::sync::Arc<Self>, listener: TcpListener) {
+    /// Serves `/stats/prometheus` (and `/metrics`) on `listener` forever, and
+    /// `/healthz/ready` as the admin port does: this port is on the bind address, where the
+    /// kubelet's probes reach it (the admin port is loopback only).
+    pub async fn serve(
+        self: std::sync::Arc<Self>,
+        listener: TcpListener,
+        admin: crate::admin::Admin,
+    ) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let metrics = self.clone();
+            let admin = admin.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let metrics = metrics.clone();
+                    let ready = admin.ready();
                     async move {
                         match request.uri().path() {
+                            "/healthz/ready" if ready => {
+                                Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
+                            }
+                            "/healthz/ready" => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(Full::new(Bytes::from_static(
+                                    b"not ready: no certificate or configuration yet\n",
+                                ))),
                             "/stats/prometheus" | "/metrics" => Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(metrics.render()))),

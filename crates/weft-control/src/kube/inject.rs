@@ -3,7 +3,8 @@
 //! * an init container `istio-init` running `weft iptables` (with the pod's
 //!   `traffic.sidecar.istio.io/*` include and exclude annotations);
 //! * the sidecar `istio-proxy` as a native sidecar (an init container with `restartPolicy:
-//!   Always`, so it starts before the application and stops after it), running `weft proxy`
+//!   Always`, so it starts before the application and stops after it; its startup probe
+//!   holds the application until the sidecar is ready), running `weft proxy`
 //!   as user 1337 with the pod's projected service-account token (audience `istio-ca`) for
 //!   its certificate, and the resources of the `sidecar.istio.io/proxyCPU`, `proxyMemory`,
 //!   `proxyCPULimit` and `proxyMemoryLimit` annotations;
@@ -261,6 +262,21 @@ impl Injector {
             "args": args,
             "env": env,
             "ports": [{"name": "http-envoy-prom", "containerPort": 15020, "protocol": "TCP"}],
+            // The application starts once the sidecar has its certificate and configuration
+            // (Istio's holdApplicationUntilProxyStarts, which a native sidecar's startup
+            // probe gives).
+            "startupProbe": {
+                "httpGet": {"path": "/healthz/ready", "port": 15020},
+                "periodSeconds": 1,
+                "timeoutSeconds": 3,
+                "failureThreshold": 600,
+            },
+            "readinessProbe": {
+                "httpGet": {"path": "/healthz/ready", "port": 15020},
+                "periodSeconds": 15,
+                "timeoutSeconds": 3,
+                "failureThreshold": 4,
+            },
             "resources": {
                 "requests": {"cpu": quantity("proxyCPU", "100m")?, "memory": quantity("proxyMemory", "128Mi")?},
                 "limits": {"cpu": quantity("proxyCPULimit", "2000m")?, "memory": quantity("proxyMemoryLimit", "1024Mi")?},
@@ -378,6 +394,7 @@ mod tests {
         assert_eq!(init[1]["name"], "istio-proxy");
         assert_eq!(init[1]["restartPolicy"], "Always");
         assert_eq!(init[1]["securityContext"]["runAsUser"], 1337);
+        assert_eq!(init[1]["startupProbe"]["httpGet"]["port"], 15020);
         let args: Vec<&str> = init[1]["args"]
             .as_array()
             .expect("args")
