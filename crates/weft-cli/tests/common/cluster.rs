@@ -307,17 +307,14 @@ impl Cluster {
             {"type": "Ready", "status": "False"},
             {"type": "ContainersReady", "status": "False"},
         ]}});
-        self.kubectl(&[
-            "patch",
-            "pod",
-            pod,
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ]);
+        self.patch_status(namespace, pod, &status);
+    }
+
+    /// Merges `status` into a pod's status subresource, as the kubelet writes it.
+    fn patch_status(&self, namespace: &str, pod: &str, status: &serde_json::Value) {
+        let patch = status.to_string();
+        let args = ["patch", "pod", pod, "-n", namespace, "--subresource=status"];
+        self.kubectl(&[&args[..], &["--type=merge", "-p", &patch]].concat());
     }
 
     /// Marks a pod as running and ready at `ip`, as the kubelet would.
@@ -331,17 +328,7 @@ impl Cluster {
                 {"type": "ContainersReady", "status": "True"},
             ],
         }});
-        self.kubectl(&[
-            "patch",
-            "pod",
-            pod,
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ]);
+        self.patch_status(namespace, pod, &status);
     }
 }
 

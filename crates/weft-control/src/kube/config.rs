@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -24,8 +23,6 @@ use crate::store::{self, ConfigState, ConfigStore};
 
 /// How long the first lists may take before the store publishes what it has.
 const INITIAL_SYNC: Duration = Duration::from_secs(10);
-/// Changes that arrive this close together are read once.
-const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Istio's resources from the API server, published as [`ConfigState`]s.
 pub struct KubeStore {
@@ -50,10 +47,7 @@ impl KubeStore {
             let Some(crd) = CrdKind::find(kind.group(), kind.as_str()) else {
                 continue;
             };
-            let resource = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(crd.group, crd.newest_version(), crd.kind),
-                crd.plural,
-            );
+            let resource = crd.api_resource();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
             let writer = reflector::store::Writer::new(resource.clone());
             let objects = writer.as_reader();
@@ -89,11 +83,7 @@ impl KubeStore {
         let (publish, state) = watch::channel(Arc::new(initial));
         tasks.push(tokio::spawn(async move {
             loop {
-                changed.notified().await;
-                while tokio::time::timeout(DEBOUNCE, changed.notified())
-                    .await
-                    .is_ok()
-                {}
+                super::changes_settled(&changed).await;
                 let next = store::merge(&publish.borrow(), load(&kinds));
                 tracing::info!(
                     generation = next.generation,
@@ -136,10 +126,7 @@ pub async fn documents(
         let Some(crd) = CrdKind::find(kind.group(), kind.as_str()) else {
             continue;
         };
-        let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(crd.group, crd.newest_version(), crd.kind),
-            crd.plural,
-        );
+        let resource = crd.api_resource();
         let api: Api<DynamicObject> = match namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
             None => Api::all_with(client.clone(), &resource),

@@ -194,6 +194,14 @@ impl CrdKind {
         self.versions.last().copied().unwrap_or("v1")
     }
 
+    /// The kind in its newest version, for kube-rs's dynamic API.
+    pub fn api_resource(&self) -> kube::core::ApiResource {
+        kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(self.group, self.newest_version(), self.kind),
+            self.plural,
+        )
+    }
+
     /// The CustomResourceDefinition object.
     pub fn definition(&self) -> Value {
         let any_object = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});

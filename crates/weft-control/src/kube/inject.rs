@@ -265,18 +265,8 @@ impl Injector {
             // The application starts once the sidecar has its certificate and configuration
             // (Istio's holdApplicationUntilProxyStarts, which a native sidecar's startup
             // probe gives).
-            "startupProbe": {
-                "httpGet": {"path": "/healthz/ready", "port": 15020},
-                "periodSeconds": 1,
-                "timeoutSeconds": 3,
-                "failureThreshold": 600,
-            },
-            "readinessProbe": {
-                "httpGet": {"path": "/healthz/ready", "port": 15020},
-                "periodSeconds": 15,
-                "timeoutSeconds": 3,
-                "failureThreshold": 4,
-            },
+            "startupProbe": readiness_probe(1, 600),
+            "readinessProbe": readiness_probe(15, 4),
             "resources": {
                 "requests": {"cpu": quantity("proxyCPU", "100m")?, "memory": quantity("proxyMemory", "128Mi")?},
                 "limits": {"cpu": quantity("proxyCPULimit", "2000m")?, "memory": quantity("proxyMemoryLimit", "1024Mi")?},
@@ -329,6 +319,16 @@ fn proxy_config_args(text: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(args)
+}
+
+/// A probe of the sidecar's `/healthz/ready` on its metrics port.
+fn readiness_probe(period_seconds: u32, failure_threshold: u32) -> Value {
+    json!({
+        "httpGet": {"path": "/healthz/ready", "port": 15020},
+        "periodSeconds": period_seconds,
+        "timeoutSeconds": 3,
+        "failureThreshold": failure_threshold,
+    })
 }
 
 /// A Kubernetes resource quantity: digits, an optional fraction, an optional suffix.

@@ -17,6 +17,22 @@ pub mod tokens;
 pub mod webhook;
 
 use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// Changes that arrive this close together are read once.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// Waits for `changed`, then until it has been quiet for [`DEBOUNCE`]: a burst of watch
+/// events (a `kubectl apply -f` of many objects) is read once.
+pub(crate) async fn changes_settled(changed: &Notify) {
+    changed.notified().await;
+    while tokio::time::timeout(DEBOUNCE, changed.notified())
+        .await
+        .is_ok()
+    {}
+}
 
 /// Why the API server cannot be reached.
 #[derive(Debug, thiserror::Error)]

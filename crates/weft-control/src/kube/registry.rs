@@ -31,8 +31,6 @@ use crate::registry::{Endpoint, Service, ServicePort};
 const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 /// How long the first lists may take before the registry publishes what it has.
 const INITIAL_SYNC: Duration = Duration::from_secs(10);
-/// Changes that arrive this close together are read once.
-const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// The Kubernetes services of the cluster, published whole on every change.
 pub struct KubeRegistry {
@@ -68,11 +66,7 @@ impl KubeRegistry {
         let (publish, services) = watch::channel(Arc::new(caches.build()));
         tasks.push(tokio::spawn(async move {
             loop {
-                changed.notified().await;
-                while tokio::time::timeout(DEBOUNCE, changed.notified())
-                    .await
-                    .is_ok()
-                {}
+                super::changes_settled(&changed).await;
                 let next = caches.build();
                 if **publish.borrow() == next {
                     continue;
