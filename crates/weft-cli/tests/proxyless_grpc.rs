@@ -16,33 +16,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::grpc::{Process, clients_dir, python, script};
+
 const TARGET: &str = "echo.test.svc.cluster.local:9000";
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("WEFT_TEST_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with grpcio: run `bash scripts/test.sh` (it creates .venv), or set WEFT_TEST_PYTHON"
-    );
-    venv
-}
-
-fn script() -> PathBuf {
-    clients_dir().join("grpc_xds.py")
-}
-
-fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
 
 /// Which gRPC implementation plays the client.
 #[derive(Clone, Copy)]
@@ -75,16 +56,6 @@ fn client_command(implementation: Implementation) -> Command {
                 .arg(TARGET);
             command
         }
-    }
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

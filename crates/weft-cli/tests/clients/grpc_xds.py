@@ -1,6 +1,7 @@
 """Real gRPC peers for Weft's tests, using the grpcio package (gRPC C-core's xDS client).
 
-    python grpc_xds.py servers NAME...   start one echo server per NAME on 127.0.0.1; print
+    python grpc_xds.py servers NAME...   start one echo server per NAME on 127.0.0.1 (or at
+                                         HOST:PORT for NAME=HOST:PORT); print
                                          {"NAME": port, ...} and serve until stdin closes
     python grpc_xds.py client TARGET     a proxyless client of xds:///TARGET (GRPC_XDS_BOOTSTRAP
                                          names the bootstrap); one JSON command per stdin line,
@@ -23,6 +24,7 @@ import grpc
 def serve(names):
     servers, ports = [], {}
     for name in names:
+        name, _, address = name.partition("=")
         counter = {"calls": 0}
         lock = threading.Lock()
 
@@ -46,7 +48,7 @@ def serve(names):
         )
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         server.add_generic_rpc_handlers((handler,))
-        ports[name] = server.add_insecure_port("127.0.0.1:0")
+        ports[name] = server.add_insecure_port(address or "127.0.0.1:0")
         server.start()
         servers.append(server)
     print(json.dumps(ports), flush=True)

@@ -257,6 +257,30 @@ impl Cluster {
         succeeded(&args, self.try_kubectl_stdin(&args, yaml))
     }
 
+    /// Installs Weft's CRDs and control-plane objects as a user would (`weft manifest
+    /// generate | kubectl apply --server-side -f -`), and waits until the API server serves
+    /// the CRDs.
+    pub fn install_weft(&self) {
+        let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["manifest", "generate", "--set", "profile=minimal"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "weft manifest generate: {output:?}"
+        );
+        let manifest = String::from_utf8(output.stdout).unwrap();
+        let args = ["apply", "--server-side", "-f", "-"];
+        succeeded(&args, self.try_kubectl_stdin(&args, &manifest));
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+    }
+
     /// A token for a service account, from the TokenRequest API.
     pub fn token(&self, namespace: &str, service_account: &str, audience: &str) -> String {
         self.kubectl(&[
@@ -449,4 +473,10 @@ current-context: test
         cert = pki.admin_cert.display(),
         key = pki.admin_key.display(),
     )
+}
+
+/// One of the seed's examples (`examples/seed`), as users would `kubectl apply` them.
+pub fn seed(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
+    std::fs::read_to_string(path.join(file)).unwrap()
 }

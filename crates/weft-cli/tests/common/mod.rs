@@ -2,8 +2,13 @@
 //! start it on ephemeral ports and wait for the addresses it logs, and read its debug pages.
 
 #![allow(dead_code, reason = "each test binary uses part of these helpers")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper fails loudly when its own setup fails"
+)]
 
 pub mod cluster;
+pub mod grpc;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
