@@ -1,7 +1,8 @@
 //! `weft analyze -k` on a real cluster (etcd and kube-apiserver built by
 //! `scripts/k8s-bin.sh`, in a network namespace of the test's own): the resources stored in
 //! the API server get the same findings as the same YAML in a file, and `-n` limits the
-//! analysis to one namespace.
+//! analysis to one namespace; `weft control --kubernetes` writes the same messages on the
+//! objects (`status.validationMessages`), and takes them off an object once it is fixed.
 //!
 //! **Needs root** (the network namespace) and `WEFT_K8S_BIN`, as scripts/test.sh sets it.
 
@@ -12,8 +13,10 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::netns::NetNs;
@@ -62,7 +65,7 @@ fn without_places(text: &str) -> String {
 fn analyze_k_finds_in_the_cluster_what_it_finds_in_the_same_file() {
     let netns = NetNs::new("k8s-analyze", &["10.244.0.1/32"]);
     netns.enter(|| {
-        let cluster = Cluster::start();
+        let mut cluster = Cluster::start();
         let manifest = weft(&["manifest", "generate", "--set", "profile=minimal"]);
         assert!(manifest.status.success());
         // The CRDs only: without the control plane there is no validating webhook to refuse
@@ -101,5 +104,100 @@ fn analyze_k_finds_in_the_cluster_what_it_finds_in_the_same_file() {
         let elsewhere = weft(&["analyze", "-k", "--kubeconfig", kubeconfig, "-n", "default"]);
         assert!(elsewhere.status.success(), "{elsewhere:?}");
         assert!(findings(&elsewhere).is_empty(), "{elsewhere:?}");
+
+        // The control plane writes the same messages on the objects.
+        let analyzed = weft(&["analyze", "-k", "--kubeconfig", kubeconfig, "-o", "json"]);
+        let analyzed: serde_json::Value = serde_json::from_slice(&analyzed.stdout).unwrap();
+        let expected: BTreeSet<String> = analyzed["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = |key: &str| m[key].as_str().unwrap().to_string();
+                let resource = |key: &str| m["resource"][key].as_str().unwrap().to_string();
+                let line = format!(
+                    "{}/{} {} {} [{}]",
+                    resource("kind"),
+                    resource("name"),
+                    text("level").to_ascii_uppercase(),
+                    text("message"),
+                    text("code")
+                );
+                without_places(&line)
+            })
+            .collect();
+        let state = tempfile::tempdir().unwrap();
+        let control = common::Control::start_kubernetes(&cluster.kubeconfig, state.path());
+        let mut on_objects = BTreeSet::new();
+        cluster.until(
+            Duration::from_secs(20),
+            "the objects carry the analyzer's messages",
+            |c| {
+                on_objects = status_messages(c);
+                on_objects == expected
+            },
+        );
+        // In Istio's shape: the schema problem is Istio's IST0106.
+        let code = cluster.kubectl(&[
+            "get",
+            "destinationrule",
+            "reviews",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.validationMessages[0].type.code} {.status.validationMessages[0].documentationUrl}",
+        ]);
+        assert_eq!(
+            code,
+            "IST0106 https://istio.io/latest/docs/reference/config/analysis/ist0106/"
+        );
+
+        // Fixed with kubectl: the DestinationRule's message goes; the VirtualService's stay.
+        let fixed = std::fs::read_to_string(broken)
+            .unwrap()
+            .replace("ROUND_ROBN", "ROUND_ROBIN");
+        cluster.apply(&fixed);
+        cluster.until(Duration::from_secs(20), "the fixed object is clean", |c| {
+            let now = status_messages(c);
+            !now.iter().any(|m| m.starts_with("DestinationRule/"))
+                && now.iter().any(|m| m.starts_with("VirtualService/"))
+        });
+        drop(control);
     });
+}
+
+/// Every `status.validationMessages` entry of the VirtualServices and DestinationRules in
+/// namespace shop, as `Kind/name LEVEL description`, without places (as [`findings`]).
+fn status_messages(cluster: &Cluster) -> BTreeSet<String> {
+    let listed = cluster.kubectl(&[
+        "get",
+        "virtualservices,destinationrules",
+        "-n",
+        "shop",
+        "-o",
+        "json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let mut out = BTreeSet::new();
+    for object in listed["items"].as_array().unwrap() {
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
+        let name = format!(
+            "{}/{}",
+            text(&object["kind"]),
+            text(&object["metadata"]["name"])
+        );
+        for message in object["status"]["validationMessages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let line = format!(
+                "{name} {} {}",
+                text(&message["level"]),
+                text(&message["description"])
+            );
+            out.insert(without_places(&line));
+        }
+    }
+    out
 }

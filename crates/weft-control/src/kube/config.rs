@@ -5,12 +5,14 @@
 //! with the same loader and checks as a folder of YAML and merged the same way
 //! ([`store::merge`]): an invalid resource keeps its last valid version. An object's origin
 //! is `k8s:<creationTimestamp>:<Kind>/<namespace>/<name>`, so where two resources conflict
-//! the older one wins, as in Istio.
+//! the older one wins, as in Istio. What the analyzer says about each object is written on
+//! it ([`super::status`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::api::ApiResource;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -33,6 +35,7 @@ pub struct KubeStore {
 /// One watched kind and the objects in its cache.
 struct WatchedKind {
     kind: weft_api::Kind,
+    resource: ApiResource,
     objects: Store<DynamicObject>,
 }
 
@@ -65,7 +68,11 @@ impl KubeStore {
                     }
                 }
             }));
-            kinds.push(WatchedKind { kind, objects });
+            kinds.push(WatchedKind {
+                kind,
+                resource,
+                objects,
+            });
         }
         let ready = futures::future::join_all(kinds.iter().map(|k| k.objects.wait_until_ready()));
         if tokio::time::timeout(INITIAL_SYNC, ready).await.is_err() {
@@ -79,12 +86,25 @@ impl KubeStore {
                 "not every Istio kind could be listed (are the CRDs installed? `weft install`)"
             );
         }
-        let initial = store::merge(&ConfigState::default(), load(&kinds));
+        let mut read = read(&kinds);
+        let initial = store::merge(&ConfigState::default(), load(&read));
         let (publish, state) = watch::channel(Arc::new(initial));
+        let kinds = Arc::new(kinds);
+        tasks.push(tokio::spawn(write_status(
+            client,
+            kinds.clone(),
+            state.clone(),
+        )));
         tasks.push(tokio::spawn(async move {
             loop {
                 super::changes_settled(&changed).await;
-                let next = store::merge(&publish.borrow(), load(&kinds));
+                // A change to an object's status alone (ours, most often) changes nothing.
+                let next_read = self::read(&kinds);
+                if next_read == read {
+                    continue;
+                }
+                read = next_read;
+                let next = store::merge(&publish.borrow(), load(&read));
                 tracing::info!(
                     generation = next.generation,
                     resources = next.resources.len(),
@@ -173,16 +193,52 @@ pub async fn documents(
     Ok(out)
 }
 
-/// Loads every cached object as the file loader would load it from YAML.
-fn load(kinds: &[WatchedKind]) -> LoadOutput {
+/// Every cached object as a document: origin and JSON text, sorted.
+fn read(kinds: &[WatchedKind]) -> Vec<(String, String)> {
+    let mut documents: Vec<(String, String)> = kinds
+        .iter()
+        .flat_map(|watched| {
+            let state = watched.objects.state();
+            state
+                .iter()
+                .map(|object| document(watched.kind, object))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    documents.sort();
+    documents
+}
+
+/// Loads the documents as the file loader would load them from YAML.
+fn load(documents: &[(String, String)]) -> LoadOutput {
     let mut loader = Loader::new(Limits::default());
-    for watched in kinds {
-        for object in watched.objects.state() {
-            let (origin, text) = document(watched.kind, &object);
-            loader.load_str(origin, &text);
-        }
+    for (origin, text) in documents {
+        loader.load_str(origin.clone(), text);
     }
     loader.finish()
+}
+
+/// Writes each published state's messages on the objects they are about.
+async fn write_status(
+    client: kube::Client,
+    kinds: Arc<Vec<WatchedKind>>,
+    mut state: watch::Receiver<Arc<ConfigState>>,
+) {
+    loop {
+        let current = state.borrow_and_update().clone();
+        let objects = kinds
+            .iter()
+            .map(|watched| super::status::Objects {
+                kind: watched.kind.as_str(),
+                resource: &watched.resource,
+                objects: watched.objects.state(),
+            })
+            .collect();
+        super::status::write(&client, objects, &current.messages).await;
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The object as one JSON document (what the loader reads), and its origin.

@@ -6,13 +6,15 @@
 //! * [`inject`] is what sidecar injection adds to a pod, and [`webhook`] serves it to the API
 //!   server;
 //! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane;
-//! * [`tokens`] asks the API server whose a pod's service-account token is, for the CA.
+//! * [`tokens`] asks the API server whose a pod's service-account token is, for the CA;
+//! * [`status`] writes the analyzer's messages on Istio's resources.
 
 pub mod config;
 pub mod crds;
 pub mod inject;
 pub mod manifest;
 pub mod registry;
+mod status;
 pub mod tokens;
 pub mod webhook;
 
