@@ -37,6 +37,8 @@ enum Command {
     /// Add the sidecar to the pods of Kubernetes manifests, as the injection webhook would
     /// (istioctl's kube-inject).
     Inject(cmd::inject::Args),
+    /// Install Weft on Kubernetes: apply `weft manifest generate`'s objects server-side.
+    Install(cmd::install::InstallArgs),
     /// Redirect a pod's TCP traffic to its sidecar with iptables (the init container's job,
     /// as Istio's istio-iptables); `--clean` removes the rules.
     Iptables(cmd::iptables::Args),
@@ -51,6 +53,8 @@ enum Command {
     /// Mesh any process: run CMD beside its own sidecar, with HTTP_PROXY pointing at it.
     #[command(arg_required_else_help = true)]
     Run(cmd::run::Args),
+    /// Remove Weft from Kubernetes (Istio's CRDs and resources too with `--purge`).
+    Uninstall(cmd::install::UninstallArgs),
     /// What `weft run` starts its command with.
     #[command(hide = true)]
     RunChild(cmd::run::ChildArgs),
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
         Command::Analyze(args) => cmd::analyze::run(args),
         Command::Control(args) => cmd::control::run(args),
         Command::Inject(args) => cmd::inject::run(args),
+        Command::Install(args) => cmd::install::install(args),
+        Command::Uninstall(args) => cmd::install::uninstall(args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::JoinToken(args) => cmd::join_token::run(args),
         Command::Manifest(command) => cmd::manifest::run(command),

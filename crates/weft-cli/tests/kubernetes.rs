@@ -4,6 +4,9 @@
 //!
 //! * `weft manifest generate` applies with `kubectl apply --server-side`, and the seed's
 //!   Istio YAML applies to its CRDs unchanged;
+//! * `weft install --set profile=demo --wait` applies it itself and returns once the control
+//!   plane and the ingress gateway are available; `weft uninstall` removes them (webhooks
+//!   first) and keeps Istio's resources, `--purge` removes those too;
 //! * the API server calls its webhooks: pods that ask for a sidecar are stored with it (and
 //!   refused while the webhook is down), the others not; an invalid VirtualService is
 //!   refused with the analyzer's message;
@@ -73,6 +76,101 @@ fn the_install_applies_server_side_and_the_seed_yaml_applies_to_its_crds() {
             "jsonpath={.spec.http[0].route[1].destination.subset}",
         ]);
         assert_eq!(stored, "v3");
+    });
+}
+
+#[test]
+fn weft_install_waits_for_the_control_plane_and_weft_uninstall_removes_it() {
+    let netns = NetNs::new("k8s-uninstall", &["10.244.0.1/32"]);
+    netns.enter(|| {
+        let mut cluster = Cluster::start();
+        let kubeconfig = cluster.kubeconfig.to_str().unwrap().to_string();
+        let weft = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(args)
+                .args(["--kubeconfig", &kubeconfig])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut install = weft(&["install", "--set", "profile=demo", "--wait", "60s"]);
+        // Playing the kubelet: the Deployments' pods run and become ready. While the
+        // gateway's is not, the install waits.
+        cluster.run_pod("istio-system", "app=weft-control", "10.244.0.2");
+        let available = ["get", "deployment", "weft-control", "-n", "istio-system"];
+        let available = [
+            &available[..],
+            &["-o", "jsonpath={.status.availableReplicas}"],
+        ]
+        .concat();
+        cluster.until(
+            Duration::from_secs(30),
+            "the control plane is available",
+            |c| c.kubectl(&available) == "1",
+        );
+        assert!(
+            install.try_wait().unwrap().is_none(),
+            "weft install --wait did not wait"
+        );
+        cluster.run_pod("istio-system", "app=istio-ingressgateway", "10.244.0.3");
+        let output = install.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "weft install: {output:?}");
+        for line in [
+            "applied CustomResourceDefinition virtualservices.networking.istio.io",
+            "applied MutatingWebhookConfiguration weft-sidecar-injector",
+            "available Deployment istio-system/weft-control",
+            "available Deployment istio-system/istio-ingressgateway",
+        ] {
+            assert!(stdout.contains(line), "{stdout}");
+        }
+        // The CRDs are served as soon as it returns.
+        cluster.apply(&common::cluster::seed("09-reviews-v1.yaml"));
+        let gateway = cluster.kubectl(&[
+            "get",
+            "service",
+            "istio-ingressgateway",
+            "-n",
+            "istio-system",
+            "-o",
+            "jsonpath={.spec.type} {.spec.ports[*].port}",
+        ]);
+        assert_eq!(gateway, "LoadBalancer 80 443");
+        // Installing again changes nothing and succeeds.
+        let again = weft(&["install", "--set", "profile=demo"])
+            .wait_with_output()
+            .unwrap();
+        assert!(again.status.success(), "{again:?}");
+
+        let output = weft(&["uninstall"]).wait_with_output().unwrap();
+        assert!(output.status.success(), "weft uninstall: {output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let webhook = stdout.find("deleted MutatingWebhookConfiguration").unwrap();
+        let control = stdout
+            .find("deleted Deployment istio-system/weft-control")
+            .unwrap();
+        assert!(webhook < control, "the webhooks go first: {stdout}");
+        let left = cluster.kubectl(&[
+            "get",
+            "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles",
+            "-l",
+            "app.kubernetes.io/part-of=weft",
+            "-o",
+            "name",
+        ]);
+        assert_eq!(left, "", "left behind: {left}");
+        let kept = cluster.kubectl(&["get", "vs", "reviews", "-o", "name"]);
+        assert_eq!(kept.trim(), "virtualservice.networking.istio.io/reviews");
+
+        let output = weft(&["uninstall", "--purge"]).wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "weft uninstall --purge: {output:?}"
+        );
+        cluster.until(Duration::from_secs(30), "the CRDs are gone", |c| {
+            c.kubectl(&["get", "crd", "-o", "name"]).trim().is_empty()
+        });
     });
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use weft_control::app::{Config, ControlPlane, Source};
 use weft_control::kube::inject::Injector;
 use weft_control::kube::manifest::{
-    CONTROL, INJECTOR_CONFIGURATION, NAMESPACE, VALIDATOR_CONFIGURATION,
+    self, CONTROL, INJECTOR_CONFIGURATION, NAMESPACE, VALIDATOR_CONFIGURATION,
 };
 use weft_control::kube::webhook::WebhookConfig;
 
@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     sidecar_image: Option<String>,
     /// The xDS address injected sidecars dial.
-    #[arg(long, default_value_t = format!("{CONTROL}.{NAMESPACE}.svc:15010"))]
+    #[arg(long, default_value_t = manifest::control_xds_address())]
     sidecar_control: String,
     /// Address for plaintext xDS (ADS over gRPC). Loopback by default: plaintext xDS is for
     /// proxies on this host.

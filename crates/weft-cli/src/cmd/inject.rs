@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde_json::Value;
 use weft_control::kube::inject::{Decision, Injector, decide};
-use weft_control::kube::manifest::{CONTROL, NAMESPACE};
+use weft_control::kube::manifest::{self, NAMESPACE};
 
 /// Arguments of `weft inject`.
 #[derive(clap::Args)]
@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     sidecar_image: Option<String>,
     /// The xDS address the sidecar dials.
-    #[arg(long, default_value_t = format!("{CONTROL}.{NAMESPACE}.svc:15010"))]
+    #[arg(long, default_value_t = manifest::control_xds_address())]
     sidecar_control: String,
 }
 

@@ -37,7 +37,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn values(settings: &[String]) -> anyhow::Result<Values> {
+/// The install's values from `--set KEY=VALUE` settings.
+pub(crate) fn values(settings: &[String]) -> anyhow::Result<Values> {
     let mut values = Values {
         profile: Profile::Default,
         image: super::control::default_image(),

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod demo_app;
 pub mod gateway;
 pub mod inject;
+pub mod install;
 pub mod iptables;
 pub mod join_token;
 pub mod manifest;

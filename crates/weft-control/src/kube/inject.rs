@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 /// The annotation that marks a pod as injected, with what was added.
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 /// Where the pod's token for the CA is mounted.
-const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+pub(super) const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 
 /// How to inject.
 #[derive(Debug, Clone)]
@@ -109,9 +109,7 @@ impl Injector {
             init_containers.extend(existing);
         }
         spec.insert("initContainers".into(), Value::Array(init_containers));
-        let token = json!({"name": "istio-token", "projected": {"sources": [
-            {"serviceAccountToken": {"audience": super::tokens::AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}},
-        ]}});
+        let token = token_volume();
         match spec.get_mut("volumes") {
             Some(Value::Array(volumes)) => volumes.push(token),
             _ => {
@@ -240,21 +238,7 @@ impl Injector {
                 None => Ok(default.to_string()),
             }
         };
-        let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
-        let env: Vec<Value> = [
-            ("POD_NAME", "metadata.name"),
-            ("POD_NAMESPACE", "metadata.namespace"),
-            ("INSTANCE_IP", "status.podIP"),
-            ("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            ("HOST_IP", "status.hostIP"),
-        ]
-        .iter()
-        .map(|(name, path)| {
-            let mut entry = field(path);
-            entry["name"] = Value::from(*name);
-            entry
-        })
-        .collect();
+        let env = pod_env();
         Ok(json!({
             "name": "istio-proxy",
             "image": self.image,
@@ -283,6 +267,29 @@ impl Injector {
             "volumeMounts": [{"name": "istio-token", "mountPath": TOKEN_DIR}],
         }))
     }
+}
+
+/// The pod's projected service-account token for the CA (audience `istio-ca`), mounted at
+/// [`TOKEN_DIR`]`/istio-token`.
+pub(super) fn token_volume() -> Value {
+    json!({"name": "istio-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": super::tokens::AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}},
+    ]}})
+}
+
+/// What a proxy knows of its pod, from the downward API: `POD_NAME`, `POD_NAMESPACE`,
+/// `INSTANCE_IP`, `SERVICE_ACCOUNT`, `HOST_IP`.
+pub(super) fn pod_env() -> Vec<Value> {
+    [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("INSTANCE_IP", "status.podIP"),
+        ("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ("HOST_IP", "status.hostIP"),
+    ]
+    .iter()
+    .map(|(name, path)| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}))
+    .collect()
 }
 
 /// `weft proxy` flags for the `proxy.istio.io/config` fields Weft supports (`concurrency`,

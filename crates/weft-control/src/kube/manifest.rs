@@ -1,5 +1,6 @@
-//! What `weft manifest generate` prints: Istio's CRDs, the control plane's objects and the
-//! sidecar-injection webhook, for one of Istio's install profiles.
+//! What `weft manifest generate` prints (and `weft install` applies): Istio's CRDs, the
+//! control plane's objects and the sidecar-injection webhook, for one of Istio's install
+//! profiles; `demo` adds Istio's ingress gateway.
 //!
 //! Objects come in the order they can be applied in: definitions, then the namespace, then
 //! what lives in it.
@@ -16,6 +17,8 @@ pub const CONTROL: &str = "weft-control";
 pub const INJECTOR_CONFIGURATION: &str = "weft-sidecar-injector";
 /// The ValidatingWebhookConfiguration of Istio resources.
 pub const VALIDATOR_CONFIGURATION: &str = "weft-validator";
+/// The ingress gateway's Deployment and Service (profile `demo`), as Istio's.
+pub const INGRESS_GATEWAY: &str = "istio-ingressgateway";
 /// The label every generated object carries (`kubectl delete -l app.kubernetes.io/part-of=weft`).
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 
@@ -26,8 +29,20 @@ pub enum Profile {
     Minimal,
     /// What most meshes run; today the same objects as `minimal`.
     Default,
-    /// For trying the mesh out: the control plane asks for less CPU and memory.
+    /// For trying the mesh out: the control plane asks for less CPU and memory, and an
+    /// ingress gateway (`istio: ingressgateway`) comes with it.
     Demo,
+}
+
+impl Profile {
+    /// The profile's name, as `--set profile=` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minimal => "minimal",
+            Self::Default => "default",
+            Self::Demo => "demo",
+        }
+    }
 }
 
 impl std::str::FromStr for Profile {
@@ -79,7 +94,111 @@ pub fn generate(values: &Values) -> Vec<Value> {
     objects.push(control_deployment(values));
     objects.push(injection_webhooks());
     objects.push(validation_webhook());
+    if values.profile == Profile::Demo {
+        objects.extend(ingress_gateway(values));
+    }
     objects
+}
+
+/// The control plane's plaintext xDS address inside the cluster, as proxies dial it.
+pub fn control_xds_address() -> String {
+    format!("{CONTROL}.{NAMESPACE}.svc:15010")
+}
+
+/// Istio's ingress gateway: `weft gateway` in a Deployment labelled `istio: ingressgateway`
+/// (what Gateway resources select), behind a LoadBalancer Service on 80 and 443. The pod
+/// may bind ports below 1024 as user 1337 (the `ip_unprivileged_port_start` sysctl, as
+/// Istio's gateways do), so each Gateway port is the port the gateway listens on.
+fn ingress_gateway(values: &Values) -> Vec<Value> {
+    let account = format!("{INGRESS_GATEWAY}-service-account");
+    let selector = json!({"app": INGRESS_GATEWAY, "istio": "ingressgateway"});
+    let pod_labels = labels(&[("app", INGRESS_GATEWAY), ("istio", "ingressgateway")]);
+    let token = format!("{}/istio-token", super::inject::TOKEN_DIR);
+    let args = [
+        "gateway",
+        "--control",
+        &control_xds_address(),
+        "--name",
+        "$(POD_NAME)",
+        "--namespace",
+        "$(POD_NAMESPACE)",
+        "--service-account",
+        "$(SERVICE_ACCOUNT)",
+        "--instance-ip",
+        "$(INSTANCE_IP)",
+        "--bind",
+        "0.0.0.0",
+        "--token-file",
+        &token,
+        "--labels",
+        "app=istio-ingressgateway,istio=ingressgateway",
+    ];
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": INGRESS_GATEWAY, "namespace": NAMESPACE, "labels": pod_labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {"sidecar.istio.io/inject": "false"},
+                },
+                "spec": {
+                    "serviceAccountName": account,
+                    "securityContext": {
+                        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                    },
+                    "containers": [{
+                        "name": "istio-proxy",
+                        "image": values.image,
+                        "args": args,
+                        "env": super::inject::pod_env(),
+                        "ports": [
+                            {"name": "http2", "containerPort": 80},
+                            {"name": "https", "containerPort": 443},
+                            {"name": "http-envoy-prom", "containerPort": 15020},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15020}},
+                        "resources": {
+                            "requests": {"cpu": "10m", "memory": "40Mi"},
+                            "limits": {"cpu": "2000m", "memory": "1024Mi"},
+                        },
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 1337,
+                            "runAsGroup": 1337,
+                            "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "istio-token", "mountPath": super::inject::TOKEN_DIR}],
+                    }],
+                    "volumes": [super::inject::token_volume()],
+                },
+            },
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": INGRESS_GATEWAY, "namespace": NAMESPACE, "labels": pod_labels},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": selector,
+            "ports": [
+                {"name": "http2", "port": 80, "protocol": "TCP"},
+                {"name": "https", "port": 443, "protocol": "TCP"},
+            ],
+        },
+    });
+    let service_account = json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": account, "namespace": NAMESPACE, "labels": labels(&[("app", INGRESS_GATEWAY)])},
+    });
+    vec![service_account, deployment, service]
 }
 
 /// Istio's resources are checked when written, with the analyzer's messages. Its
@@ -276,6 +395,24 @@ mod tests {
                 assert_eq!(ns, NAMESPACE);
             }
         }
+    }
+
+    #[test]
+    fn only_the_demo_profile_has_the_ingress_gateway() {
+        let names = |profile| {
+            let values = Values {
+                profile,
+                image: "weft:test".to_string(),
+            };
+            generate(&values)
+                .iter()
+                .filter(|o| o["metadata"]["name"] == INGRESS_GATEWAY)
+                .filter_map(|o| o["kind"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(Profile::Demo), ["Deployment", "Service"]);
+        assert!(names(Profile::Default).is_empty());
+        assert!(names(Profile::Minimal).is_empty());
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! * [`inject`] is what sidecar injection adds to a pod, and [`webhook`] serves it to the API
 //!   server;
 //! * [`manifest`] is what `weft manifest generate` prints: the CRDs and the control plane;
+//!   [`install`] applies it (`weft install`) or removes it (`weft uninstall`);
 //! * [`tokens`] asks the API server whose a pod's service-account token is, for the CA;
 //! * [`status`] writes the analyzer's messages on Istio's resources.
 
 pub mod config;
 pub mod crds;
 pub mod inject;
+pub mod install;
 pub mod manifest;
 pub mod registry;
 mod status;
