@@ -95,7 +95,7 @@ impl Drop for KubeRegistry {
 }
 
 /// A cache of every object of one type, kept current by a task that signals `changed`.
-fn cache<K>(
+pub(super) fn cache<K>(
     api: Api<K>,
     changed: &Arc<Notify>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,

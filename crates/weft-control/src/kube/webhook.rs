@@ -23,7 +23,8 @@ use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use serde_json::{Value, json};
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
 use super::inject::{Decision, Injector, decide};
@@ -35,19 +36,49 @@ pub const VALIDATE_PATH: &str = "/validate";
 /// The largest AdmissionReview read (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// What the webhook needs: the injector and the API server (namespace labels).
+/// What the webhook needs: the injector and the namespaces' labels (watched; a namespace
+/// not yet in the cache, just created, is read from the API server).
 pub struct AdmissionWebhooks {
     injector: Injector,
     namespaces: Api<Namespace>,
+    watched: Store<Namespace>,
 }
 
 impl AdmissionWebhooks {
-    /// A webhook injecting with `injector`, reading namespaces with `client`.
-    pub fn new(injector: Injector, client: kube::Client) -> Self {
+    /// A webhook injecting with `injector`, with the namespaces `watched` and read with
+    /// `client`.
+    pub fn new(injector: Injector, client: kube::Client, watched: Store<Namespace>) -> Self {
         Self {
             injector,
             namespaces: Api::all(client),
+            watched,
         }
+    }
+
+    /// A namespace's labels: from the cache unless `fresh`, else from the API server.
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+        fresh: bool,
+    ) -> Result<Map<String, Value>, String> {
+        let cached = (!fresh)
+            .then(|| self.watched.get(&ObjectRef::new(namespace)))
+            .flatten();
+        let found = match cached {
+            Some(found) => Some(found),
+            None => self
+                .namespaces
+                .get_opt(namespace)
+                .await
+                .map_err(|error| format!("cannot read namespace {namespace}: {error}"))?
+                .map(Arc::new),
+        };
+        Ok(found
+            .and_then(|ns| ns.metadata.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, Value::from(value)))
+            .collect())
     }
 
     /// Serves the webhook on `listener` with `tls` until the task is dropped.
@@ -152,25 +183,21 @@ impl AdmissionWebhooks {
             .or_else(|| pod["metadata"]["namespace"].as_str())
             .unwrap_or("default")
             .to_string();
-        let labels = match self.namespaces.get_opt(&namespace).await {
-            Ok(found) => found
-                .and_then(|ns| ns.metadata.labels)
-                .map(|labels| {
-                    labels
-                        .into_iter()
-                        .map(|(key, value)| (key, Value::from(value)))
-                        .collect::<serde_json::Map<String, Value>>()
-                })
-                .unwrap_or_default(),
-            Err(error) => return Err(format!("cannot read namespace {namespace}: {error}")),
+        let decide = |labels: &Map<String, Value>| {
+            decide(
+                &pod["metadata"],
+                &pod["spec"],
+                &namespace,
+                Some(labels),
+                &self.injector.control_namespace,
+            )
         };
-        let decision = decide(
-            &pod["metadata"],
-            &pod["spec"],
-            &namespace,
-            Some(&labels),
-            &self.injector.control_namespace,
-        );
+        // The cache may not have a label set a moment ago (`kubectl label namespace`, then
+        // `kubectl apply`): a pod it would leave out is decided again on a fresh read.
+        let mut decision = decide(&self.namespace_labels(&namespace, false).await?);
+        if decision != Decision::Inject {
+            decision = decide(&self.namespace_labels(&namespace, true).await?);
+        }
         if let Decision::Skip(reason) = decision {
             tracing::debug!(namespace, reason, "not injected");
             return Ok(None);
@@ -365,11 +392,15 @@ pub async fn start(
             source,
         })?;
     tracing::info!("serving the admission webhooks on {}", config.addr);
+    let mut tasks = Vec::new();
+    let unused = Arc::new(tokio::sync::Notify::new());
+    let namespaces = super::registry::cache(Api::all(client.clone()), &unused, &mut tasks);
     let webhook = Arc::new(AdmissionWebhooks::new(
         config.injector.clone(),
         client.clone(),
+        namespaces,
     ));
-    Ok(vec![
+    tasks.extend([
         tokio::spawn(webhook.serve(listener, Arc::new(tls))),
         tokio::spawn(keep_ca_bundle(
             client.clone(),
@@ -385,5 +416,6 @@ pub async fn start(
             authority.root_pem().to_string(),
             Duration::from_secs(30),
         )),
-    ])
+    ]);
+    Ok(tasks)
 }
