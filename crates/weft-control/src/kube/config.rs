@@ -195,7 +195,7 @@ pub async fn documents(
 
 /// Every cached object as a document: origin and JSON text.
 fn read(kinds: &[WatchedKind]) -> Vec<(String, String)> {
-    let mut documents: Vec<(String, String)> = kinds
+    kinds
         .iter()
         .flat_map(|watched| {
             let state = watched.objects.state();
@@ -204,8 +204,7 @@ fn read(kinds: &[WatchedKind]) -> Vec<(String, String)> {
                 .map(|object| document(watched.kind, object))
                 .collect::<Vec<_>>()
         })
-        .collect();
-    documents
+        .collect()
 }
 
 /// Whether two reads hold the same documents, in whatever order. (They are loaded in the
