@@ -224,7 +224,7 @@ fn registry(snapshot: &MeshSnapshot) -> Value {
             json!({
                 "host": service.host,
                 "namespace": service.namespace,
-                "ports": service.ports.iter().map(|p| json!({"number": p.number, "name": p.name, "protocol": p.protocol})).collect::<Vec<_>>(),
+                "ports": service.ports.iter().map(|p| json!({"number": p.number, "name": p.name, "protocol": p.protocol.as_str()})).collect::<Vec<_>>(),
                 "endpoints": service.endpoints.iter().map(|e| json!({
                     "address": e.address,
                     "ports": e.ports,

@@ -354,7 +354,7 @@ mod tests {
             ports: vec![ServicePort {
                 number: 80,
                 name: "http".into(),
-                protocol: "HTTP".into(),
+                protocol: weft_api::networking::Protocol::Http,
                 target_port: Some(9080),
             }],
             resolution: Resolution::Static,

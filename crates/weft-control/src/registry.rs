@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use weft_api::Resource;
 use weft_api::meta::labels_match;
+use weft_api::networking::Protocol;
 use weft_api::networking::service_entry::{Location, Resolution, ServiceEntry};
 use weft_api::networking::workload_entry::WorkloadEntry;
 use weft_api::resource::Spec;
@@ -25,8 +26,8 @@ pub struct ServicePort {
     pub number: u32,
     /// Its name, which endpoints use to give their own port number.
     pub name: String,
-    /// `HTTP`, `GRPC`, `TCP`, … upper case; empty when not declared.
-    pub protocol: String,
+    /// `HTTP`, `GRPC`, `TCP`, …; unspecified when not declared.
+    pub protocol: Protocol,
     /// The endpoints' port when it differs and an endpoint names none.
     pub target_port: Option<u32>,
 }
@@ -173,7 +174,7 @@ pub fn build(
                     .map(|p| ServicePort {
                         number: p.number,
                         name: p.name.clone(),
-                        protocol: p.protocol.to_ascii_uppercase(),
+                        protocol: p.protocol.clone(),
                         target_port: p.target_port,
                     })
                     .collect(),
@@ -202,7 +203,7 @@ pub fn build(
                     service.ports.push(ServicePort {
                         number: served.port,
                         name: name.clone(),
-                        protocol: String::new(),
+                        protocol: Protocol::Unspecified,
                         target_port: None,
                     });
                     name

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Port, ServerTlsMode, ServerTlsSettings};
+use super::{Port, Protocol, ServerTlsMode, ServerTlsSettings};
 
 /// The `spec` of a Gateway.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -40,11 +40,12 @@ impl Server {
     /// server) and the feature it would need. The gateway serves HTTP, HTTP/2 and gRPC in
     /// plaintext or terminated with `SIMPLE` or `MUTUAL` TLS from certificate files.
     pub fn unserved(&self) -> Option<(&'static str, &'static str)> {
-        let protocol = self.port.as_ref().map(|p| p.protocol.to_ascii_uppercase());
-        if protocol
-            .as_deref()
-            .is_some_and(|p| !matches!(p, "HTTP" | "HTTPS" | "HTTP2" | "GRPC"))
-        {
+        if self.port.as_ref().is_some_and(|p| {
+            !matches!(
+                p.protocol,
+                Protocol::Http | Protocol::Https | Protocol::Http2 | Protocol::Grpc
+            )
+        }) {
             return Some(("port.protocol", "TCP and TLS gateway servers"));
         }
         let tls = self.tls.as_ref()?;

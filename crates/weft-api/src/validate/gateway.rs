@@ -5,7 +5,7 @@ use super::rules::{check_labels, check_port, is_wildcard_host};
 use super::service_entry::check_protocol;
 use crate::codes;
 use crate::networking::gateway::Gateway;
-use crate::networking::{ServerTlsMode, ServerTlsSettings};
+use crate::networking::{Protocol, ServerTlsMode, ServerTlsSettings};
 
 pub(crate) fn validate(gateway: &Gateway, report: &mut Report<'_>) {
     if gateway.servers.is_empty() {
@@ -26,7 +26,7 @@ pub(crate) fn validate(gateway: &Gateway, report: &mut Report<'_>) {
             ),
             Some(port) => {
                 check_port(port.number, &format!("{path}.port.number"), report);
-                if port.protocol.is_empty() {
+                if port.protocol == Protocol::Unspecified {
                     report.at(
                         &codes::REQUIRED,
                         &format!("{path}.port"),
@@ -34,7 +34,7 @@ pub(crate) fn validate(gateway: &Gateway, report: &mut Report<'_>) {
                     );
                 }
                 check_protocol(&port.protocol, &format!("{path}.port.protocol"), report);
-                if port.protocol.eq_ignore_ascii_case("HTTPS") && server.tls.is_none() {
+                if port.protocol == Protocol::Https && server.tls.is_none() {
                     report.at(
                         &codes::REQUIRED,
                         &path,

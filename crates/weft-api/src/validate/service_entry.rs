@@ -9,7 +9,7 @@ use super::rules::{
     is_dns_subdomain,
 };
 use crate::codes;
-use crate::networking::PORT_PROTOCOLS;
+use crate::networking::Protocol;
 use crate::networking::service_entry::{Resolution, ServiceEntry};
 use crate::networking::workload_entry::WorkloadEntry;
 
@@ -97,15 +97,16 @@ pub(crate) fn validate(se: &ServiceEntry, report: &mut Report<'_>) {
     }
 }
 
-/// Checks a protocol name as Istio parses it (case-insensitive).
-pub(crate) fn check_protocol(protocol: &str, path: &str, report: &mut Report<'_>) {
-    if !protocol.is_empty() && !PORT_PROTOCOLS.contains(&protocol.to_ascii_uppercase().as_str()) {
+/// Reports a protocol name Istio does not accept (the loader read it case-insensitively).
+pub(crate) fn check_protocol(protocol: &Protocol, path: &str, report: &mut Report<'_>) {
+    if let Protocol::Unknown(name) = protocol {
+        let known: Vec<&str> = Protocol::KNOWN.iter().map(Protocol::as_str).collect();
         report.at(
             &codes::INVALID_ENUM,
             path,
             format!(
-                "{protocol:?} is not a protocol; use one of {}",
-                PORT_PROTOCOLS.join(", ")
+                "{name:?} is not a protocol; use one of {}",
+                known.join(", ")
             ),
         );
     }

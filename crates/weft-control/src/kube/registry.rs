@@ -23,6 +23,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
+use weft_api::networking::Protocol;
 use weft_api::networking::service_entry::{Location, Resolution};
 
 use crate::registry::{Endpoint, Service, ServicePort};
@@ -265,30 +266,30 @@ fn service_of(
 }
 
 /// A port's protocol as Istio reads it: `appProtocol` first, then the name's prefix before
-/// `-` (or the whole name); empty (detected per connection) when neither says.
-fn protocol(app_protocol: Option<&str>, name: Option<&str>) -> String {
-    const KNOWN: &[(&str, &str)] = &[
-        ("http", "HTTP"),
-        ("http2", "HTTP2"),
-        ("grpc", "GRPC"),
-        ("grpc-web", "GRPC-WEB"),
-        ("h2c", "HTTP2"),
-        ("kubernetes.io/h2c", "HTTP2"),
-        ("kubernetes.io/ws", "HTTP"),
-        ("kubernetes.io/wss", "TLS"),
-        ("https", "HTTPS"),
-        ("tls", "TLS"),
-        ("tcp", "TCP"),
-        ("mongo", "Mongo"),
-        ("redis", "Redis"),
-        ("mysql", "MySQL"),
+/// `-` (or the whole name); unspecified (detected per connection) when neither says.
+fn protocol(app_protocol: Option<&str>, name: Option<&str>) -> Protocol {
+    const KNOWN: &[(&str, Protocol)] = &[
+        ("http", Protocol::Http),
+        ("http2", Protocol::Http2),
+        ("grpc", Protocol::Grpc),
+        ("grpc-web", Protocol::GrpcWeb),
+        ("h2c", Protocol::Http2),
+        ("kubernetes.io/h2c", Protocol::Http2),
+        ("kubernetes.io/ws", Protocol::Http),
+        ("kubernetes.io/wss", Protocol::Tls),
+        ("https", Protocol::Https),
+        ("tls", Protocol::Tls),
+        ("tcp", Protocol::Tcp),
+        ("mongo", Protocol::Mongo),
+        ("redis", Protocol::Redis),
+        ("mysql", Protocol::Mysql),
     ];
     let lookup = |word: &str| {
         let word = word.to_ascii_lowercase();
         KNOWN
             .iter()
             .find(|(name, _)| *name == word)
-            .map(|(_, protocol)| protocol.to_ascii_uppercase())
+            .map(|(_, protocol)| protocol.clone())
     };
     if let Some(protocol) = app_protocol.and_then(lookup) {
         return protocol;
@@ -304,13 +305,14 @@ mod tests {
 
     #[test]
     fn a_port_protocol_comes_from_app_protocol_then_the_name_prefix() {
-        assert_eq!(protocol(Some("grpc"), Some("http-web")), "GRPC");
-        assert_eq!(protocol(None, Some("http-web")), "HTTP");
-        assert_eq!(protocol(None, Some("http")), "HTTP");
-        assert_eq!(protocol(None, Some("grpc-api")), "GRPC");
-        assert_eq!(protocol(None, Some("tcp-db")), "TCP");
-        assert_eq!(protocol(Some("kubernetes.io/h2c"), None), "HTTP2");
-        assert_eq!(protocol(None, Some("web")), "");
-        assert_eq!(protocol(None, None), "");
+        let name = |app_protocol, name| protocol(app_protocol, name).as_str().to_string();
+        assert_eq!(name(Some("grpc"), Some("http-web")), "GRPC");
+        assert_eq!(name(None, Some("http-web")), "HTTP");
+        assert_eq!(name(None, Some("http")), "HTTP");
+        assert_eq!(name(None, Some("grpc-api")), "GRPC");
+        assert_eq!(name(None, Some("tcp-db")), "TCP");
+        assert_eq!(name(Some("kubernetes.io/h2c"), None), "HTTP2");
+        assert_eq!(name(None, Some("web")), "");
+        assert_eq!(name(None, None), "");
     }
 }

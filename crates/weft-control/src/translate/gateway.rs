@@ -7,17 +7,15 @@
 //! bound to one of those Gateways (`gateways: [ns/name]`, or `name` in the VirtualService's
 //! namespace) whose hosts the server admits, with the VirtualService's routes. A host of a
 //! server with `tls.httpsRedirect` gets `require_tls: ALL`: plain HTTP to it is redirected.
+//! The routes themselves are the sidecars' ([`crate::translate::outbound::route`]); this
+//! module decides only which VirtualServices and hosts a gateway port serves.
 
 use weft_api::Resource as ApiResource;
 use weft_api::networking::ServerTlsMode;
 use weft_api::networking::gateway::{Gateway, Server};
 use weft_api::networking::virtual_service::VirtualService;
-use weft_xds::envoy::envoy::config::core::v3::{
-    DataSource, TrafficDirection, TransportSocket, data_source, transport_socket,
-};
-use weft_xds::envoy::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, Listener, filter,
-};
+use weft_xds::envoy::envoy::config::core::v3::TrafficDirection;
+use weft_xds::envoy::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use weft_xds::envoy::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use weft_xds::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
@@ -28,7 +26,10 @@ use weft_xds::envoy::google::protobuf::BoolValue;
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
-use super::Client;
+use super::client::Client;
+use super::envoy::{file, http_manager, http_manager_filter, socket, tls_socket};
+use super::names::port_listener_name;
+use super::outbound::route::{Place, virtual_service_routes};
 use crate::model::MeshSnapshot;
 use crate::registry::{Service, fqdn};
 
@@ -74,7 +75,7 @@ pub(crate) fn listener_names(snapshot: &MeshSnapshot, client: &Client) -> Vec<St
         .collect();
     ports.sort_unstable();
     ports.dedup();
-    ports.into_iter().map(|p| format!("0.0.0.0_{p}")).collect()
+    ports.into_iter().map(port_listener_name).collect()
 }
 
 /// The name of a gateway port's route configuration.
@@ -92,12 +93,8 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
         return None;
     }
     let manager = || {
-        let manager =
-            super::listener::http_manager(&format!("gateway_0.0.0.0_{port}"), &route_name(port));
-        vec![Filter {
-            name: "envoy.filters.network.http_connection_manager".to_string(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
-        }]
+        let manager = http_manager(&format!("gateway_0.0.0.0_{port}"), &route_name(port));
+        vec![http_manager_filter(&manager)]
     };
     let mut filter_chains = Vec::new();
     let mut plaintext = false;
@@ -145,12 +142,7 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
                         ..FilterChainMatch::default()
                     }),
                     filters: manager(),
-                    transport_socket: Some(TransportSocket {
-                        name: "envoy.transport_sockets.tls".to_string(),
-                        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(
-                            &context,
-                        ))),
-                    }),
+                    transport_socket: Some(tls_socket(&context)),
                     ..FilterChain::default()
                 });
             }
@@ -166,26 +158,18 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
         });
     }
     let listener = Listener {
-        name: format!("0.0.0.0_{port}"),
-        address: Some(super::listener::socket(port)),
+        name: port_listener_name(port),
+        address: Some(socket(port)),
         traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains,
         ..Listener::default()
     };
-    Some(Resource::new(format!("0.0.0.0_{port}"), pack(&listener)))
+    Some(Resource::new(port_listener_name(port), pack(&listener)))
 }
 
 /// Whether a server answers plain HTTP with a redirect to HTTPS (`tls.httpsRedirect`).
 fn https_redirect(server: &Server) -> bool {
     server.tls.as_ref().is_some_and(|tls| tls.https_redirect)
-}
-
-/// A file path as an Envoy data source.
-fn file(path: &str) -> DataSource {
-    DataSource {
-        specifier: Some(data_source::Specifier::Filename(path.to_string())),
-        ..DataSource::default()
-    }
 }
 
 /// The SNI names a TLS server answers: its hosts without their namespace part; none (any
@@ -256,7 +240,7 @@ pub(crate) fn route_resource(
         .collect();
     gateways.sort_unstable();
     gateways.dedup();
-    let place = super::route::Place::Gateways(gateways);
+    let place = Place::Gateways(gateways);
     let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     for (resource, vs) in &snapshot.gateway_virtual_services {
         let namespace = resource.namespace();
@@ -283,7 +267,7 @@ pub(crate) fn route_resource(
                 location: weft_api::networking::service_entry::Location::MeshExternal,
                 endpoints: Vec::new(),
             };
-            let routes = super::route::virtual_service_routes(
+            let routes = virtual_service_routes(
                 snapshot,
                 vs,
                 namespace,

@@ -11,93 +11,41 @@
 //! service the client may reach: all of them, unless a Sidecar resource applies to the client,
 //! whose egress `hosts` (`namespace/host`) then limit listeners, routes and clusters — Istio's
 //! cure for proxies whose memory grows with the mesh.
+//!
+//! Layout, each module depending only on those above it (no cycle):
+//!
+//! * [`names`], `envoy`, `client` — resource names; Envoy building blocks with no Istio
+//!   semantics; who is asking.
+//! * `policy` — the service a name means and the DestinationRule policy in force.
+//! * `tls` — the mesh's transport sockets and the `ROOTCA` secret.
+//! * `outbound` — a sidecar's or proxyless client's listeners, routes, clusters, endpoints.
+//! * `inbound` — a sidecar's own listener and clusters, with its mTLS mode and RBAC.
+//! * `gateway` — an ingress gateway's listeners and routes, which reuse the outbound
+//!   routes of the VirtualServices bound to it.
+//! * this module — [`MeshGenerator`]: which builder answers a request, and the cache.
 
-mod authz;
-mod cluster;
-mod endpoint;
+mod client;
+mod envoy;
 mod gateway;
-pub mod inbound;
-mod listener;
-mod route;
-pub mod tls;
+mod inbound;
+pub mod names;
+mod outbound;
+mod policy;
+mod tls;
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use weft_xds::envoy::envoy::config::core::v3::Node;
-use weft_xds::envoy::google::protobuf::Duration as PbDuration;
 use weft_xds::server::{Generator, Resource, ResourceSet};
 use weft_xds::types;
 
+pub use self::client::Client;
+use self::names::{INBOUND_LISTENER, PASSTHROUGH_CLUSTER, ROOT_SECRET, parse_port_listener_name};
+pub use self::names::{cluster_name, parse_cluster_name};
+use self::outbound::{cluster, endpoint, listener, route};
 use crate::model::MeshSnapshot;
 use crate::registration::{RegisteredWorkload, Registrations};
-use crate::registry::fqdn;
-
-/// The name of the cluster for a port and subset of a host, Istio's way.
-pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
-    format!("outbound|{port}|{subset}|{host}")
-}
-
-/// Splits an Istio cluster name into port, subset and host.
-pub fn parse_cluster_name(name: &str) -> Option<(u32, &str, &str)> {
-    let mut parts = name.splitn(4, '|');
-    if parts.next()? != "outbound" {
-        return None;
-    }
-    let port = parts.next()?.parse().ok()?;
-    Some((port, parts.next()?, parts.next()?))
-}
-
-/// Who is asking: the namespace short names resolve in, the labels `sourceLabels` match, and
-/// whether it is a proxyless gRPC client (which supports fewer load balancers).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Client {
-    /// The client's namespace.
-    pub namespace: String,
-    /// The client workload's labels.
-    pub labels: BTreeMap<String, String>,
-    /// A gRPC library rather than a proxy.
-    pub proxyless_grpc: bool,
-    /// The workload behind a sidecar that says what it serves; it gets inbound listeners.
-    pub workload: Option<RegisteredWorkload>,
-    /// An ingress gateway (node id `router~…`): it gets the listeners of the Gateways that
-    /// select it instead of a sidecar's.
-    pub gateway: bool,
-}
-
-impl Client {
-    /// Reads the client from its node: metadata `NAMESPACE` and `LABELS` (as Istio's agent
-    /// sends them), else an Istio-format node id `sidecar~IP~name.ns~ns.svc.cluster.local`,
-    /// else `default`.
-    pub fn from_node(node: &Node) -> Self {
-        let namespace = crate::node::string(node, "NAMESPACE")
-            .or_else(|| {
-                let mut parts = node.id.split('~');
-                let (_kind, _ip, workload) = (parts.next()?, parts.next()?, parts.next()?);
-                workload.split_once('.').map(|(_, ns)| ns.to_string())
-            })
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or_else(|| "default".to_string());
-        let gateway = node.id.starts_with("router~");
-        let proxyless_grpc = node.user_agent_name.starts_with("gRPC")
-            || crate::node::string(node, "GENERATOR").is_some_and(|g| g == "grpc");
-        Self {
-            namespace,
-            labels: crate::node::string_map(node, "LABELS"),
-            workload: (!proxyless_grpc)
-                .then(|| RegisteredWorkload::from_node(node))
-                .flatten(),
-            proxyless_grpc,
-            gateway,
-        }
-    }
-
-    /// Resolves a host as written by this client (`reviews` → `reviews.<ns>.svc.cluster.local`).
-    pub fn resolve(&self, host: &str) -> String {
-        fqdn(host, &self.namespace)
-    }
-}
 
 /// What a resource's content can depend on besides its name: the client's namespace (short
 /// names), labels (`sourceLabels`) and kind (load balancer defaults).
@@ -330,14 +278,12 @@ impl MeshGenerator {
         name: &str,
     ) -> Option<Resource> {
         match type_url {
-            types::LISTENER if client.gateway => name
-                .strip_prefix("0.0.0.0_")
-                .and_then(|p| p.parse().ok())
+            types::LISTENER if client.gateway => parse_port_listener_name(name)
                 .and_then(|port| gateway::listener(snapshot, client, port)),
             types::LISTENER => listener::listener(snapshot, client, name),
             types::ROUTE if client.gateway => gateway::route_resource(snapshot, client, name),
             types::ROUTE => route::route_resource(snapshot, client, name),
-            types::CLUSTER if name == listener::PASSTHROUGH_CLUSTER => Some(cluster::passthrough()),
+            types::CLUSTER if name == PASSTHROUGH_CLUSTER => Some(cluster::passthrough()),
             types::CLUSTER => {
                 cluster::cluster_resource(snapshot, client, name, &self.identity.trust_domain)
             }
@@ -345,7 +291,7 @@ impl MeshGenerator {
                 endpoint::endpoint_resource(snapshot, name, &self.identity.trust_domain)
             }
             types::SECRET => match (name, &self.identity.root_pem) {
-                (tls::ROOT_SECRET, Some(root)) => Some(tls::root_secret(root)),
+                (ROOT_SECRET, Some(root)) => Some(tls::root_secret(root)),
                 _ => None,
             },
             _ => None,
@@ -362,7 +308,7 @@ impl Generator for MeshGenerator {
         }
         // A workload's own inbound side is built for it alone, not cached.
         let own = |name: &str| match (type_url, &client.workload) {
-            (types::LISTENER, Some(workload)) if name == inbound::INBOUND_LISTENER => Some(Some(
+            (types::LISTENER, Some(workload)) if name == INBOUND_LISTENER => Some(Some(
                 inbound::listener(&snapshot, workload, &self.identity.trust_domain),
             )),
             (types::CLUSTER, Some(workload)) if name.starts_with("inbound|") => {
@@ -403,7 +349,7 @@ impl Generator for MeshGenerator {
                         types::CLUSTER => {
                             let mut names = cluster::all_names(&snapshot, visible);
                             if !client.proxyless_grpc {
-                                names.push(listener::PASSTHROUGH_CLUSTER.to_string());
+                                names.push(PASSTHROUGH_CLUSTER.to_string());
                             }
                             names
                         }
@@ -411,7 +357,7 @@ impl Generator for MeshGenerator {
                     }
                 });
                 let own_names: Vec<String> = match (type_url, &client.workload) {
-                    (types::LISTENER, Some(_)) => vec![inbound::INBOUND_LISTENER.to_string()],
+                    (types::LISTENER, Some(_)) => vec![INBOUND_LISTENER.to_string()],
                     (types::CLUSTER, Some(workload)) => inbound::cluster_names(workload),
                     _ => Vec::new(),
                 };
@@ -434,37 +380,6 @@ impl Generator for MeshGenerator {
     fn disconnected(&self, stream: u64) {
         self.registrations.disconnected(stream);
     }
-}
-
-/// A protobuf duration.
-pub(crate) fn duration(d: std::time::Duration) -> PbDuration {
-    PbDuration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Splits `host:port` (a listener or route configuration name) into its parts.
-pub(crate) fn split_host_port(name: &str) -> (&str, Option<u32>) {
-    match name.rsplit_once(':') {
-        Some((host, port)) => match port.parse() {
-            Ok(port) => (host, Some(port)),
-            Err(_) => (name, None),
-        },
-        None => (name, None),
-    }
-}
-
-/// The service and port a `host[:port]` name refers to, for this client.
-pub(crate) fn resolve_target<'a>(
-    snapshot: &'a MeshSnapshot,
-    client: &Client,
-    name: &str,
-) -> Option<(&'a crate::registry::Service, u32)> {
-    let (host, port) = split_host_port(name);
-    let service = snapshot.services.get(&client.resolve(host))?;
-    let port = service.port(port)?.number;
-    Some((service, port))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! TLS towards upstreams, as a DestinationRule's `tls` (or its absence) asks.
+//! The mesh's transport sockets. Towards upstreams, as a DestinationRule's `tls` (or its
+//! absence) asks:
 //!
 //! * **ISTIO_MUTUAL** — the mesh's own mTLS: the proxy's certificate is the SDS secret
 //!   `default` and the trust bundle the SDS secret `ROOTCA` (Istio's names); ALPN `istio`;
@@ -9,9 +10,11 @@
 //! * **SIMPLE / MUTUAL** — TLS origination with the files the rule names.
 //! * **DISABLE** — plaintext.
 //!
-//! The control plane serves `ROOTCA` (see [`root_secret`]); `default` holds the proxy's own
-//! key, which never leaves it, so the proxy (or its agent) serves that one itself, as Istio's
-//! agent does.
+//!
+//! Towards the workload, the inbound side terminates mesh mTLS with the same two secrets
+//! ([`mesh_tls_server`]). The control plane serves `ROOTCA` (see [`root_secret`]); `default`
+//! holds the proxy's own key, which never leaves it, so the proxy (or its agent) serves that
+//! one itself, as Istio's agent does.
 
 use std::collections::BTreeSet;
 
@@ -23,24 +26,19 @@ use weft_xds::envoy::envoy::config::core::v3::{
 };
 use weft_xds::envoy::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret, SubjectAltNameMatcher,
-    TlsCertificate, UpstreamTlsContext, common_tls_context::CombinedCertificateValidationContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    common_tls_context::CombinedCertificateValidationContext,
     common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
 };
 use weft_xds::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
-use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
+use weft_xds::envoy::google::protobuf::{BoolValue, Struct, Value, value::Kind};
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
-use super::listener::ads;
+use super::envoy::{ads, file, tls_socket};
+use super::names::{ROOT_SECRET, WORKLOAD_SECRET};
 use crate::registry::Service;
-
-/// The SDS secret holding a proxy's own certificate and key.
-pub const WORKLOAD_SECRET: &str = "default";
-/// The SDS secret holding the mesh's trust bundle.
-pub const ROOT_SECRET: &str = "ROOTCA";
-/// Endpoint metadata key telling which transport socket applies (Istio's).
-pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 /// The `ROOTCA` secret: the root certificate workloads trust.
 pub(crate) fn root_secret(root_pem: &str) -> Resource {
@@ -123,11 +121,15 @@ pub(crate) fn apply(
     }
 }
 
-fn mesh_tls(sni: String, identities: BTreeSet<String>) -> TransportSocket {
-    let sds = |name: &str| SdsSecretConfig {
+/// An SDS secret, over the ADS stream.
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
         name: name.to_string(),
         sds_config: Some(ads()),
-    };
+    }
+}
+
+fn mesh_tls(sni: String, identities: BTreeSet<String>) -> TransportSocket {
     let context = UpstreamTlsContext {
         sni,
         common_tls_context: Some(CommonTlsContext {
@@ -149,6 +151,23 @@ fn mesh_tls(sni: String, identities: BTreeSet<String>) -> TransportSocket {
             ..CommonTlsContext::default()
         }),
         ..UpstreamTlsContext::default()
+    };
+    tls_socket(&context)
+}
+
+/// mTLS with the workload's own certificate, requiring a client certificate from the mesh.
+pub(crate) fn mesh_tls_server() -> TransportSocket {
+    let context = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
+            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(ROOT_SECRET),
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..DownstreamTlsContext::default()
     };
     tls_socket(&context)
 }
@@ -183,13 +202,6 @@ fn originate(settings: &ClientTlsSettings, mutual: bool, host: &str) -> Transpor
     tls_socket(&context)
 }
 
-fn tls_socket(context: &UpstreamTlsContext) -> TransportSocket {
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(context))),
-    }
-}
-
 fn raw_buffer() -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.raw_buffer".to_string(),
@@ -207,13 +219,6 @@ fn san(kind: SanType, value: &str) -> SubjectAltNameMatcher {
             ..StringMatcher::default()
         }),
         ..SubjectAltNameMatcher::default()
-    }
-}
-
-fn file(path: &str) -> DataSource {
-    DataSource {
-        specifier: Some(data_source::Specifier::Filename(path.to_string())),
-        ..DataSource::default()
     }
 }
 

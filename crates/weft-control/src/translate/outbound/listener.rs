@@ -2,42 +2,27 @@
 //! the route configuration of the same name. A sidecar gets Istio's outbound shape:
 //! `virtualOutbound` on 15001 handing connections to `0.0.0.0_<port>` listeners, each routing
 //! HTTP by Host with the route configuration `<port>`; its inbound side is in
-//! [`super::inbound`].
+//! [`crate::translate::inbound`].
 
-use weft_xds::envoy::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, TrafficDirection,
-    address, config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
-};
+use weft_xds::envoy::envoy::config::core::v3::TrafficDirection;
 use weft_xds::envoy::envoy::config::listener::v3::{
-    ApiListener, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
-    listener_filter,
-};
-use weft_xds::envoy::envoy::extensions::filters::http::fault::v3::HttpFault;
-use weft_xds::envoy::envoy::extensions::filters::http::router::v3::Router;
-use weft_xds::envoy::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
-use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
-    http_filter::ConfigType,
+    ApiListener, FilterChain, FilterChainMatch, Listener,
 };
 use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use weft_xds::envoy::google::protobuf::BoolValue;
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
 
-use super::{Client, resolve_target};
 use crate::model::MeshSnapshot;
-
-/// The name of the HTTP filter that injects faults; routes configure it per route.
-pub(crate) const FAULT_FILTER: &str = "envoy.filters.http.fault";
-
-/// A config source meaning "over the same ADS stream".
-pub(crate) fn ads() -> ConfigSource {
-    ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        ..ConfigSource::default()
-    }
-}
+use crate::translate::client::Client;
+use crate::translate::envoy::{
+    HTTP_PROTOCOLS, http_inspector, http_manager, http_manager_filter, socket, tcp_proxy_filter,
+};
+use crate::translate::names::{
+    OUTBOUND_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND, parse_port_listener_name,
+    port_listener_name,
+};
+use crate::translate::policy::resolve_target;
 
 /// Every listener name, for a wildcard subscription: `<host>:<port>` of every service port.
 pub(crate) fn all_names(
@@ -67,13 +52,13 @@ pub(crate) fn sidecar_names(
         .values()
         .filter(|s| MeshSnapshot::reachable(s, visible))
         .flat_map(|s| &s.ports)
-        .filter(|p| super::route::is_http(&p.protocol))
+        .filter(|p| p.protocol.is_http())
         .map(|p| p.number)
         .collect();
     ports.sort_unstable();
     ports.dedup();
     std::iter::once(VIRTUAL_OUTBOUND.to_string())
-        .chain(ports.into_iter().map(|port| format!("0.0.0.0_{port}")))
+        .chain(ports.into_iter().map(port_listener_name))
         .collect()
 }
 
@@ -83,36 +68,16 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, name: &str) -> 
     if name == VIRTUAL_OUTBOUND {
         return Some(Resource::new(name, pack(&virtual_outbound())));
     }
-    if let Some(port) = name
-        .strip_prefix("0.0.0.0_")
-        .and_then(|p| p.parse::<u32>().ok())
-    {
+    if let Some(port) = parse_port_listener_name(name) {
         let sniffed = snapshot.services.values().any(|s| {
             s.ports
                 .iter()
-                .any(|p| p.number == port && super::route::is_sniffed(&p.protocol))
+                .any(|p| p.number == port && p.protocol.is_sniffed())
         });
         return Some(Resource::new(name, pack(&port_listener(port, sniffed))));
     }
     resolve_target(snapshot, client, name)?;
     Some(Resource::new(name, pack(&api_listener(name))))
-}
-
-/// The listener interception sends outbound connections to (Istio's name and port).
-pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
-/// Its port.
-pub const OUTBOUND_PORT: u32 = 15001;
-/// The cluster that forwards to a connection's original destination.
-pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
-
-pub(crate) fn socket(port: u32) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "0.0.0.0".to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..SocketAddress::default()
-        })),
-    }
 }
 
 /// Hands each intercepted connection to the listener of its original port; what no listener
@@ -132,10 +97,7 @@ fn virtual_outbound() -> Listener {
         traffic_direction: TrafficDirection::Outbound as i32,
         default_filter_chain: Some(FilterChain {
             name: PASSTHROUGH_CLUSTER.to_string(),
-            filters: vec![Filter {
-                name: "envoy.filters.network.tcp_proxy".to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack(&passthrough))),
-            }],
+            filters: vec![tcp_proxy_filter(&passthrough)],
             ..FilterChain::default()
         }),
         ..Listener::default()
@@ -153,14 +115,11 @@ fn port_listener(port: u32, sniffed: bool) -> Listener {
             application_protocols: HTTP_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
             ..FilterChainMatch::default()
         }),
-        filters: vec![Filter {
-            name: "envoy.filters.network.http_connection_manager".to_string(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
-        }],
+        filters: vec![http_manager_filter(&manager)],
         ..FilterChain::default()
     };
     let mut listener = Listener {
-        name: format!("0.0.0.0_{port}"),
+        name: port_listener_name(port),
         address: Some(socket(port)),
         // Reached through virtualOutbound, not bound itself.
         bind_to_port: Some(BoolValue { value: false }),
@@ -175,20 +134,6 @@ fn port_listener(port: u32, sniffed: bool) -> Listener {
     listener
 }
 
-/// What Envoy's HTTP inspector reports for HTTP/1.x and cleartext HTTP/2.
-pub(crate) const HTTP_PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
-
-/// The listener filter that detects HTTP on a connection.
-pub(crate) fn http_inspector() -> ListenerFilter {
-    ListenerFilter {
-        name: "envoy.filters.listener.http_inspector".to_string(),
-        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
-            &HttpInspector::default(),
-        ))),
-        ..ListenerFilter::default()
-    }
-}
-
 fn api_listener(name: &str) -> Listener {
     let manager = http_manager(name, name);
     Listener {
@@ -197,30 +142,5 @@ fn api_listener(name: &str) -> Listener {
             api_listener: Some(pack(&manager)),
         }),
         ..Listener::default()
-    }
-}
-
-/// An HTTP connection manager whose routes come over RDS, with the fault filter (configured
-/// per route) and the router.
-pub(crate) fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
-    HttpConnectionManager {
-        stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: route_config_name.to_string(),
-        })),
-        http_filters: vec![
-            HttpFilter {
-                name: FAULT_FILTER.to_string(),
-                config_type: Some(ConfigType::TypedConfig(pack(&HttpFault::default()))),
-                ..HttpFilter::default()
-            },
-            HttpFilter {
-                name: "envoy.filters.http.router".to_string(),
-                config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
-                ..HttpFilter::default()
-            },
-        ],
-        ..HttpConnectionManager::default()
     }
 }

@@ -1,10 +1,12 @@
 //! Clusters: one per service port and subset, `outbound|<port>|<subset>|<host>`, with
-//! endpoints over EDS and the DestinationRule's policy (subset policy over the top level,
-//! field by field, as in Istio).
+//! endpoints over EDS and the DestinationRule's policy in force for it (as
+//! [`crate::translate::policy`] resolves it) turned into Envoy's balancer, circuit breakers,
+//! outlier detection, HTTP protocol options and TLS.
 
+use weft_api::networking::Protocol;
 use weft_api::networking::destination_rule::{
     ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings,
-    OutlierDetection as IstioOutlier, SimpleLb, TcpKeepalive as IstioTcpKeepalive, TrafficPolicy,
+    OutlierDetection as IstioOutlier, SimpleLb, TcpKeepalive as IstioTcpKeepalive,
 };
 use weft_xds::envoy::envoy::config::cluster::v3::UpstreamConnectionOptions;
 use weft_xds::envoy::envoy::config::cluster::v3::cluster::{
@@ -28,9 +30,12 @@ use weft_xds::envoy::google::protobuf::{UInt32Value, UInt64Value};
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use super::listener::ads;
-use super::{Client, cluster_name, duration, parse_cluster_name};
 use crate::model::MeshSnapshot;
+use crate::translate::client::Client;
+use crate::translate::envoy::{HTTP_PROTOCOL_OPTIONS, ads, duration};
+use crate::translate::names::{PASSTHROUGH_CLUSTER, cluster_name, parse_cluster_name};
+use crate::translate::policy::effective_policy;
+use crate::translate::tls;
 
 /// Istio's TCP connect timeout when none is set.
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -66,7 +71,7 @@ pub(crate) fn all_names(
 /// The cluster that forwards a connection to its original destination.
 pub(crate) fn passthrough() -> Resource {
     let cluster = Cluster {
-        name: super::listener::PASSTHROUGH_CLUSTER.to_string(),
+        name: PASSTHROUGH_CLUSTER.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(
             DiscoveryType::OriginalDst as i32,
         )),
@@ -74,7 +79,7 @@ pub(crate) fn passthrough() -> Resource {
         connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
         ..Cluster::default()
     };
-    Resource::new(super::listener::PASSTHROUGH_CLUSTER, pack(&cluster))
+    Resource::new(PASSTHROUGH_CLUSTER, pack(&cluster))
 }
 
 /// The cluster called `name`, if its service, port and subset exist.
@@ -86,54 +91,6 @@ pub(crate) fn cluster_resource(
 ) -> Option<Resource> {
     let cluster = cluster(snapshot, client, name, trust_domain)?;
     Some(Resource::new(name, pack(&cluster)))
-}
-
-/// The effective policy for a subset: the subset's fields over the top level's.
-pub(crate) fn effective_policy(
-    snapshot: &MeshSnapshot,
-    host: &str,
-    subset: &str,
-    port: u32,
-) -> TrafficPolicy {
-    let Some(dr) = snapshot.destination_rule(host) else {
-        return TrafficPolicy::default();
-    };
-    let mut policy = dr.traffic_policy.clone().unwrap_or_default();
-    // A port-level policy replaces the top-level one for its port; unset fields take defaults.
-    if let Some(port_policy) = policy
-        .port_level_settings
-        .iter()
-        .find(|p| p.port.as_ref().is_some_and(|p| p.number == port))
-    {
-        policy = TrafficPolicy {
-            load_balancer: port_policy.load_balancer.clone(),
-            connection_pool: port_policy.connection_pool.clone(),
-            outlier_detection: port_policy.outlier_detection.clone(),
-            tls: port_policy.tls.clone(),
-            ..TrafficPolicy::default()
-        };
-    }
-    if let Some(sub) = snapshot
-        .rules_for(host)
-        .iter()
-        .flat_map(|(_, dr)| &dr.subsets)
-        .find(|s| s.name == subset)
-        .and_then(|s| s.traffic_policy.as_ref())
-    {
-        if sub.load_balancer.is_some() {
-            policy.load_balancer = sub.load_balancer.clone();
-        }
-        if sub.connection_pool.is_some() {
-            policy.connection_pool = sub.connection_pool.clone();
-        }
-        if sub.outlier_detection.is_some() {
-            policy.outlier_detection = sub.outlier_detection.clone();
-        }
-        if sub.tls.is_some() {
-            policy.tls = sub.tls.clone();
-        }
-    }
-    policy
 }
 
 fn cluster(
@@ -185,7 +142,7 @@ fn cluster(
     }
     // Proxyless gRPC clients take their TLS from their own credentials, not from SDS.
     if !client.proxyless_grpc {
-        super::tls::apply(
+        tls::apply(
             &mut cluster,
             policy.tls.as_ref(),
             service,
@@ -241,10 +198,6 @@ fn lb_policy(settings: Option<&LoadBalancerSettings>, client: &Client) -> LbPoli
     }
 }
 
-/// The key Envoy reads a cluster's HTTP protocol options under.
-pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
 /// How a proxy speaks HTTP to the upstream, for ports routed as HTTP: HTTP/2 for `GRPC` and
 /// `HTTP2` ports or when `h2UpgradePolicy: UPGRADE`, the client's own protocol with
 /// `useClientProtocol`, else HTTP/1.1; and the pool's per-connection limits (`idleTimeout`,
@@ -253,9 +206,9 @@ pub(crate) const HTTP_PROTOCOL_OPTIONS: &str =
 /// DestinationRule says nothing. `None` for TCP ports.
 fn http_protocol_options(
     pool: Option<&ConnectionPoolSettings>,
-    protocol: &str,
+    protocol: &Protocol,
 ) -> Option<HttpProtocolOptions> {
-    if !super::route::is_http(protocol) {
+    if !protocol.is_http() {
         return None;
     }
     let http = pool.and_then(|p| p.http.as_ref());
@@ -276,7 +229,10 @@ fn http_protocol_options(
         ..Http2ProtocolOptions::default()
     };
     let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
-    let speaks_http2 = matches!(protocol, "GRPC" | "GRPC-WEB" | "HTTP2") || upgrade;
+    let speaks_http2 = matches!(
+        protocol,
+        Protocol::Grpc | Protocol::GrpcWeb | Protocol::Http2
+    ) || upgrade;
     let upstream_protocol = if http.is_some_and(|h| h.use_client_protocol) {
         UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
             http2_protocol_options: Some(http2),

@@ -2,7 +2,9 @@
 //!
 //! Each `match` entry of a rule becomes one route with the rule's action, so Envoy's
 //! first-match over routes is Istio's first-match over rules with OR'ed matches. With no
-//! VirtualService a host gets one catch-all route with Istio's default retry policy.
+//! VirtualService a host gets one catch-all route with Istio's default retry policy. An
+//! ingress gateway's routes are built by the same [`virtual_service_routes`], for its
+//! [`Place`].
 
 use std::collections::HashMap;
 
@@ -39,10 +41,12 @@ use weft_xds::envoy::google::protobuf::{Any, BoolValue, UInt32Value};
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use super::listener::FAULT_FILTER;
-use super::{Client, cluster_name, duration, resolve_target};
 use crate::model::MeshSnapshot;
 use crate::registry::Service;
+use crate::translate::client::Client;
+use crate::translate::envoy::{FAULT_FILTER, duration};
+use crate::translate::names::{cluster_name, parse_cluster_name};
+use crate::translate::policy::{effective_policy, resolve_target};
 
 /// Istio's retry policy for a route that has none (Istio ≥ 1.24: 503 is no longer retried).
 const DEFAULT_RETRY_ON: &str =
@@ -90,7 +94,7 @@ fn port_route_configuration(
         .services
         .values()
         .filter(|s| MeshSnapshot::reachable(s, visible.as_deref()))
-        .filter(|s| s.port(Some(port)).is_some_and(|p| is_http(&p.protocol)))
+        .filter(|s| s.port(Some(port)).is_some_and(|p| p.protocol.is_http()))
         .map(|service| {
             virtual_host(
                 snapshot,
@@ -106,20 +110,6 @@ fn port_route_configuration(
         virtual_hosts,
         ..RouteConfiguration::default()
     })
-}
-
-/// Whether a declared protocol is routed as HTTP (undeclared ones are, as Istio sniffs them).
-pub(crate) fn is_http(protocol: &str) -> bool {
-    !matches!(
-        protocol,
-        "TCP" | "TLS" | "MONGO" | "MYSQL" | "REDIS" | "HTTPS"
-    )
-}
-
-/// Whether a port's protocol is left to detection per connection: undeclared, as Istio does
-/// for ports without a protocol prefix in their name.
-pub(crate) fn is_sniffed(protocol: &str) -> bool {
-    protocol.is_empty()
 }
 
 /// The Host values that mean `service` on `port`: its full name, and for Kubernetes-style
@@ -608,10 +598,10 @@ fn hash_policy(snapshot: &MeshSnapshot, cluster: &str) -> Vec<HashPolicy> {
     use weft_xds::envoy::envoy::config::route::v3::route_action::hash_policy::{
         ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
     };
-    let Some((port, subset, host)) = super::parse_cluster_name(cluster) else {
+    let Some((port, subset, host)) = parse_cluster_name(cluster) else {
         return Vec::new();
     };
-    let policy = super::cluster::effective_policy(snapshot, host, subset, port);
+    let policy = effective_policy(snapshot, host, subset, port);
     let Some(hash) = policy
         .load_balancer
         .as_ref()

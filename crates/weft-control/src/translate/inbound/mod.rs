@@ -8,24 +8,19 @@
 //! Each chain runs the workload's RBAC (DENY, then ALLOW) before forwarding: as HTTP filters
 //! for HTTP ports, as network filters for TCP ports.
 
+pub(super) mod authz;
+
 use std::collections::BTreeMap;
 
-use weft_xds::envoy::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
-use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
-use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
-use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
-};
-
+use weft_api::networking::Protocol;
 use weft_api::security::peer_authentication::MtlsMode;
 use weft_xds::envoy::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType},
 };
 use weft_xds::envoy::envoy::config::core::v3::{
-    Address, SocketAddress, TrafficDirection, address, socket_address::PortSpecifier,
+    Http1ProtocolOptions, Http2ProtocolOptions, TrafficDirection,
 };
-use weft_xds::envoy::envoy::config::core::v3::{TransportSocket, transport_socket};
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -37,31 +32,33 @@ use weft_xds::envoy::envoy::config::route::v3::{
     route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
 use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
-use weft_xds::envoy::envoy::extensions::filters::http::router::v3::Router;
 use weft_xds::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
 use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    common_tls_context::ValidationContextType,
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
-use weft_xds::envoy::google::protobuf::{BoolValue, UInt32Value};
+use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use super::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
-use super::listener::ads;
-use super::tls::{ROOT_SECRET, WORKLOAD_SECRET};
+use self::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
+use super::envoy::{
+    HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOLS, duration, http_inspector, http_manager_filter, router,
+    socket_address, tcp_proxy_filter,
+};
+use super::names::{
+    INBOUND_LISTENER, INBOUND_PORT, inbound_cluster_name, parse_inbound_cluster_name,
+};
+use super::tls::mesh_tls_server;
 use crate::model::MeshSnapshot;
 use crate::registration::RegisteredWorkload;
 
-/// The inbound listener's name (Istio's).
-pub const INBOUND_LISTENER: &str = "virtualInbound";
-/// The port interception sends inbound connections to (Istio's).
-pub const INBOUND_PORT: u32 = 15006;
 /// ALPN values Istio's proxies offer, which mark mesh mTLS on a PERMISSIVE port.
 const MESH_ALPN: [&str; 5] = [
     "istio-peer-exchange",
@@ -94,9 +91,9 @@ fn ports(snapshot: &MeshSnapshot, workload: &RegisteredWorkload) -> BTreeMap<u32
             .and_then(|s| s.port(Some(served.port)))
             .map(|p| p.protocol.clone())
             .unwrap_or_default();
-        let carries = if super::route::is_sniffed(&protocol) {
+        let carries = if protocol.is_sniffed() {
             Carries::Detect
-        } else if super::route::is_http(&protocol) {
+        } else if protocol.is_http() {
             Carries::Http
         } else {
             Carries::Tcp
@@ -119,11 +116,7 @@ pub(crate) fn cluster_names(workload: &RegisteredWorkload) -> Vec<String> {
     let mut ports: Vec<u32> = workload.serves.iter().map(|s| s.target_port).collect();
     ports.sort_unstable();
     ports.dedup();
-    ports.into_iter().map(cluster_name).collect()
-}
-
-fn cluster_name(port: u32) -> String {
-    format!("inbound|{port}||")
+    ports.into_iter().map(inbound_cluster_name).collect()
 }
 
 /// How the inbound side speaks HTTP to the application on `target_port`, from the protocol
@@ -134,7 +127,7 @@ fn app_protocol(
     workload: &RegisteredWorkload,
     target_port: u32,
 ) -> UpstreamProtocolOptions {
-    let protocols: std::collections::BTreeSet<String> = workload
+    let mut protocols = workload
         .serves
         .iter()
         .filter(|served| served.target_port == target_port)
@@ -146,19 +139,20 @@ fn app_protocol(
                 .and_then(|s| s.port(Some(served.port)))
                 .map(|p| p.protocol.clone())
                 .unwrap_or_default()
-        })
-        .collect();
+        });
+    // The one protocol every service port served here declares, if they agree.
+    let first = protocols.next();
+    let agreed = first.filter(|first| protocols.all(|p| p == *first));
     let explicit = |config| {
         UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(config),
         })
     };
-    let mut iter = protocols.iter().map(String::as_str);
-    match (iter.next(), iter.next()) {
-        (Some("HTTP"), None) => explicit(ProtocolConfig::HttpProtocolOptions(
+    match agreed {
+        Some(Protocol::Http) => explicit(ProtocolConfig::HttpProtocolOptions(
             Http1ProtocolOptions::default(),
         )),
-        (Some("HTTP2" | "GRPC"), None) => explicit(ProtocolConfig::Http2ProtocolOptions(
+        Some(Protocol::Http2 | Protocol::Grpc) => explicit(ProtocolConfig::Http2ProtocolOptions(
             Http2ProtocolOptions::default(),
         )),
         _ => UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
@@ -175,11 +169,7 @@ pub(crate) fn cluster(
     snapshot: &MeshSnapshot,
     workload: &RegisteredWorkload,
 ) -> Option<Resource> {
-    let port: u32 = name
-        .strip_prefix("inbound|")?
-        .strip_suffix("||")?
-        .parse()
-        .ok()?;
+    let port = parse_inbound_cluster_name(name)?;
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(app_protocol(snapshot, workload, port)),
         ..HttpProtocolOptions::default()
@@ -195,9 +185,9 @@ pub(crate) fn cluster(
     let cluster = Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        connect_timeout: Some(super::duration(std::time::Duration::from_secs(10))),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(10))),
         typed_extension_protocol_options: proto_map([(
-            super::cluster::HTTP_PROTOCOL_OPTIONS.to_string(),
+            HTTP_PROTOCOL_OPTIONS.to_string(),
             pack(&options),
         )]),
         load_assignment: Some(ClusterLoadAssignment {
@@ -211,16 +201,6 @@ pub(crate) fn cluster(
         ..Cluster::default()
     };
     Some(Resource::new(name, pack(&cluster)))
-}
-
-fn socket_address(ip: &str, port: u32) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..SocketAddress::default()
-        })),
-    }
 }
 
 /// The inbound listener of a workload.
@@ -248,7 +228,7 @@ pub(crate) fn listener(
         for &http in kinds {
             let rbac = inbound_rbac(snapshot, &who, trust_domain, http);
             let detected_http = (carries == Carries::Detect && http).then(|| {
-                super::listener::HTTP_PROTOCOLS
+                HTTP_PROTOCOLS
                     .iter()
                     .chain(&MESH_HTTP_ALPN)
                     .map(|p| p.to_string())
@@ -302,7 +282,7 @@ pub(crate) fn listener(
         ..ListenerFilter::default()
     }];
     if detecting {
-        listener_filters.push(super::listener::http_inspector());
+        listener_filters.push(http_inspector());
     }
     let listener = Listener {
         name: INBOUND_LISTENER.to_string(),
@@ -315,32 +295,8 @@ pub(crate) fn listener(
     Resource::new(INBOUND_LISTENER, pack(&listener))
 }
 
-/// mTLS with the workload's own certificate, requiring a client certificate from the mesh.
-fn mesh_tls_server() -> TransportSocket {
-    let sds = |name: &str| SdsSecretConfig {
-        name: name.to_string(),
-        sds_config: Some(ads()),
-    };
-    let context = DownstreamTlsContext {
-        require_client_certificate: Some(BoolValue { value: true }),
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_sds_secret_configs: vec![sds(WORKLOAD_SECRET)],
-            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
-            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
-                sds(ROOT_SECRET),
-            )),
-            ..CommonTlsContext::default()
-        }),
-        ..DownstreamTlsContext::default()
-    };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&context))),
-    }
-}
-
 fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
-    let cluster = cluster_name(port);
+    let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
     let rbac_configs = [&rbac.deny, &rbac.allow];
     if http {
@@ -356,13 +312,7 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
                 ..HttpFilter::default()
             })
             .collect();
-        http_filters.push(HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
-                &Router::default(),
-            ))),
-            ..HttpFilter::default()
-        });
+        http_filters.push(router());
         let route = Route {
             r#match: Some(RouteMatch {
                 path_specifier: Some(PathSpecifier::Prefix(String::new())),
@@ -370,7 +320,7 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
             }),
             action: Some(Action::Route(RouteAction {
                 cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
-                timeout: Some(super::duration(std::time::Duration::ZERO)),
+                timeout: Some(duration(std::time::Duration::ZERO)),
                 ..RouteAction::default()
             })),
             ..Route::default()
@@ -390,10 +340,7 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
             http_filters,
             ..HttpConnectionManager::default()
         };
-        vec![Filter {
-            name: "envoy.filters.network.http_connection_manager".to_string(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack(&manager))),
-        }]
+        vec![http_manager_filter(&manager)]
     } else {
         let mut filters: Vec<Filter> = rbac_configs
             .iter()
@@ -407,14 +354,11 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
                 }))),
             })
             .collect();
-        filters.push(Filter {
-            name: "envoy.filters.network.tcp_proxy".to_string(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
-                stat_prefix,
-                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
-                ..TcpProxy::default()
-            }))),
-        });
+        filters.push(tcp_proxy_filter(&TcpProxy {
+            stat_prefix,
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+            ..TcpProxy::default()
+        }));
         filters
     }
 }

@@ -3,10 +3,7 @@
 //! keys on.
 
 use weft_api::networking::service_entry::Location;
-use weft_xds::envoy::envoy::config::core::v3::{
-    Address, HealthStatus, Locality, Metadata, SocketAddress, address,
-    socket_address::PortSpecifier,
-};
+use weft_xds::envoy::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -15,8 +12,10 @@ use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use super::{parse_cluster_name, tls};
 use crate::model::MeshSnapshot;
+use crate::translate::envoy::{TRANSPORT_SOCKET_MATCH, socket_address};
+use crate::translate::names::parse_cluster_name;
+use crate::translate::tls::mesh_endpoint_match;
 
 /// The endpoints of the cluster called `name`, if it exists.
 pub(crate) fn endpoint_resource(
@@ -48,15 +47,10 @@ fn load_assignment(
         }
         let lb_endpoint = LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: endpoint.address.clone(),
-                        port_specifier: Some(PortSpecifier::PortValue(
-                            endpoint.port_for(service_port),
-                        )),
-                        ..SocketAddress::default()
-                    })),
-                }),
+                address: Some(socket_address(
+                    &endpoint.address,
+                    endpoint.port_for(service_port),
+                )),
                 ..Endpoint::default()
             })),
             health_status: HealthStatus::Healthy as i32,
@@ -113,10 +107,7 @@ fn metadata(endpoint: &crate::registry::Endpoint, mesh: bool, trust_domain: &str
     };
     let mut filter_metadata = vec![("istio".to_string(), identity)];
     if mesh {
-        filter_metadata.push((
-            tls::TRANSPORT_SOCKET_MATCH.to_string(),
-            tls::mesh_endpoint_match(),
-        ));
+        filter_metadata.push((TRANSPORT_SOCKET_MATCH.to_string(), mesh_endpoint_match()));
     }
     Metadata {
         filter_metadata: proto_map(filter_metadata),
