@@ -21,14 +21,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::identity::CurrentIdentity;
-use crate::xds::Config;
+use crate::tls::identity::CurrentIdentity;
+use crate::xds::Applied;
 
 /// What the admin pages read.
 #[derive(Clone)]
 pub struct Admin {
     /// The configuration in force.
-    pub config: watch::Receiver<Arc<Config>>,
+    pub config: watch::Receiver<Arc<Applied>>,
     /// The workload identity.
     pub identity: CurrentIdentity,
     /// Started by `POST /quitquitquit`.

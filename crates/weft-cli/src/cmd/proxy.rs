@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use weft_proxy::Settings;
-use weft_proxy::identity::Credential;
+use weft_proxy::tls::identity::Credential;
 
 /// Arguments of `weft proxy` (and the sidecar's of `weft run`).
 #[derive(clap::Args)]
@@ -185,7 +185,7 @@ impl Args {
             credential,
             certificate_files: match (self.cert_chain, self.key, self.root_cert) {
                 (Some(chain), Some(key), Some(root)) => {
-                    Some(weft_proxy::identity::CertificateFiles { chain, key, root })
+                    Some(weft_proxy::tls::identity::CertificateFiles { chain, key, root })
                 }
                 _ => None,
             },

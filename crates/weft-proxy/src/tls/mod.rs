@@ -10,6 +10,8 @@
 //! plain TLS: the server chains to the rule's CA certificates (the system's bundle when it
 //! names none) and carries one of its `subjectAltNames` (else the SNI name).
 
+pub mod identity;
+
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -20,7 +22,7 @@ use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiC
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::identity::{CurrentIdentity, peer_spiffe_id};
+use identity::{CurrentIdentity, peer_spiffe_id};
 
 /// ALPN accepted from peer sidecars (each offers the one its cluster speaks).
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

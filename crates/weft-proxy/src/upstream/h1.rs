@@ -15,7 +15,7 @@
 //! closes. A connection is reused only after an HTTP/1.1 response without `Connection:
 //! close` whose body was read to its end.
 //!
-//! Requests with a body, upgrades and HTTP/2 stay with hyper (see [`crate::upstream`]).
+//! Requests with a body, upgrades and HTTP/2 stay with hyper (see [`super`]).
 
 use std::io;
 use std::pin::Pin;
@@ -27,12 +27,10 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
-use crate::upstream::{BodyError, BoxError, Stream};
-
-/// Largest response head (and chunked-body trailer block) accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most headers a response head may carry.
-const MAX_HEADERS: usize = 100;
+use super::connect::Stream;
+// A response head (or a chunked body's trailer block) is refused beyond `MAX_HEAD` bytes or
+// `MAX_HEADERS` headers.
+use crate::http::{BodyError, BoxError, MAX_HEAD, MAX_HEADERS};
 /// How much room a read asks for.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -625,7 +623,7 @@ mod tests {
         .await;
         let mut response = naming.sent.unwrap();
         assert_eq!(response.headers()["connection"], "close, X-A");
-        crate::outbound::strip_hop_by_hop(response.headers_mut());
+        crate::http::headers::strip_hop_by_hop(response.headers_mut());
         let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["content-length"]);
         assert!(naming.kept.lock().unwrap().is_empty(), "closed, not reused");

@@ -3,29 +3,30 @@
 //! configuration changes). A connection is plaintext HTTP, or TLS terminated with the
 //! certificate of the server its SNI name picks (`SIMPLE`; `MUTUAL` also checks the client's
 //! certificate). Requests are routed by their Host with the port's routes — the
-//! VirtualServices bound to the Gateway — and forwarded like a sidecar's outbound requests:
-//! over mesh mTLS, with the gateway's own identity, to workloads of the mesh. A plaintext
-//! request to a host of an `httpsRedirect` server gets a 301 to `https` instead.
+//! VirtualServices bound to the Gateway — and forwarded like a sidecar's outbound requests
+//! ([`crate::proxy`]): over mesh mTLS, with the gateway's own identity, to workloads of the
+//! mesh. A plaintext request to a host of an `httpsRedirect` server gets a 301 to `https`
+//! instead.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
 
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{HOST, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::outbound::{Outbound, local_response};
-use crate::upstream::Body;
-
-/// How long a client may take to send its first byte or finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{HANDSHAKE_TIMEOUT, Io, accept_loop, first_byte, is_tls, serve_http};
+use crate::drain;
+use crate::error::{ConnectionError, ProxyError};
+use crate::http::headers::address_to;
+use crate::http::{Body, respond};
+use crate::proxy::Proxy;
 
 /// Keeps a listener open on every gateway port of the configuration, until the drain.
-pub async fn serve(outbound: Outbound, bind: IpAddr) {
-    let mut config = outbound.config.clone();
-    let mut drain = outbound.drain.clone();
+pub async fn serve(proxy: Arc<Proxy>, bind: IpAddr, mut drain: drain::Watch) {
+    let mut config = proxy.config.clone();
     let mut running: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         let ports: Vec<u16> = config
@@ -50,7 +51,22 @@ pub async fn serve(outbound: Outbound, bind: IpAddr) {
             match TcpListener::bind(SocketAddr::new(bind, port)).await {
                 Ok(listener) => {
                     tracing::info!(address = %SocketAddr::new(bind, port), "gateway listening");
-                    running.insert(port, tokio::spawn(accept(outbound.clone(), listener, port)));
+                    let proxy = proxy.clone();
+                    let accepting = accept_loop(
+                        listener,
+                        drain.clone(),
+                        move |stream, peer, drain| {
+                            let proxy = proxy.clone();
+                            async move {
+                                if let Err(error) =
+                                    connection(proxy, stream, peer, port, drain).await
+                                {
+                                    tracing::debug!(%peer, port, %error, "gateway connection refused");
+                                }
+                            }
+                        },
+                    );
+                    running.insert(port, tokio::spawn(accepting));
                 }
                 // Tried again at the next configuration.
                 Err(error) => tracing::warn!(%error, port, "gateway cannot listen"),
@@ -66,120 +82,91 @@ pub async fn serve(outbound: Outbound, bind: IpAddr) {
     }
 }
 
-async fn accept(outbound: Outbound, listener: TcpListener, port: u16) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(logged(outbound.clone(), stream, peer, port));
-    }
-}
-
-async fn logged(outbound: Outbound, stream: TcpStream, peer: SocketAddr, port: u16) {
-    if let Err(reason) = connection(outbound, stream, peer, port).await {
-        tracing::debug!(%peer, port, reason, "gateway connection refused");
-    }
-}
-
+/// Serves a connection: TLS terminated by the server its SNI name picks, or plaintext
+/// where the port has a plaintext server.
 async fn connection(
-    outbound: Outbound,
+    proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
     port: u16,
-) -> Result<(), String> {
-    let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| "no bytes in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    if peeked == 0 {
+    drain: drain::Watch,
+) -> Result<(), ConnectionError> {
+    let Some(first) = first_byte(&stream).await? else {
         return Ok(());
-    }
-    let config = outbound.config.borrow().clone();
-    let Some(accepts) = config.model.gateway_ports.get(&port) else {
-        return Err("the port is no longer configured".into());
     };
+    let config = proxy.config.borrow().clone();
+    let accepts = config
+        .model
+        .gateway_ports
+        .get(&port)
+        .ok_or(ConnectionError::PortGone)?;
     // What the connection needs, copied: it must not keep this configuration alive.
     let plaintext = accepts.plaintext;
     let servers = accepts.tls.clone();
     drop(config);
-    // 0x16 starts a TLS handshake record.
-    if first[0] == 0x16 && !servers.is_empty() {
+    if is_tls(first) && !servers.is_empty() {
         let start = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
         )
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|_| ConnectionError::HandshakeTimeout)?
+        .map_err(ConnectionError::Handshake)?;
         let sni = start.client_hello().server_name().map(str::to_string);
         let server = servers
             .iter()
             .find(|server| server.answers(sni.as_deref()))
-            .ok_or_else(|| format!("no server for SNI {sni:?}"))?;
-        let stream_tls =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server.config.clone()))
-                .await
-                .map_err(|_| "TLS handshake timed out".to_string())?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        serve_http(outbound, stream_tls, peer, port, true).await;
-        Ok(())
+            .ok_or(ConnectionError::NoServerForSni(sni))?;
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(server.config.clone()))
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(ConnectionError::Handshake)?;
+        serve_requests(proxy, tls, peer, port, true, drain).await
     } else if plaintext {
-        serve_http(outbound, stream, peer, port, false).await;
-        Ok(())
+        serve_requests(proxy, stream, peer, port, false, drain).await
     } else {
-        Err("plaintext on a port with TLS servers only".into())
+        Err(ConnectionError::PlaintextOnTlsPort)
     }
 }
 
 /// HTTP on a gateway connection: each request routed by its Host on the listener's port.
-async fn serve_http<T>(outbound: Outbound, io: T, peer: SocketAddr, port: u16, tls: bool)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let drain = outbound.drain.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let outbound = outbound.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(handle(outbound, request, peer, port, tls).await)
-        }
-    });
-    let _ = drain
-        .serve(crate::http_server().serve_connection_with_upgrades(
-            hyper_util::rt::TokioIo::new(crate::framing::FramingGuard::new(io)),
-            service,
-        ))
-        .await;
+async fn serve_requests<T: Io>(
+    proxy: Arc<Proxy>,
+    io: T,
+    peer: SocketAddr,
+    port: u16,
+    tls: bool,
+    drain: drain::Watch,
+) -> Result<(), ConnectionError> {
+    serve_http(io, drain, move |request| {
+        let proxy = proxy.clone();
+        async move { handle(&proxy, request, peer, port, tls).await }
+    })
+    .await
 }
 
 /// One request at the gateway.
 async fn handle(
-    outbound: Outbound,
+    proxy: &Proxy,
     mut request: Request<Incoming>,
     peer: SocketAddr,
     port: u16,
     tls: bool,
 ) -> Response<Body> {
-    if let Some(refused) = prepare(&mut request, peer, port, tls) {
-        return refused;
+    if let Err(refused) = prepare(&mut request, peer, port, tls) {
+        return refused.into_response();
     }
-    if !tls && let Some(redirect) = https_redirect(&outbound, &request, port) {
+    if !tls && let Some(redirect) = https_redirect(proxy, &request, port) {
         return redirect;
     }
-    outbound.handle(request, Some(peer.ip())).await
+    proxy.handle(request, Some(peer.ip())).await
 }
 
 /// The 301 to `https://<Host><path>` for a plaintext request to a host whose virtual host
 /// requires TLS (a Gateway server's `httpsRedirect`), as Envoy answers it.
-fn https_redirect(
-    outbound: &Outbound,
-    request: &Request<Incoming>,
-    port: u16,
-) -> Option<Response<Body>> {
+fn https_redirect(proxy: &Proxy, request: &Request<Incoming>, port: u16) -> Option<Response<Body>> {
     let authority = request.uri().authority()?;
-    let config = outbound.config.borrow();
+    let config = proxy.config.borrow();
     let virtual_host = config
         .model
         .route_table(port)?
@@ -194,25 +181,23 @@ fn https_redirect(
         .unwrap_or(authority.as_str());
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = HeaderValue::from_str(&format!("https://{host}{path}")).ok()?;
-    let mut response = local_response(StatusCode::MOVED_PERMANENTLY, None, "");
+    let mut response = respond(StatusCode::MOVED_PERMANENTLY, Bytes::new());
     response.headers_mut().insert(LOCATION, location);
     Some(response)
 }
 
-/// Addresses a request to its Host on the gateway's `port` and adds the forwarding headers;
-/// `Some` answer instead when it cannot be served.
+/// Addresses a request to its Host on the gateway's `port` and adds the forwarding headers,
+/// or says why it cannot be served.
 fn prepare(
     request: &mut Request<Incoming>,
     peer: SocketAddr,
     port: u16,
     tls: bool,
-) -> Option<Response<Body>> {
+) -> Result<(), ProxyError> {
     // A gateway is not a forward proxy: no tunnels through it.
     if request.method() == Method::CONNECT {
-        return Some(local_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            None,
-            "CONNECT is not served at the gateway\n",
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is not served at the gateway",
         ));
     }
     let host = request.uri().host().map(str::to_string).or_else(|| {
@@ -220,15 +205,9 @@ fn prepare(
         let authority = host.parse::<hyper::http::uri::Authority>().ok()?;
         Some(authority.host().to_string())
     });
-    let Some(host) = host else {
-        return Some(local_response(
-            StatusCode::BAD_REQUEST,
-            None,
-            "the request names no host\n",
-        ));
-    };
+    let host = host.ok_or(ProxyError::BadRequest("the request names no host"))?;
     if let Ok(authority) = format!("{host}:{port}").parse() {
-        crate::outbound::address_to(request, authority);
+        address_to(request, authority);
     }
     let headers = request.headers_mut();
     headers.insert(
@@ -242,5 +221,5 @@ fn prepare(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    None
+    Ok(())
 }

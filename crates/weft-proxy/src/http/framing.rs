@@ -22,11 +22,9 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Headers looked at per head; a head with more goes to hyper, which refuses it (431).
-const MAX_HEADERS: usize = 100;
-
-/// Largest head the guard holds; a larger one goes to hyper, which refuses it (431).
-const MAX_HEAD: usize = 64 * 1024;
+// A head with more headers than `MAX_HEADERS`, or longer than `MAX_HEAD`, goes to hyper
+// as it is, which refuses it (431).
+use super::{MAX_HEAD, MAX_HEADERS};
 
 /// Wraps a connection's byte stream; see the module documentation.
 pub struct FramingGuard<T> {

@@ -1,8 +1,17 @@
-//! Connections to upstreams: TCP, then mesh mTLS when the endpoint is a mesh workload, then
-//! HTTP/1.1 or HTTP/2, pooled per endpoint. The cluster's protocol decides, offered to a peer
+//! Upstream connections, pooled per endpoint: [`Pool::send`] sends a request to an
+//! endpoint of a cluster over TCP, then mesh mTLS when the endpoint is a mesh workload,
+//! then HTTP/1.1 or HTTP/2 ([`connect`]). The cluster's protocol decides, offered to a peer
 //! sidecar in ALPN: with `h2UpgradePolicy: UPGRADE`, HTTP/1.1 requests from applications
 //! share multiplexed HTTP/2 connections between sidecars, and the original protocol travels
-//! in [`ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
+//! in [`crate::http::headers::ORIGINAL_PROTOCOL`] so the receiving sidecar restores it.
+//! Requests without a body to HTTP/1.1 upstreams go by the lean client ([`h1`]).
+//!
+//! Which endpoint, and whether the cluster takes one more request, is [`balance`]'s.
+
+pub mod balance;
+pub mod connect;
+pub mod h1;
+pub mod hash;
 
 use foldhash::HashMap;
 use std::future::Future;
@@ -12,123 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
-use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
-use hyper::header::HeaderName;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use crate::h1;
-use crate::identity::CurrentIdentity;
+pub use connect::Stream;
+
+use crate::error::{ConnectError, UpstreamError};
+use crate::http::{Body, boxed};
 use crate::model::UpstreamTls;
-use crate::tls;
-
-/// Any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Why a body broke off. (A type of its own rather than [`BoxError`]: hyper's server takes
-/// any error that converts into a `BoxError`, and the compiler cannot prove that of a boxed
-/// trait object inside the proxy's futures.)
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct BodyError(#[from] pub BoxError);
-
-/// The body every proxied message is converted to.
-pub type Body = BoxBody<Bytes, BodyError>;
-
-/// A body hyper received, as a [`Body`].
-pub fn boxed(body: Incoming) -> Body {
-    body.map_err(|error| BodyError(Box::new(error))).boxed()
-}
-
-/// Shapes a request for HTTP/2: scheme and authority in the request line, and the original
-/// protocol noted when the request was HTTP/1.1.
-fn for_http2(request: &mut Request<Body>) {
-    if request.uri().scheme().is_none() {
-        let authority = request
-            .headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        if let Ok(uri) = hyper::Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-        {
-            *request.uri_mut() = uri;
-        }
-    }
-    if request.version() != hyper::Version::HTTP_2 {
-        request.headers_mut().insert(
-            ORIGINAL_PROTOCOL.clone(),
-            hyper::header::HeaderValue::from_static("HTTP/1.1"),
-        );
-        *request.version_mut() = hyper::Version::HTTP_2;
-    }
-}
-
-/// Shapes a request for HTTP/1.1 to an origin: the path only, the authority in Host.
-fn for_http1(request: &mut Request<Body>) {
-    *request.version_mut() = hyper::Version::HTTP_11;
-    if request.uri().scheme().is_some() {
-        if let Some(authority) = request.uri().authority().cloned()
-            && !request.headers().contains_key(hyper::header::HOST)
-            && let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str())
-        {
-            request.headers_mut().insert(hyper::header::HOST, host);
-        }
-        if let Some(path) = request.uri().path_and_query().cloned() {
-            *request.uri_mut() = hyper::Uri::from(path);
-        }
-    }
-}
-
-/// What to offer in ALPN: the protocol the cluster speaks (between sidecars, HTTP/2 only
-/// with `h2UpgradePolicy: UPGRADE`, an `HTTP2`/`GRPC` port, or `useClientProtocol` with an
-/// HTTP/2 client, as in Istio).
-fn alpn(http2: bool) -> &'static [&'static [u8]] {
-    if http2 { &[b"h2"] } else { &[b"http/1.1"] }
-}
-
-/// A byte stream to an upstream: TCP, or TLS over TCP.
-pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Stream for T {}
-
-/// Header that carries an HTTP/1.1 request's protocol across an HTTP/2 hop between sidecars.
-pub static ORIGINAL_PROTOCOL: HeaderName = HeaderName::from_static("weft-orig-proto");
-
-/// Why a request did not reach the upstream, with Envoy's response flag.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// TCP or TLS connection failed (`UF`).
-    #[error("upstream connect error: {0}")]
-    Connect(String),
-    /// The connection broke or was reset before a response (`UR`).
-    #[error("upstream reset: {0}")]
-    Reset(BoxError),
-}
-
-impl UpstreamError {
-    /// Envoy's response flag.
-    pub fn flag(&self) -> &'static str {
-        match self {
-            Self::Connect(_) => "UF",
-            Self::Reset(_) => "UR",
-        }
-    }
-}
+use crate::tls::identity::CurrentIdentity;
+use connect::{alpn, for_http1, for_http2};
 
 enum Sender {
     Http1(http1::SendRequest<Body>),
@@ -151,7 +55,7 @@ type LeanPool = Arc<Mutex<HashMap<PoolKey, Vec<h1::Connection>>>>;
 
 /// The pool of upstream connections and the TLS settings they use.
 #[derive(Clone)]
-pub struct Upstreams {
+pub struct Pool {
     identity: CurrentIdentity,
     /// For requests without a body.
     lean_idle: LeanPool,
@@ -160,7 +64,7 @@ pub struct Upstreams {
     http2: Arc<Mutex<HashMap<PoolKey, http2::SendRequest<Body>>>>,
 }
 
-impl Upstreams {
+impl Pool {
     /// A pool whose TLS uses the workload's `identity`.
     pub fn new(identity: CurrentIdentity) -> Self {
         Self {
@@ -213,7 +117,9 @@ impl Upstreams {
                 Some(sender) => sender,
                 // Boxed: connecting is rare, and its state (a TLS handshake) is large;
                 // inline, every request's future would carry and copy it.
-                None => Box::pin(self.connect(&key, tls, connect_timeout)).await?,
+                None => Box::pin(self.connect(&key, tls, connect_timeout))
+                    .await
+                    .map_err(UpstreamError::Connect)?,
             };
             let result = match sender {
                 Sender::Http2(mut sender) => {
@@ -253,7 +159,12 @@ impl Upstreams {
         loop {
             let (connection, reused) = match self.lean_pooled(&key) {
                 Some(connection) => (connection, true),
-                None => (self.connect_lean(key, tls, connect_timeout).await?, false),
+                None => (
+                    self.connect_lean(key, tls, connect_timeout)
+                        .await
+                        .map_err(UpstreamError::Connect)?,
+                    false,
+                ),
             };
             let pool = self.lean_idle.clone();
             let release: h1::Release = Box::new(move |connection| {
@@ -281,11 +192,10 @@ impl Upstreams {
         key: PoolKey,
         tls: Option<&'a UpstreamTls>,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<h1::Connection, UpstreamError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<h1::Connection, ConnectError>> + Send + 'a>> {
         Box::pin(async move {
-            let (stream, _) = self
-                .connect_stream_with(key.address, tls, timeout, alpn(false))
-                .await?;
+            let (stream, _) =
+                connect::connect(&self.identity, key.address, tls, timeout, alpn(false)).await?;
             Ok(h1::Connection::new(stream))
         })
     }
@@ -337,10 +247,9 @@ impl Upstreams {
         key: &PoolKey,
         tls: Option<&UpstreamTls>,
         timeout: Duration,
-    ) -> Result<Sender, UpstreamError> {
-        let (stream, negotiated_h2) = self
-            .connect_stream_with(key.address, tls, timeout, alpn(key.http2))
-            .await?;
+    ) -> Result<Sender, ConnectError> {
+        let (stream, negotiated_h2) =
+            connect::connect(&self.identity, key.address, tls, timeout, alpn(key.http2)).await?;
         // Over TLS, what the peer agreed to; in plaintext, the cluster's protocol options.
         let http2 = if tls.is_some() {
             negotiated_h2
@@ -348,9 +257,14 @@ impl Upstreams {
             key.http2
         };
         if http2 {
-            self.http2_over(TokioIo::new(stream), key).await
+            let sender = connect::http2_over(stream).await?;
+            self.http2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*key, sender.clone());
+            Ok(Sender::Http2(sender))
         } else {
-            http1_over(TokioIo::new(stream)).await
+            connect::http1_over(stream).await.map(Sender::Http1)
         }
     }
 
@@ -361,124 +275,37 @@ impl Upstreams {
         tls: Option<&UpstreamTls>,
         timeout: Duration,
     ) -> Result<Box<dyn Stream>, UpstreamError> {
-        Ok(self
-            .connect_stream_with(address, tls, timeout, &[])
-            .await?
-            .0)
+        connect::connect(&self.identity, address, tls, timeout, &[])
+            .await
+            .map(|(stream, _)| stream)
+            .map_err(UpstreamError::Connect)
     }
 
     /// Sends an upgrade request (WebSocket) on an HTTP/1.1 connection of its own, so the
-    /// connection can switch protocols after `101`; then the bytes flow between it and
-    /// `downstream`.
+    /// connection can switch protocols after `101`. Returns the response and, for a `101`,
+    /// the upstream's side of the switched connection, for the caller to splice.
     pub async fn send_upgrade(
         &self,
         address: SocketAddr,
         tls: Option<&UpstreamTls>,
         timeout: Duration,
         mut request: Request<Body>,
-        downstream: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let (stream, _) = self
-            .connect_stream_with(address, tls, timeout, &[b"http/1.1"])
-            .await?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+    ) -> Result<(Response<Body>, Option<OnUpgrade>), UpstreamError> {
+        let (stream, _) = connect::connect(&self.identity, address, tls, timeout, &[b"http/1.1"])
             .await
-            .map_err(|e| UpstreamError::Connect(format!("HTTP/1.1 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
+            .map_err(UpstreamError::Connect)?;
+        let mut sender = connect::http1_over(stream)
+            .await
+            .map_err(UpstreamError::Connect)?;
         for_http1(&mut request);
         let mut response = sender
             .send_request(request)
             .await
             .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
-        crate::outbound::splice_upgrade(downstream, &mut response);
-        Ok(response.map(boxed))
+        let upgraded = (response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| hyper::upgrade::on(&mut response));
+        Ok((response.map(boxed), upgraded))
     }
-
-    /// A connection to `address`, over mesh mTLS offering `alpn` when `tls` is given; says
-    /// whether the peer chose HTTP/2.
-    async fn connect_stream_with(
-        &self,
-        address: SocketAddr,
-        tls: Option<&UpstreamTls>,
-        timeout: Duration,
-        alpn: &[&[u8]],
-    ) -> Result<(Box<dyn Stream>, bool), UpstreamError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| UpstreamError::Connect(format!("timed out connecting to {address}")))?
-            .map_err(|e| UpstreamError::Connect(format!("{address}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = tls else {
-            return Ok((Box::new(tcp), false));
-        };
-        let config = match &tls.origination {
-            Some(origination) => {
-                let mut config = rustls::ClientConfig::clone(origination);
-                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-                Arc::new(config)
-            }
-            None => {
-                if self.identity.get().is_none() {
-                    self.identity.wait().await;
-                }
-                tls::client_config(&self.identity, tls.identities.clone(), alpn)
-                    .map_err(|e| UpstreamError::Connect(format!("TLS setup: {e}")))?
-            }
-        };
-        let sni = if tls.sni.is_empty() {
-            "mesh.weft"
-        } else {
-            &tls.sni
-        };
-        let name = ServerName::try_from(sni)
-            .map_err(|e| UpstreamError::Connect(format!("SNI {sni:?}: {e}")))?
-            .to_owned();
-        let stream = tokio::time::timeout(
-            timeout,
-            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| UpstreamError::Connect(format!("TLS handshake with {address} timed out")))?
-        .map_err(|e| UpstreamError::Connect(format!("TLS handshake with {address}: {e}")))?;
-        let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok((Box::new(stream), negotiated_h2))
-    }
-
-    async fn http2_over<T>(&self, io: TokioIo<T>, key: &PoolKey) -> Result<Sender, UpstreamError>
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| UpstreamError::Connect(format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended");
-            }
-        });
-        self.http2
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*key, sender.clone());
-        Ok(Sender::Http2(sender))
-    }
-}
-
-async fn http1_over<T>(io: TokioIo<T>) -> Result<Sender, UpstreamError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Connect(format!("HTTP/1.1 handshake: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
-        }
-    });
-    Ok(Sender::Http1(sender))
 }
 
 /// Notes an idle connection found closed when it was about to be used.
@@ -491,13 +318,14 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+    use hyper::body::Bytes;
 
     /// Every request's future holds a `send` future and is moved whole at least once; the
     /// rare connect path is boxed so that it stays small, on the lean path (a request
     /// without a body) and on hyper's (one with a body).
     #[test]
     fn a_send_future_is_small() {
-        let upstreams = Upstreams::new(CurrentIdentity::default());
+        let pool = Pool::new(CurrentIdentity::default());
         let empty = Request::new(
             http_body_util::Empty::new()
                 .map_err(|never| match never {})
@@ -509,7 +337,7 @@ mod tests {
                 .boxed(),
         );
         for request in [empty, full] {
-            let sending = upstreams.send(
+            let sending = pool.send(
                 SocketAddr::from(([127, 0, 0, 1], 1)),
                 None,
                 false,

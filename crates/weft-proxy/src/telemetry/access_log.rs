@@ -1,16 +1,20 @@
 //! What each request leaves behind when it is done: a line in the access log, under the log
 //! target `access` (turn it off with `--log info,access=off`), with Envoy's response flags
-//! for what the proxy answered itself; its count and duration in the metrics; and, unless
-//! `--debug-headers` is on, no response-flags header in the response.
+//! for what the proxy answered itself (read from the response's extensions, where
+//! [`crate::error::ProxyError::into_response`] put it); its count and duration in the
+//! metrics; and, with `--debug-headers`, the flag in a response header.
 
 use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use crate::metrics::{Finished, Metrics, Reporter};
-use crate::outbound::RESPONSE_FLAGS;
-use crate::upstream::Body;
+use hyper::header::HeaderValue;
+
+use super::metrics::{Finished, Metrics, Reporter};
+use crate::error::flag_of;
+use crate::http::Body;
+use crate::http::headers::RESPONSE_FLAGS;
 
 /// What is known of a request when it arrives.
 #[derive(Debug)]
@@ -36,7 +40,7 @@ impl Entry {
     /// Notes a request as it arrives at the outbound side (`Reporter::Source`) or the
     /// inbound side (`Reporter::Destination`).
     pub fn of(reporter: Reporter, request: &Request<Incoming>) -> Self {
-        let (service, grpc) = crate::metrics::describe(request);
+        let (service, grpc) = super::metrics::describe(request);
         let logged = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
             let authority = request
                 .uri()
@@ -71,7 +75,7 @@ impl Entry {
 
     /// Records the request once the response head is ready: the log line, the metrics (the
     /// caller's SPIFFE ID as `peer`, when the inbound side verified one), and the
-    /// response-flags header kept only with `debug_headers`.
+    /// response-flags header with `debug_headers`: the one place it is added.
     pub fn finish(
         self,
         response: &mut Response<Body>,
@@ -80,7 +84,8 @@ impl Entry {
         debug_headers: bool,
     ) {
         let duration = self.started.elapsed();
-        let flags = response_flags(response);
+        let flag = flag_of(response);
+        let flags = flag.map_or("-", |f| f.as_str());
         if let Some(logged) = self.logged {
             tracing::info!(
                 target: "access",
@@ -107,17 +112,11 @@ impl Entry {
             flags,
             duration,
         });
-        if !debug_headers {
-            response.headers_mut().remove(&RESPONSE_FLAGS);
+        if debug_headers && let Some(flag) = flag {
+            response.headers_mut().insert(
+                RESPONSE_FLAGS.clone(),
+                HeaderValue::from_static(flag.as_str()),
+            );
         }
     }
-}
-
-/// The Envoy response flags of a response the proxy made itself; `-` for none.
-fn response_flags(response: &Response<Body>) -> &str {
-    response
-        .headers()
-        .get(&RESPONSE_FLAGS)
-        .and_then(|f| f.to_str().ok())
-        .unwrap_or("-")
 }

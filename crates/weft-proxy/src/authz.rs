@@ -1,0 +1,216 @@
+//! Authorization (AuthorizationPolicy, as the RBAC filters the control plane sends),
+//! evaluated: a DENY set checked first, then an ALLOW set — if there is one, a request must
+//! match one of its policies. A policy matches when one of its permissions (what is asked)
+//! and one of its principals (who asks) match. The policies themselves are
+//! [`crate::model::policy`].
+
+use std::net::IpAddr;
+
+use crate::http::headers::header_value;
+use crate::model::policy::{Permission, Policy, Principal, Rbac};
+
+/// What a decision looks at.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The mTLS peer's SPIFFE ID.
+    pub peer: Option<&'a str>,
+    /// The connection's source address.
+    pub source: IpAddr,
+    /// The address and port the connection arrived at.
+    pub destination: (IpAddr, u16),
+    /// Method, path and headers, for HTTP.
+    pub http: Option<&'a hyper::http::request::Parts>,
+}
+
+/// Why a request or connection is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    /// A DENY policy matched.
+    #[error("denied by {0}")]
+    DeniedBy(String),
+    /// There are ALLOW policies and none matched.
+    #[error("no ALLOW policy matches")]
+    NotAllowed,
+    /// The port has no policies for this protocol: it does not carry it.
+    #[error("the port does not carry this protocol")]
+    NotCarried,
+}
+
+impl Rbac {
+    /// Whether the port's policies let `request` through: the DENY set first, then the
+    /// ALLOW set.
+    pub fn check(&self, request: &Request<'_>) -> Result<(), Denial> {
+        if let Some(policy) = self.deny.iter().flatten().find(|p| p.matches(request)) {
+            return Err(Denial::DeniedBy(policy.name.clone()));
+        }
+        match &self.allow {
+            Some(policies) if !policies.iter().any(|p| p.matches(request)) => {
+                Err(Denial::NotAllowed)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Policy {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        self.permissions.iter().any(|p| p.matches(request))
+            && self.principals.iter().any(|p| p.matches(request))
+    }
+}
+
+impl Permission {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(all) => all.iter().all(|p| p.matches(request)),
+            Self::Or(any) => any.iter().any(|p| p.matches(request)),
+            Self::Not(inner) => !inner.matches(request),
+            Self::Header(header) => request.http.is_some_and(|parts| {
+                let authority = parts
+                    .headers
+                    .get(hyper::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+                let value = match (header.name.as_str(), authority) {
+                    (":authority", None) => None,
+                    (name, authority) => {
+                        header_value(parts, name, authority.as_deref().unwrap_or_default())
+                    }
+                };
+                header.condition.matches(value.as_deref()) != header.invert
+            }),
+            Self::Path(path) => request
+                .http
+                .is_some_and(|parts| path.matches(Some(parts.uri.path()))),
+            Self::DestinationPort(port) => request.destination.1 == *port,
+            Self::DestinationIp(cidr) => cidr.contains(request.destination.0),
+        }
+    }
+}
+
+impl Principal {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(all) => all.iter().all(|p| p.matches(request)),
+            Self::Or(any) => any.iter().any(|p| p.matches(request)),
+            Self::Not(inner) => !inner.matches(request),
+            Self::Authenticated(None) => request.peer.is_some(),
+            Self::Authenticated(Some(name)) => name.matches(request.peer),
+            Self::SourceIp(cidr) | Self::RemoteIp(cidr) => cidr.contains(request.source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "a test fails loudly when its own setup fails"
+    )]
+
+    use super::*;
+    use crate::model::policy::Cidr;
+    use crate::model::{HeaderMatch, StringMatch};
+
+    fn policy(name: &str, permission: Permission, principal: Principal) -> Policy {
+        Policy {
+            name: name.to_string(),
+            permissions: vec![permission],
+            principals: vec![principal],
+        }
+    }
+
+    fn get(path: &str) -> hyper::http::request::Parts {
+        hyper::Request::get(path)
+            .header("host", "echo.test:80")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    fn request<'a>(peer: Option<&'a str>, http: &'a hyper::http::request::Parts) -> Request<'a> {
+        Request {
+            peer,
+            source: IpAddr::from([10, 0, 0, 9]),
+            destination: (IpAddr::from([10, 0, 0, 1]), 8080),
+            http: Some(http),
+        }
+    }
+
+    const CLIENT: &str = "spiffe://cluster.local/ns/test/sa/client";
+
+    #[test]
+    fn deny_is_checked_before_allow() {
+        let admin = Permission::Path(StringMatch::Prefix("/admin".into()));
+        let rbac = Rbac {
+            deny: Some(vec![policy("no-admin", admin, Principal::Any)]),
+            allow: Some(vec![policy("all", Permission::Any, Principal::Any)]),
+        };
+        let (admin, other) = (get("/admin/x"), get("/x"));
+        assert_eq!(
+            rbac.check(&request(Some(CLIENT), &admin)),
+            Err(Denial::DeniedBy("no-admin".into()))
+        );
+        assert_eq!(rbac.check(&request(Some(CLIENT), &other)), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_allow_set_allows_nothing_and_no_set_allows_all() {
+        let parts = get("/");
+        let nothing = Rbac {
+            deny: None,
+            allow: Some(Vec::new()),
+        };
+        assert_eq!(
+            nothing.check(&request(Some(CLIENT), &parts)),
+            Err(Denial::NotAllowed)
+        );
+        assert_eq!(Rbac::default().check(&request(None, &parts)), Ok(()));
+    }
+
+    #[test]
+    fn principals_and_permissions_both_must_match() {
+        let clients_get = policy(
+            "clients-get",
+            Permission::Header(HeaderMatch {
+                name: ":method".into(),
+                condition: StringMatch::Exact("GET".into()),
+                invert: false,
+                missing_is_empty: false,
+            }),
+            Principal::Authenticated(Some(StringMatch::Exact(CLIENT.into()))),
+        );
+        let rbac = Rbac {
+            deny: None,
+            allow: Some(vec![clients_get]),
+        };
+        let parts = get("/");
+        assert_eq!(rbac.check(&request(Some(CLIENT), &parts)), Ok(()));
+        assert_eq!(
+            rbac.check(&request(None, &parts)),
+            Err(Denial::NotAllowed),
+            "plaintext has no principal"
+        );
+        let post = hyper::Request::post("/").body(()).unwrap().into_parts().0;
+        assert_eq!(
+            rbac.check(&request(Some(CLIENT), &post)),
+            Err(Denial::NotAllowed)
+        );
+        let from_net = Rbac {
+            deny: None,
+            allow: Some(vec![policy(
+                "net",
+                Permission::Not(Box::new(Permission::DestinationPort(9090))),
+                Principal::SourceIp(Cidr {
+                    address: IpAddr::from([10, 0, 0, 0]),
+                    prefix: 24,
+                }),
+            )]),
+        };
+        assert_eq!(from_net.check(&request(None, &parts)), Ok(()));
+    }
+}

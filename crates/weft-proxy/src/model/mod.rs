@@ -1,0 +1,122 @@
+//! The proxy's own configuration model: what the data path reads on every request, built
+//! from xDS by [`crate::xds::adapter`] and swapped whole when a new configuration is
+//! accepted. Nothing here is a protobuf type, and nothing is parsed again on the request
+//! path: statuses, header names and values, regexes and hash tables are ready to use.
+//!
+//! [`route`] holds the routing tables, [`cluster`] the clusters and their endpoints,
+//! [`policy`] the authorization policies, and [`matcher`] the string and header conditions
+//! the routes and the policies share. This module depends on no other module of the crate.
+
+pub mod cluster;
+pub mod matcher;
+pub mod policy;
+pub mod route;
+
+use foldhash::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use cluster::{Cluster, Endpoint, LoadBalancer, Outlier, UpstreamHttp, UpstreamTls};
+pub use matcher::{HeaderMatch, StringMatch};
+pub use policy::Rbac;
+pub use route::{
+    Abort, Action, Fault, Forward, HashOn, HeaderChanges, PathMatch, QueryMatch, Redirect,
+    RegexRewrite, Retry, RetryOn, Route, RouteMatch, RouteTable, VirtualHost, WeightedCluster,
+};
+
+/// One accepted configuration.
+#[derive(Debug, Default, Serialize)]
+pub struct Model {
+    /// Route tables by name: `<port>` for outbound ports.
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    /// The route table of each outbound port.
+    pub outbound_ports: HashMap<u16, String>,
+    /// Outbound ports whose protocol is detected per connection: HTTP is routed, the rest
+    /// passes through as opaque TCP.
+    pub sniffed_ports: std::collections::HashSet<u16>,
+    /// A gateway's ports, which it listens on itself.
+    pub gateway_ports: HashMap<u16, GatewayPort>,
+    /// Clusters by name (`outbound|9080|v1|reviews.shop.svc.cluster.local`).
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// How each inbound port accepts connections.
+    pub inbound: HashMap<u16, InboundPort>,
+}
+
+impl Model {
+    /// The route table for an outbound HTTP port.
+    pub fn route_table(&self, port: u16) -> Option<&RouteTable> {
+        self.routes
+            .get(self.outbound_ports.get(&port)?)
+            .map(Arc::as_ref)
+    }
+}
+
+/// What an inbound port accepts (from PeerAuthentication, through the inbound listener),
+/// and who may use it (AuthorizationPolicy).
+#[derive(Debug, Default, Serialize)]
+pub struct InboundPort {
+    /// Mesh mTLS connections.
+    pub mtls: bool,
+    /// Plaintext connections.
+    pub plaintext: bool,
+    /// HTTP to the application, authorized by these policies.
+    pub http: Option<Arc<Rbac>>,
+    /// Opaque TCP to the application, authorized by these policies. A port with both takes
+    /// each connection as what its first bytes say ([`crate::detect`]).
+    pub tcp: Option<Arc<Rbac>>,
+}
+
+/// What a gateway port accepts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GatewayPort {
+    /// Plaintext HTTP.
+    pub plaintext: bool,
+    /// TLS servers, tried in order.
+    pub tls: Vec<GatewayTls>,
+}
+
+/// A TLS server of a gateway port.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayTls {
+    /// SNI names it answers; empty for any.
+    pub server_names: Vec<String>,
+    /// Whether clients must present a certificate.
+    pub mutual: bool,
+    /// The server's TLS configuration.
+    #[serde(skip)]
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl GatewayTls {
+    /// Whether it answers the SNI name `name` (`*.example.com` covers one more label).
+    pub fn answers(&self, name: Option<&str>) -> bool {
+        if self.server_names.is_empty() {
+            return true;
+        }
+        let Some(name) = name else {
+            return false;
+        };
+        self.server_names.iter().any(|pattern| {
+            pattern.eq_ignore_ascii_case(name)
+                || pattern.strip_prefix('*').is_some_and(|suffix| {
+                    name.len() > suffix.len()
+                        && name.as_bytes()[name.len() - suffix.len()..]
+                            .eq_ignore_ascii_case(suffix.as_bytes())
+                })
+        })
+    }
+}
+
+/// Serializes a status code as its number, for the config dump.
+pub(crate) mod status_code {
+    use hyper::StatusCode;
+    use serde::Serializer;
+
+    pub(crate) fn serialize<S: Serializer>(
+        status: &StatusCode,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(status.as_u16())
+    }
+}

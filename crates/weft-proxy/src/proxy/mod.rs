@@ -1,0 +1,155 @@
+//! The request handler the listeners share: the outbound listeners for the application's
+//! requests, and the gateway for the outside world's. One request goes through named
+//! phases, each in its own file:
+//!
+//! 1. [`Proxy::handle`] notes the request for the access log and the metrics, and turns
+//!    whatever went wrong into its response ([`crate::error`]);
+//! 2. [`Proxy::dispatch`] finds what the request asks for: a tunnel (`CONNECT`,
+//!    [`tunnel`]), or the route its host and path take ([`crate::route`]) — answered
+//!    directly, redirected ([`rewrite`]), aborted or delayed by a fault ([`fault`]), or
+//!    forwarded;
+//! 3. [`forward`] plans the forwarding (weighted cluster, circuit breaker, rewrites, hash),
+//!    then [`retry`] makes the attempts, each to an endpoint the cluster's balancer picks,
+//!    sent by the connection pool ([`crate::upstream`]).
+//!
+//! A request that arrived on a connection redirected by iptables and matches no route goes
+//! where the application was sending it (Istio's `PassthroughCluster`).
+
+pub mod fault;
+pub mod forward;
+pub mod retry;
+pub mod rewrite;
+pub mod tunnel;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::HOST;
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response};
+use tokio::sync::watch;
+
+use crate::error::{ProxyError, UpstreamError};
+use crate::http::headers::{apply_changes, strip_hop_by_hop};
+use crate::http::{Body, respond};
+use crate::model::Action;
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::metrics::{Metrics, Reporter};
+use crate::upstream::Pool;
+use crate::upstream::balance::Balancers;
+use crate::xds::Applied;
+
+/// What the request handler reads; one per sidecar, shared by its listeners and
+/// connections.
+pub struct Proxy {
+    /// The configuration in force.
+    pub config: watch::Receiver<Arc<Applied>>,
+    /// Upstream connections.
+    pub pool: Pool,
+    /// Load-balancer state.
+    pub balancers: Balancers,
+    /// The workload's namespace, where short host names resolve.
+    pub namespace: String,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether responses carry the response-flags header.
+    pub debug_headers: bool,
+}
+
+/// Marks a request that arrived on a redirected connection, with where it was going.
+#[derive(Debug, Clone, Copy)]
+pub struct Redirected(pub SocketAddr);
+
+impl Proxy {
+    /// Proxies one request from the application (or, at a gateway, from outside); `client`
+    /// is the address it came from.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Response<Body> {
+        let entry = Entry::of(Reporter::Source, &request);
+        let mut response = self
+            .dispatch(request, client)
+            .await
+            .unwrap_or_else(ProxyError::into_response);
+        entry.finish(&mut response, &self.metrics, None, self.debug_headers);
+        response
+    }
+
+    /// What the request asks for, and its answer. Once a route is chosen, its response
+    /// header changes apply to whatever answers the request, errors included.
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            // Boxed: tunnels are rare, and their future would make every request's larger.
+            return Box::pin(self.tunnel(Request::from_parts(parts, body))).await;
+        }
+        let authority =
+            authority(&parts).ok_or(ProxyError::BadRequest("the request names no host"))?;
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(80);
+        let config = self.config.borrow().clone();
+        let route = config
+            .model
+            .route_table(port)
+            .and_then(|table| table.virtual_host(&authority))
+            .and_then(|vh| crate::route::select(&vh.routes, &parts, &authority));
+        let Some(route) = route else {
+            if let Some(Redirected(original)) = parts.extensions.get::<Redirected>().copied() {
+                // Boxed, as a tunnel: passthrough is rare.
+                return Box::pin(self.passthrough(parts, body, original)).await;
+            }
+            return Err(ProxyError::NoRoute);
+        };
+        let answer = match &route.action {
+            Action::Direct { status, body } => Ok(respond(*status, body.clone())),
+            Action::Redirect(redirect) => {
+                Ok(rewrite::redirect(redirect, route, &parts.uri, &authority))
+            }
+            Action::Forward(forward) => match fault::inject(route.fault.as_ref()).await {
+                Err(aborted) => Err(aborted),
+                Ok(()) => {
+                    strip_hop_by_hop(&mut parts.headers);
+                    apply_changes(&mut parts.headers, &route.request_headers);
+                    self.forward(&config, forward, route, parts, body, &authority, client)
+                        .await
+                }
+            },
+        };
+        let mut response = answer.unwrap_or_else(ProxyError::into_response);
+        apply_changes(response.headers_mut(), &route.response_headers);
+        Ok(response)
+    }
+}
+
+/// The host (and port) a request names: its absolute URI's authority, else its Host.
+fn authority(parts: &Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+/// The upstream's answer as the downstream gets it: hop-by-hop headers removed.
+pub fn downstream_response(
+    result: Result<Response<Body>, UpstreamError>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut response = result?;
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
+}

@@ -1,0 +1,198 @@
+//! Listeners (LDS) into what each contributes to the model: an outbound or gateway port
+//! (its route configuration, whether its protocol is detected, and for a gateway the TLS
+//! servers it terminates), or the inbound listener's chains (each port's PeerAuthentication
+//! mode and AuthorizationPolicies).
+
+use std::sync::Arc;
+
+use prost::Message;
+use weft_xds::envoy::envoy::config::core::v3::{DataSource, TrafficDirection};
+use weft_xds::envoy::envoy::config::listener::v3::{Listener, filter};
+use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+
+use super::decode_any;
+use super::rbac::chain_rbac;
+use super::tls::data_source;
+use crate::model::policy::Rbac;
+use crate::model::{GatewayPort, GatewayTls};
+
+/// The listener filter that marks an outbound port whose protocol is detected per connection.
+const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+
+/// What a listener contributes to the model.
+#[derive(Debug, Clone)]
+pub struct ListenerPart {
+    /// The route configurations its connection managers name, to ask RDS for.
+    pub routes: Vec<String>,
+    /// What it is.
+    pub kind: ListenerKind,
+}
+
+/// The kinds of listener the proxy serves.
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    /// A port's listener (`0.0.0.0_<port>`): a sidecar's outbound port, reached through
+    /// interception, or a gateway's, which it binds.
+    Port {
+        /// The port.
+        port: u16,
+        /// Whether each connection's protocol is detected.
+        sniffed: bool,
+        /// What the gateway accepts on it, when it is bound.
+        gateway: Option<GatewayPort>,
+    },
+    /// The inbound listener's chains.
+    Inbound(Vec<InboundChain>),
+    /// Anything else, which the proxy does not serve.
+    Other,
+}
+
+/// One chain of the inbound listener.
+#[derive(Debug, Clone)]
+pub struct InboundChain {
+    /// The port it matches.
+    pub port: u16,
+    /// Whether it takes TLS (mTLS) connections; plaintext otherwise.
+    pub tls: bool,
+    /// Whether it carries opaque TCP; HTTP otherwise.
+    pub tcp: bool,
+    /// Its authorization policies.
+    pub rbac: Arc<Rbac>,
+}
+
+/// What `listener`, named `name`, contributes.
+pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerPart, String> {
+    let routes = rds_names(listener);
+    let kind = if let Some(port) = name.strip_prefix("0.0.0.0_").and_then(|p| p.parse().ok()) {
+        ListenerKind::Port {
+            port,
+            sniffed: listener
+                .listener_filters
+                .iter()
+                .any(|f| f.name == HTTP_INSPECTOR),
+            // A sidecar's port listeners are reached through interception; a gateway's
+            // are bound.
+            gateway: listener
+                .bind_to_port
+                .as_ref()
+                .is_none_or(|b| b.value)
+                .then(|| gateway_port(listener))
+                .transpose()?,
+        }
+    } else if listener.traffic_direction == TrafficDirection::Inbound as i32 {
+        ListenerKind::Inbound(inbound_chains(listener)?)
+    } else {
+        ListenerKind::Other
+    };
+    Ok(ListenerPart { routes, kind })
+}
+
+/// The route configuration names the listener's connection managers take from RDS.
+fn rds_names(listener: &Listener) -> Vec<String> {
+    let mut names: Vec<String> = listener
+        .filter_chains
+        .iter()
+        .flat_map(|chain| &chain.filters)
+        .filter_map(|filter| match &filter.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|manager| match manager.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The inbound listener's chains, each with the port it matches.
+fn inbound_chains(listener: &Listener) -> Result<Vec<InboundChain>, String> {
+    let mut chains = Vec::new();
+    for chain in &listener.filter_chains {
+        let Some(matched) = &chain.filter_chain_match else {
+            continue;
+        };
+        let Some(port) = matched
+            .destination_port
+            .as_ref()
+            .and_then(|p| u16::try_from(p.value).ok())
+        else {
+            continue;
+        };
+        chains.push(InboundChain {
+            port,
+            tls: matched.transport_protocol == "tls",
+            tcp: chain
+                .filters
+                .iter()
+                .any(|f| f.name == "envoy.filters.network.tcp_proxy"),
+            rbac: Arc::new(chain_rbac(&chain.filters)?),
+        });
+    }
+    Ok(chains)
+}
+
+/// What a gateway listener accepts: plaintext HTTP from chains without TLS, TLS with the
+/// certificate files of the others (read now: one that cannot be read rejects the listener).
+fn gateway_port(listener: &Listener) -> Result<GatewayPort, String> {
+    use weft_xds::envoy::envoy::config::core::v3::transport_socket::ConfigType;
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let mut port = GatewayPort::default();
+    for chain in &listener.filter_chains {
+        let Some(ConfigType::TypedConfig(any)) = chain
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            port.plaintext = true;
+            continue;
+        };
+        let context: DownstreamTlsContext = decode_any(&any)?;
+        let common = context.common_tls_context.unwrap_or_default();
+        let certificate = common
+            .tls_certificates
+            .first()
+            .ok_or_else(|| format!("chain {:?} has no server certificate", chain.name))?;
+        let read = |source: &Option<DataSource>, what: &str| match source {
+            Some(source) => data_source(source).map_err(|e| format!("{what}: {e}")),
+            None => Err(format!("chain {:?} has no {what}", chain.name)),
+        };
+        let chain_pem = read(&certificate.certificate_chain, "serverCertificate")?;
+        let key_pem = read(&certificate.private_key, "privateKey")?;
+        let mutual = context.require_client_certificate.is_some_and(|b| b.value);
+        let client_ca = match common.validation_context_type {
+            Some(ValidationContextType::ValidationContext(validation)) => {
+                Some(read(&validation.trusted_ca, "caCertificates")?)
+            }
+            _ => None,
+        };
+        if mutual && client_ca.is_none() {
+            return Err(format!(
+                "chain {:?} requires client certificates but names no caCertificates",
+                chain.name
+            ));
+        }
+        let config = crate::tls::termination_config(
+            &chain_pem,
+            &key_pem,
+            client_ca.as_deref().filter(|_| mutual),
+        )?;
+        port.tls.push(GatewayTls {
+            server_names: chain
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.server_names.clone())
+                .unwrap_or_default(),
+            mutual,
+            config,
+        });
+    }
+    Ok(port)
+}
