@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,14 +76,11 @@ impl Control {
 
     /// Waits until the control plane has forgotten every stream.
     fn until_no_proxies(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.proxies() != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "streams of gone clients are still listed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::eventually(
+            "the streams of gone clients are no longer listed",
+            Duration::from_secs(30),
+            || (self.proxies() == 0).then_some(()),
+        );
     }
 
     fn touch_config(&self, round: usize) {

@@ -7,12 +7,16 @@
     reason = "a test fails loudly when its own setup fails"
 )]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::eventually;
 
 /// Services in the order `weft demo` starts them, with their service accounts.
 const WORKLOADS: [&str; 6] = [
@@ -154,10 +158,9 @@ fn the_seed_exercise_runs_in_embedded_mode_and_ctrl_c_leaves_nothing() {
         config.join("reviews.yaml"),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !load(10).contains_key("v3") {
-        assert!(Instant::now() < deadline, "the canary never took effect");
-    }
+    eventually("the canary takes effect", Duration::from_secs(30), || {
+        load(10).contains_key("v3").then_some(())
+    });
     let split = load(400);
     let v3 = split.get("v3").copied().unwrap_or(0) as f64 / 400.0;
     assert!((0.45..=0.55).contains(&v3), "{split:?}");
@@ -189,37 +192,44 @@ fn the_seed_exercise_runs_in_embedded_mode_and_ctrl_c_leaves_nothing() {
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v3}}]\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load(10).keys().collect::<Vec<_>>() != ["v3"] {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted control plane never converged"
-        );
-    }
+    eventually(
+        "the restarted control plane converges",
+        Duration::from_secs(60),
+        || (load(10).keys().collect::<Vec<_>>() == ["v3"]).then_some(()),
+    );
 
     // Ctrl-C: SIGINT to the whole process group, as a terminal sends it.
     let group = nix::unistd::Pid::from_raw(-(demo.id() as i32));
     nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT).unwrap();
-    let stopping = Instant::now();
     let mut demo = demo;
-    while demo.try_wait().unwrap().is_none() {
-        assert!(
-            stopping.elapsed() < Duration::from_secs(5),
-            "still running after 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("the demo stops", Duration::from_secs(5), || {
+        demo.try_wait().unwrap()
+    });
+    // Nothing is left behind: the last of its processes may still be on the way out when
+    // the demo has exited, so they get a moment, not forever.
     let config_text = config.display().to_string();
-    let left: Vec<String> = processes_mentioning(&config_text)
-        .into_iter()
-        .chain(
-            (10..16)
-                .flat_map(|i| processes_mentioning(&format!("--port {}", base + i)))
-                .filter(|c| c.contains("demo-app")),
-        )
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let leftovers = || -> Vec<String> {
+        processes_mentioning(&config_text)
+            .into_iter()
+            .chain(
+                (10..16)
+                    .flat_map(|i| processes_mentioning(&format!("--port {}", base + i)))
+                    .filter(|c| c.contains("demo-app")),
+            )
+            .collect()
+    };
+    eventually(
+        "nothing of the demo is left",
+        Duration::from_secs(5),
+        || {
+            let left = leftovers();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left behind: {left:?}"))
+            }
+        },
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::eventually;
 
 /// An application that answers every request with the request's head.
 fn head_echo_app() -> u16 {
@@ -190,21 +192,16 @@ spec:
         .spawn()
         .unwrap();
     let plain = format!("http://127.0.0.1:{http}/echo");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (status, body) = loop {
+    let (status, body) = eventually("the gateway routes", Duration::from_secs(60), || {
         let (status, body) = curl(&["-H", "host: shop.example.com", &plain]);
         if status == 200 {
-            break (status, body);
+            return Ok((status, body));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never routed: {status} {body}"
-        );
         if let Some(exit) = gateway.try_wait().unwrap() {
             panic!("weft gateway exited: {exit}");
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        Err(format!("{status} {body}"))
+    });
     assert_eq!(status, 200);
     let lower = body.to_ascii_lowercase();
     // Into the mesh over mTLS, with the gateway's identity.

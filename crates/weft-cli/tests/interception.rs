@@ -173,20 +173,16 @@ fn redirected_connections_cross_the_mesh_or_pass_through() {
             "the server's sidecar names the client: {response}"
         );
         // The client's sidecar logged it (its log arrives through a pipe: wait for it).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !client
-            .log
-            .lock()
-            .expect("log")
-            .iter()
-            .any(|line| line.contains("direction=\"outbound\"") && line.contains("/hello"))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the client's sidecar did not log the request"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::eventually(
+            "the client's sidecar logs the request",
+            Duration::from_secs(10),
+            || {
+                let log = client.log.lock().expect("log");
+                log.iter()
+                    .any(|line| line.contains("direction=\"outbound\"") && line.contains("/hello"))
+                    .then_some(())
+            },
+        );
 
         // No route for it: passed through, in plaintext, to where it was going.
         let outside = app(&format!("{OUTSIDE}:0"), "outside");

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, seed};
+use common::eventually;
 use common::netns::NetNs;
 
 /// The bookinfo-shaped objects the test applies: the reviews Service and three versions of
@@ -136,15 +137,6 @@ fn split(client: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
     answered
 }
 
-/// Polls `ready` every 20 ms until it holds; fails the test with `what` after `limit`.
-fn until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_cluster() {
     let pods = [
@@ -243,8 +235,10 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
         let outbound = client.outbound.clone();
 
         // 100% v1, from the VirtualService and DestinationRule applied with kubectl.
-        until(Duration::from_secs(20), "reviews answers", || {
-            get(&outbound, "http://reviews:9080/").is_some_and(|(status, _)| status == 200)
+        eventually("reviews answers", Duration::from_secs(20), || {
+            get(&outbound, "http://reviews:9080/")
+                .is_some_and(|(status, _)| status == 200)
+                .then_some(())
         });
         let answered = split(&outbound, 200);
         assert_eq!(answered.get("v1"), Some(&200), "{answered:?}");
@@ -265,16 +259,18 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
             &control.xds,
             &format!("sidecar~{client_ip}~grpc-client.default~default.svc.cluster.local"),
         );
-        until(Duration::from_secs(20), "gRPC reaches reviews", || {
-            grpc.calls(1).contains_key("v1")
+        eventually("gRPC reaches reviews", Duration::from_secs(20), || {
+            grpc.calls(1).contains_key("v1").then_some(())
         });
         let answered = grpc.calls(200);
         assert_eq!(answered.get("v1"), Some(&200), "gRPC: {answered:?}");
 
         // The seed's 50/50 canary, applied with kubectl.
         cluster.apply(&seed("10-reviews-50-50.yaml"));
-        until(Duration::from_secs(5), "v3 answers", || {
-            get(&outbound, "http://reviews:9080/").is_some_and(|(_, body)| body == "v3")
+        eventually("v3 answers", Duration::from_secs(5), || {
+            get(&outbound, "http://reviews:9080/")
+                .is_some_and(|(_, body)| body == "v3")
+                .then_some(())
         });
         let answered = split(&outbound, 1000);
         let v1 = answered.get("v1").copied().unwrap_or(0);
@@ -282,8 +278,8 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
         assert_eq!(v1 + v3, 1000, "{answered:?}");
         assert!((450..=550).contains(&v1), "not 50/50 ±5: {answered:?}");
         eprintln!("the 50/50 canary: {answered:?}");
-        until(Duration::from_secs(5), "v3 answers gRPC", || {
-            grpc.calls(10).contains_key("v3")
+        eventually("v3 answers gRPC", Duration::from_secs(5), || {
+            grpc.calls(10).contains_key("v3").then_some(())
         });
         let answered = grpc.calls(1000);
         let v1 = answered.get("v1").copied().unwrap_or(0);
@@ -331,11 +327,13 @@ fn resources_applied_with_kubectl_steer_real_proxies_at_the_pods_of_a_real_clust
         let plaintext = get(&v3_inbound, "/");
         assert_eq!(plaintext.map(|(status, _)| status), Some(200));
         cluster.apply(&seed("07-strict-mtls-default.yaml"));
-        until(Duration::from_secs(5), "plaintext is refused", || {
-            get(&v3_inbound, "/").is_none()
+        eventually("plaintext is refused", Duration::from_secs(5), || {
+            get(&v3_inbound, "/").is_none().then_some(())
         });
-        until(Duration::from_secs(5), "mesh traffic reaches v3", || {
-            get(&outbound, "http://reviews:9080/").is_some_and(|(_, body)| body == "v3")
+        eventually("mesh traffic reaches v3", Duration::from_secs(5), || {
+            get(&outbound, "http://reviews:9080/")
+                .is_some_and(|(_, body)| body == "v3")
+                .then_some(())
         });
         drop(client);
         drop(sidecars);

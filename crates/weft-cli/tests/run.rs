@@ -11,6 +11,8 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::eventually;
+
 const STRICT: &str = "apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
@@ -93,15 +95,16 @@ impl Mesh {
             details,
         };
         // Ready once the registry lists the workload.
-        let deadline = Instant::now() + Duration::from_secs(60);
         let mut mesh = mesh;
-        while !common::get(&mesh.control.debug, "/debug/registry").contains("details") {
-            assert!(Instant::now() < deadline, "details never registered");
+        eventually("details is registered", Duration::from_secs(60), || {
+            if common::get(&mesh.control.debug, "/debug/registry").contains("details") {
+                return Some(());
+            }
             if let Some(status) = mesh.details.try_wait().unwrap() {
                 panic!("weft run for details ended: {status}");
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            None
+        });
         mesh
     }
 
@@ -139,22 +142,17 @@ fn curl_reaches_a_mesh_service_by_name_and_its_status_is_weft_runs() {
     let mesh = Mesh::start();
     // The sidecar is ready before curl starts, so the very first request succeeds; a
     // service whose endpoint is still on its way gets a few tries.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
+    let body = eventually("curl gets through", Duration::from_secs(30), || {
         let (output, _) = finish_within(
             mesh.run(&["curl", "-sS", "--fail", "http://details:9080/details/0"]),
             Duration::from_secs(30),
         );
         if output.status.success() {
-            break String::from_utf8_lossy(&output.stdout).into_owned();
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
         }
-        assert!(
-            Instant::now() < deadline,
-            "curl never got through: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     assert!(body.contains("William Shakespeare"), "{body}");
 
     // curl's own failure is weft run's: 22 is curl's code for an HTTP error with --fail.
@@ -175,17 +173,9 @@ fn signals_reach_the_command() {
     assert_eq!(first, "started");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "weft run did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = eventually("weft run stops", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
     assert_eq!(
         status.code(),
         Some(42),
@@ -215,14 +205,11 @@ fn the_command_does_not_outlive_a_killed_weft_run() {
             })
             .is_some_and(|dead| !dead)
     };
-    let started = Instant::now();
-    while alive() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the command outlived weft run"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "the command is gone after weft run",
+        Duration::from_secs(10),
+        || (!alive()).then_some(()),
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Helpers shared by the tests (and the push benchmark) that run the real `weft control`:
-//! start it on ephemeral ports and wait for the addresses it logs, and read its debug pages.
+//! start it on ephemeral ports and wait for the addresses it logs, read its debug pages, and
+//! wait for what happens meanwhile ([`eventually`]).
 
 #![allow(dead_code, reason = "each test binary uses part of these helpers")]
 #![allow(
@@ -14,7 +15,59 @@ pub mod netns;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Calls `probe` every 20 ms until it is done, and returns what it found; fails the test,
+/// naming `what` it waited for, once `timeout` has passed. This is how tests wait for
+/// something that happens in another process, instead of sleeping.
+///
+/// A probe returns `Some(found)` when done and `None` when not yet; or `Ok(found)`, and
+/// `Err(seen)` with what it saw instead, which the failure then shows.
+pub fn eventually<A: Attempt>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> A,
+) -> A::Found {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match probe().found() {
+            Ok(found) => return found,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            match seen {
+                Some(seen) => {
+                    panic!("timed out after {timeout:?} waiting until {what}; last seen: {seen}")
+                }
+                None => panic!("timed out after {timeout:?} waiting until {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What one call of an [`eventually`] probe returns: an `Option`, or a `Result` whose error
+/// says what the probe saw instead.
+pub trait Attempt {
+    /// What the probe returns when done.
+    type Found;
+    /// `Ok` when done; otherwise what the probe saw, if it says.
+    fn found(self) -> Result<Self::Found, Option<String>>;
+}
+
+impl<T> Attempt for Option<T> {
+    type Found = T;
+    fn found(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Attempt for Result<T, E> {
+    type Found = T;
+    fn found(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
 
 /// A running `weft control`, killed when dropped.
 pub struct Control {
@@ -221,15 +274,11 @@ impl Proxy {
 
     /// Waits until `/healthz/ready` answers 200.
     pub fn until_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while get_status(&self.admin, "/healthz/ready").0 != 200 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the proxy at {} never became ready",
-                self.admin
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            &format!("the proxy at {} is ready", self.admin),
+            Duration::from_secs(30),
+            || (get_status(&self.admin, "/healthz/ready").0 == 200).then_some(()),
+        );
     }
 }
 
