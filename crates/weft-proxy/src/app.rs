@@ -199,7 +199,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             spiffe_id,
         )),
     };
-    tokio::spawn(xds::run(
+    tokio::spawn(xds::client::run(
         channel,
         node(&settings, ports.inbound.port()),
         config_tx,

@@ -6,7 +6,7 @@
 //!
 //! 1. [`listener::outbound`] accepts the application's connection (the explicit proxy port,
 //!    a redirected connection, a per-upstream port) and serves HTTP on it
-//!    ([`listener`]; an undeclared port's protocol is told by [`detect`]);
+//!    ([`listener::serve`]; an undeclared port's protocol is told by [`detect`]);
 //! 2. [`proxy`] handles each request in phases: [`route`] picks its route and weighted
 //!    cluster, [`proxy::forward`] plans the forwarding, [`proxy::retry`] makes the attempts;
 //! 3. [`upstream::balance`] picks an endpoint under the cluster's circuit breakers and

@@ -22,9 +22,12 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-// A head with more headers than `MAX_HEADERS`, or longer than `MAX_HEAD`, goes to hyper
-// as it is, which refuses it (431).
-use super::{MAX_HEAD, MAX_HEADERS};
+/// Largest message head accepted, requests and responses (Envoy's default is 60 KiB); a
+/// larger request head gets 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most headers a message head may carry; a request with more gets 431.
+pub const MAX_HEADERS: usize = 100;
 
 /// Wraps a connection's byte stream; see the module documentation.
 pub struct FramingGuard<T> {

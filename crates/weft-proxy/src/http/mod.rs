@@ -45,10 +45,3 @@ pub fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     *response.status_mut() = status;
     response
 }
-
-/// Largest message head accepted, requests and responses (Envoy's default is 60 KiB); a
-/// larger request head gets 431.
-pub const MAX_HEAD: usize = 64 * 1024;
-
-/// Most headers a message head may carry; a request with more gets 431.
-pub const MAX_HEADERS: usize = 100;

@@ -17,7 +17,7 @@ use hyper::header::{HOST, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{HANDSHAKE_TIMEOUT, Io, accept_loop, first_byte, is_tls, serve_http};
+use super::serve::{HANDSHAKE_TIMEOUT, Io, accept_loop, first_byte, is_tls, serve_http};
 use crate::drain;
 use crate::error::{ConnectionError, ProxyError};
 use crate::http::headers::address_to;

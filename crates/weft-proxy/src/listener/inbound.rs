@@ -17,7 +17,7 @@ use hyper::{Request, Response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{
+use super::serve::{
     Carrier, HANDSHAKE_TIMEOUT, Io, accept_loop, first_byte, is_tls, serve_carried, serve_http,
 };
 use crate::authz::Denial;

@@ -22,7 +22,8 @@ use hyper::header::{HOST, HeaderValue};
 use hyper::http::uri::Authority;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Carrier, Io, accept_loop, orig_dst, serve_carried, serve_http};
+use super::orig_dst;
+use super::serve::{Carrier, Io, accept_loop, serve_carried, serve_http};
 use crate::detect::Carries;
 use crate::drain;
 use crate::error::{ConnectError, ConnectionError};

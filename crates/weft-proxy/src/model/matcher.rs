@@ -16,7 +16,7 @@ pub enum StringMatch {
     /// Contains.
     Contains(String),
     /// Matches entirely.
-    Regex(#[serde(with = "regex_text")] Regex),
+    Regex(#[serde(with = "super::dump")] Regex),
     /// Present, whatever the value.
     Present,
 }
@@ -47,17 +47,4 @@ pub struct HeaderMatch {
     pub invert: bool,
     /// An absent header counts as empty.
     pub missing_is_empty: bool,
-}
-
-/// Serializes a regex as its pattern, for the config dump.
-pub(crate) mod regex_text {
-    use regex::Regex;
-    use serde::Serializer;
-
-    pub(crate) fn serialize<S: Serializer>(
-        regex: &Regex,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(regex.as_str())
-    }
 }

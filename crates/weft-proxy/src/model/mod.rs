@@ -8,6 +8,7 @@
 //! the routes and the policies share. This module depends on no other module of the crate.
 
 pub mod cluster;
+mod dump;
 pub mod matcher;
 pub mod policy;
 pub mod route;
@@ -105,18 +106,5 @@ impl GatewayTls {
                             .eq_ignore_ascii_case(suffix.as_bytes())
                 })
         })
-    }
-}
-
-/// Serializes a status code as its number, for the config dump.
-pub(crate) mod status_code {
-    use hyper::StatusCode;
-    use serde::Serializer;
-
-    pub(crate) fn serialize<S: Serializer>(
-        status: &StatusCode,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u16(status.as_u16())
     }
 }

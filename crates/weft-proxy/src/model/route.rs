@@ -11,7 +11,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use regex::Regex;
 use serde::Serialize;
 
-use super::matcher::{HeaderMatch, StringMatch, regex_text};
+use super::matcher::{HeaderMatch, StringMatch};
 
 /// The virtual hosts of one outbound port.
 #[derive(Debug, Default, Serialize)]
@@ -115,7 +115,7 @@ pub struct Fault {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub enum Abort {
     /// An HTTP status.
-    Http(#[serde(with = "super::status_code")] StatusCode),
+    Http(#[serde(with = "super::dump")] StatusCode),
     /// A gRPC status (HTTP 200 with `grpc-status`).
     Grpc(u32),
 }
@@ -211,7 +211,7 @@ pub enum PathMatch {
     /// Equals.
     Exact(String),
     /// Matches the whole path.
-    Regex(#[serde(with = "regex_text")] Regex),
+    Regex(#[serde(with = "super::dump")] Regex),
 }
 
 /// A query parameter condition.
@@ -233,10 +233,10 @@ pub enum Action {
     /// Answer directly.
     Direct {
         /// Status code.
-        #[serde(with = "super::status_code")]
+        #[serde(with = "super::dump")]
         status: StatusCode,
         /// Body.
-        #[serde(with = "text")]
+        #[serde(with = "super::dump")]
         body: Bytes,
     },
 }
@@ -280,7 +280,7 @@ pub enum HashOn {
 #[derive(Debug, Serialize)]
 pub struct RegexRewrite {
     /// What to replace.
-    #[serde(with = "regex_text")]
+    #[serde(with = "super::dump")]
     pub pattern: Regex,
     /// What to put instead, in the regex crate's syntax (`${1}` for a group); the adapter
     /// translates Envoy's (`\1`).
@@ -304,7 +304,7 @@ pub struct WeightedCluster {
 #[derive(Debug, Serialize)]
 pub struct Redirect {
     /// Status code (301, 302, 303, 307, 308).
-    #[serde(with = "super::status_code")]
+    #[serde(with = "super::dump")]
     pub status: StatusCode,
     /// New scheme, if any.
     pub scheme: Option<String>,
@@ -322,53 +322,12 @@ pub struct Redirect {
 #[derive(Debug, Default, Serialize)]
 pub struct HeaderChanges {
     /// Overwritten.
-    #[serde(with = "text")]
+    #[serde(with = "super::dump")]
     pub set: Vec<(HeaderName, HeaderValue)>,
     /// Appended.
-    #[serde(with = "text")]
+    #[serde(with = "super::dump")]
     pub add: Vec<(HeaderName, HeaderValue)>,
     /// Removed.
-    #[serde(with = "text")]
+    #[serde(with = "super::dump")]
     pub remove: Vec<HeaderName>,
-}
-
-/// Serializes bodies, header names and values as text, for the config dump.
-mod text {
-    use hyper::body::Bytes;
-    use hyper::header::{HeaderName, HeaderValue};
-    use serde::Serializer;
-
-    /// Something the config dump shows as text.
-    pub(super) trait AsText {
-        fn write<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
-    }
-
-    impl AsText for Bytes {
-        fn write<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_str(&String::from_utf8_lossy(self))
-        }
-    }
-
-    impl AsText for Vec<HeaderName> {
-        fn write<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.collect_seq(self.iter().map(HeaderName::as_str))
-        }
-    }
-
-    impl AsText for Vec<(HeaderName, HeaderValue)> {
-        fn write<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.collect_seq(
-                self.iter().map(|(name, value)| {
-                    (name.as_str(), String::from_utf8_lossy(value.as_bytes()))
-                }),
-            )
-        }
-    }
-
-    pub(super) fn serialize<T: AsText, S: Serializer>(
-        value: &T,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        value.write(serializer)
-    }
 }

@@ -13,9 +13,10 @@ use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, Uri};
 
+use super::inputs::Proxy;
 use super::retry::{self, Replay};
-use super::{Proxy, downstream_response, rewrite, tunnel};
-use crate::error::ProxyError;
+use super::{rewrite, tunnel};
+use crate::error::{ProxyError, UpstreamError};
 use crate::http::headers::{apply_changes, strip_hop_by_hop};
 use crate::http::{Body, boxed};
 use crate::model::{Cluster, Forward, Route, WeightedCluster};
@@ -192,4 +193,13 @@ impl Proxy {
         tunnel::splice(downstream, upstream);
         downstream_response(Ok(response))
     }
+}
+
+/// The upstream's answer as the downstream gets it: hop-by-hop headers removed.
+pub fn downstream_response(
+    result: Result<Response<Body>, UpstreamError>,
+) -> Result<Response<Body>, ProxyError> {
+    let mut response = result?;
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response)
 }

@@ -17,49 +17,27 @@
 
 pub mod fault;
 pub mod forward;
+pub mod inputs;
 pub mod retry;
 pub mod rewrite;
 pub mod tunnel;
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+pub use forward::downstream_response;
+pub use inputs::{Proxy, Redirected};
+
+use std::net::IpAddr;
 
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
-use tokio::sync::watch;
 
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::ProxyError;
 use crate::http::headers::{apply_changes, strip_hop_by_hop};
 use crate::http::{Body, respond};
 use crate::model::Action;
 use crate::telemetry::access_log::Entry;
-use crate::telemetry::metrics::{Metrics, Reporter};
-use crate::upstream::Pool;
-use crate::upstream::balance::Balancers;
-use crate::xds::Applied;
-
-/// What the request handler reads; one per sidecar, shared by its listeners and
-/// connections.
-pub struct Proxy {
-    /// The configuration in force.
-    pub config: watch::Receiver<Arc<Applied>>,
-    /// Upstream connections.
-    pub pool: Pool,
-    /// Load-balancer state.
-    pub balancers: Balancers,
-    /// The workload's namespace, where short host names resolve.
-    pub namespace: String,
-    /// Request metrics.
-    pub metrics: Arc<Metrics>,
-    /// Whether responses carry the response-flags header.
-    pub debug_headers: bool,
-}
-
-/// Marks a request that arrived on a redirected connection, with where it was going.
-#[derive(Debug, Clone, Copy)]
-pub struct Redirected(pub SocketAddr);
+use crate::telemetry::metrics::Reporter;
 
 impl Proxy {
     /// Proxies one request from the application (or, at a gateway, from outside); `client`
@@ -143,13 +121,4 @@ fn authority(parts: &Parts) -> Option<String> {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-}
-
-/// The upstream's answer as the downstream gets it: hop-by-hop headers removed.
-pub fn downstream_response(
-    result: Result<Response<Body>, UpstreamError>,
-) -> Result<Response<Body>, ProxyError> {
-    let mut response = result?;
-    strip_hop_by_hop(response.headers_mut());
-    Ok(response)
 }

@@ -9,7 +9,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::Proxy;
+use super::inputs::Proxy;
 use crate::error::{ConnectError, ProxyError, UpstreamError};
 use crate::http::{Body, respond};
 use crate::upstream::Stream;

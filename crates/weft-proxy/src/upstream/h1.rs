@@ -30,7 +30,8 @@ use tokio::io::AsyncWriteExt;
 use super::connect::Stream;
 // A response head (or a chunked body's trailer block) is refused beyond `MAX_HEAD` bytes or
 // `MAX_HEADERS` headers.
-use crate::http::{BodyError, BoxError, MAX_HEAD, MAX_HEADERS};
+use crate::http::framing::{MAX_HEAD, MAX_HEADERS};
+use crate::http::{BodyError, BoxError};
 /// How much room a read asks for.
 const READ_SIZE: usize = 16 * 1024;
 

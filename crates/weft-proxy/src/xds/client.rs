@@ -16,7 +16,7 @@ use weft_xds::envoy::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use weft_xds::envoy::google::rpc::Status as RpcStatus;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
-use super::{Applied, is_warm};
+use super::applied::{Applied, is_warm};
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`] while attempts fail.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);

@@ -24,7 +24,7 @@ use weft_xds::envoy::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use weft_xds::envoy::google::protobuf::value::Kind;
 
-use super::duration;
+use super::proto::duration;
 use super::tls::upstream_tls;
 use crate::model::{Cluster, Endpoint, LoadBalancer, Outlier, UpstreamHttp};
 use crate::upstream::hash;

@@ -12,7 +12,7 @@ use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 
-use super::decode_any;
+use super::proto::decode_any;
 use super::rbac::chain_rbac;
 use super::tls::data_source;
 use crate::model::policy::Rbac;

@@ -14,13 +14,13 @@
 pub mod cluster;
 pub mod listener;
 pub mod matcher;
+mod proto;
 pub mod rbac;
 pub mod route;
 pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message;
 use weft_xds::envoy::envoy::config::cluster::v3::Cluster as XdsCluster;
@@ -74,19 +74,6 @@ pub struct Rejected {
     kind: &'static str,
     name: String,
     reason: String,
-}
-
-/// Decodes an embedded protobuf message.
-fn decode_any<M: Message + Default>(any: &Any) -> Result<M, String> {
-    M::decode(any.value.as_slice()).map_err(|e| format!("undecodable {}: {e}", any.type_url))
-}
-
-/// A protobuf duration; a negative one is zero.
-fn duration(d: weft_xds::envoy::google::protobuf::Duration) -> Duration {
-    Duration::new(
-        u64::try_from(d.seconds).unwrap_or(0),
-        u32::try_from(d.nanos).unwrap_or(0),
-    )
 }
 
 /// What a resource of one type is converted to, and how its name is found.

@@ -7,8 +7,8 @@ use weft_xds::envoy::envoy::config::core::v3::CidrRange;
 use weft_xds::envoy::envoy::config::listener::v3::{Filter, filter};
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 
-use super::decode_any;
 use super::matcher::{header_match, string_match};
+use super::proto::decode_any;
 use crate::model::policy::{Cidr, Permission, Policy, Principal, Rbac};
 
 /// The RBAC filters of an inbound chain: the network filters of a TCP chain, or the HTTP

@@ -20,9 +20,8 @@ use weft_xds::envoy::envoy::config::route::v3::route_match::PathSpecifier;
 use weft_xds::envoy::envoy::config::route::v3::{RouteConfiguration, redirect_action};
 use weft_xds::envoy::google::protobuf::Any;
 
-use super::decode_any;
-use super::duration;
 use super::matcher::{header_match, regex, string_match};
+use super::proto::{decode_any, duration};
 use crate::model::{
     Abort, Action, Fault, Forward, HashOn, HeaderChanges, PathMatch, QueryMatch, Redirect,
     RegexRewrite, Retry, RetryOn, Route, RouteMatch, RouteTable, StringMatch, VirtualHost,

@@ -7,7 +7,7 @@ use weft_xds::envoy::envoy::config::core::v3::{DataSource, TransportSocket, tran
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use weft_xds::envoy::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
-use super::decode_any;
+use super::proto::decode_any;
 use crate::model::UpstreamTls;
 
 /// The mesh TLS an upstream transport socket asks for; `None` for plaintext. Only mesh mTLS
