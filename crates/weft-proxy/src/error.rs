@@ -2,7 +2,7 @@
 //! each failure is a [`ProxyError`] where it happens, its status and Envoy response flag
 //! come from one exhaustive `match` each, and [`ProxyError::into_response`] is the only way
 //! such a response is built. The flag rides in the response's extensions to the access log
-//! and the metrics ([`crate::telemetry`]), which also add it as a header with
+//! and the metrics (the telemetry module), which also add it as a header with
 //! `--debug-headers`.
 //!
 //! As Envoy answers them: no route `404 NR`, no cluster `503 NC`, circuit breaker full

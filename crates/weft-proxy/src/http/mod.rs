@@ -39,7 +39,7 @@ pub fn full(bytes: Bytes) -> Body {
 }
 
 /// A response the proxy answers itself that is not an error: a route's direct response, a
-/// redirect, a tunnel's `200`. Errors are answered by [`crate::error::ProxyError`].
+/// redirect, a tunnel's `200`. Errors are answered by `ProxyError`.
 pub fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(body.into()));
     *response.status_mut() = status;

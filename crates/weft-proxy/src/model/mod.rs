@@ -1,5 +1,5 @@
 //! The proxy's own configuration model: what the data path reads on every request, built
-//! from xDS by [`crate::xds::adapter`] and swapped whole when a new configuration is
+//! from xDS by the xDS adapter and swapped whole when a new configuration is
 //! accepted. Nothing here is a protobuf type, and nothing is parsed again on the request
 //! path: statuses, header names and values, regexes and hash tables are ready to use.
 //!
@@ -64,7 +64,7 @@ pub struct InboundPort {
     /// HTTP to the application, authorized by these policies.
     pub http: Option<Arc<Rbac>>,
     /// Opaque TCP to the application, authorized by these policies. A port with both takes
-    /// each connection as what its first bytes say ([`crate::detect`]).
+    /// each connection as what its first bytes say (protocol detection).
     pub tcp: Option<Arc<Rbac>>,
 }
 

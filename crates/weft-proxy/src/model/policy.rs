@@ -1,6 +1,6 @@
 //! Authorization policies (AuthorizationPolicy, as the RBAC filters the control plane
 //! sends): the DENY and ALLOW sets of an inbound port and the conditions of their
-//! policies. They are evaluated by [`crate::authz`].
+//! policies. They are evaluated by the `authz` module.
 
 use std::net::IpAddr;
 

@@ -134,7 +134,7 @@ pub struct Retry {
 }
 
 /// Envoy's `retry_on` conditions, parsed once; Envoy ignores the names it does not know,
-/// and so does Weft. When each one applies is decided in [`crate::proxy::retry`].
+/// and so does Weft. When each one applies is decided by the proxy's retry loop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[allow(
     clippy::struct_excessive_bools,
