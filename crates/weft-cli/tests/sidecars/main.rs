@@ -32,6 +32,8 @@ mod apps;
 mod clients;
 mod mesh;
 
+mod authz;
+mod hardening;
 mod limits;
 mod protocols;
 mod resilience;

@@ -1,0 +1,1 @@
+//! Authorization that never fails open: path normalization before policies and routes.

@@ -1,0 +1,1 @@
+//! Listener binds, CONNECT targets and proxy-set headers against hostile clients.
