@@ -21,6 +21,7 @@ pub mod codes;
 pub mod duration;
 pub mod hosts;
 pub mod load;
+pub mod mesh;
 pub mod message;
 pub mod meta;
 pub mod networking;

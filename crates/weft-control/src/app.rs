@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use weft_api::mesh::MeshConfig;
 use weft_xds::server::{AdsServer, Ledger};
 
 use tokio_stream::wrappers::TcpListenerStream;
@@ -68,6 +69,8 @@ pub struct Config {
     pub xds_tls_addr: Option<SocketAddr>,
     /// Names (DNS or IP) the TLS port's certificate is valid for.
     pub tls_names: Vec<String>,
+    /// The mesh-wide settings (Istio's MeshConfig).
+    pub mesh: Arc<MeshConfig>,
 }
 
 /// Errors starting the control plane.
@@ -179,12 +182,15 @@ impl ControlPlane {
             root_pem: Some(authority.root_pem().to_string()),
         };
         let generator = Arc::new(MeshGenerator::new(registrations.clone(), identity));
-        generator.set(Arc::new(MeshSnapshot::build(
-            0,
-            &state.borrow_and_update(),
-            &registrations.workloads(),
-            &platform.borrow_and_update(),
-        )));
+        generator.set(Arc::new(
+            MeshSnapshot::build(
+                0,
+                &state.borrow_and_update(),
+                &registrations.workloads(),
+                &platform.borrow_and_update(),
+            )
+            .with_mesh(config.mesh.clone()),
+        ));
         let (changes, watcher) = watch::channel(0u64);
         let ads = AdsServer::new(generator.clone(), watcher, "weft-control");
         let tokens =
@@ -230,6 +236,7 @@ impl ControlPlane {
         let mut updates = state.clone();
         let mut registered = registrations.subscribe();
         let serving = generator.clone();
+        let mesh = config.mesh.clone();
         tokio::spawn(async move {
             // A new snapshot whenever the configuration, the registered workloads or the
             // platform's services change.
@@ -256,7 +263,8 @@ impl ControlPlane {
                 }
                 metrics.reloaded(&state);
                 let services = platform.borrow_and_update().clone();
-                let snapshot = MeshSnapshot::build(version, &state, &workloads, &services);
+                let snapshot = MeshSnapshot::build(version, &state, &workloads, &services)
+                    .with_mesh(mesh.clone());
                 serving.set(Arc::new(snapshot));
                 if changes.send(version).is_err() {
                     break;

@@ -3,8 +3,10 @@
 //! stream through an `Arc`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use weft_api::Resource;
+use weft_api::mesh::MeshConfig;
 use weft_api::networking::destination_rule::DestinationRule;
 use weft_api::networking::gateway::Gateway;
 use weft_api::networking::sidecar::Sidecar;
@@ -41,6 +43,8 @@ pub struct MeshSnapshot {
     pub gateways: Vec<(Resource, Gateway)>,
     /// VirtualServices bound to gateways (other than `mesh`), in load order.
     pub gateway_virtual_services: Vec<(Resource, VirtualService)>,
+    /// The mesh-wide settings.
+    pub mesh: Arc<MeshConfig>,
 }
 
 impl MeshSnapshot {
@@ -106,7 +110,14 @@ impl MeshSnapshot {
             sidecars,
             gateways,
             gateway_virtual_services,
+            mesh: Arc::default(),
         }
+    }
+
+    /// The snapshot with the mesh-wide settings `mesh`.
+    pub fn with_mesh(mut self, mesh: Arc<MeshConfig>) -> Self {
+        self.mesh = mesh;
+        self
     }
 
     /// The DestinationRules for a host: those naming it exactly, else those of the most

@@ -229,6 +229,7 @@ async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::one
         cert_ttl: Duration::from_secs(3600),
         registration_grace: Duration::from_millis(300),
         xds_tls_addr: None,
+        mesh: Default::default(),
         tls_names: vec![],
     })
     .await

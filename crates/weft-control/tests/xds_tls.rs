@@ -66,6 +66,7 @@ async fn tls_port_needs_the_mesh_root_and_a_join_token() {
         cert_ttl: Duration::from_secs(3600),
         registration_grace: Duration::from_secs(1),
         xds_tls_addr: Some("127.0.0.1:0".parse().unwrap()),
+        mesh: Default::default(),
         tls_names: vec!["localhost".into(), "127.0.0.1".into()],
     })
     .await

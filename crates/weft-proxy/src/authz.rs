@@ -1,7 +1,8 @@
 //! Authorization (AuthorizationPolicy, as the RBAC filters the control plane sends),
 //! evaluated: a DENY set checked first, then an ALLOW set — if there is one, a request must
 //! match one of its policies. A policy matches when one of its permissions (what is asked)
-//! and one of its principals (who asks) match. The policies themselves are
+//! and one of its principals (who asks) match. Dry-run policies are evaluated the same way,
+//! and their verdict only reported ([`Rbac::dry_run`]). The policies themselves are
 //! [`crate::model::policy`].
 
 use std::net::IpAddr;
@@ -34,6 +35,10 @@ pub enum Denial {
     /// The port has no policies for this protocol: it does not carry it.
     #[error("the port does not carry this protocol")]
     NotCarried,
+    /// The port has no configuration yet (or its listener was rejected), so which policies
+    /// apply is unknown.
+    #[error("the port has no authorization configuration")]
+    Unconfigured,
 }
 
 impl Rbac {
@@ -49,6 +54,42 @@ impl Rbac {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// What the dry-run policies would have decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DryRun {
+    /// A dry-run DENY policy matches.
+    WouldDeny(String),
+    /// There are dry-run ALLOW policies and none matches.
+    WouldNotAllow,
+    /// The dry-run policies let the request through (the name of the ALLOW policy that
+    /// matched, if any).
+    WouldAllow(Option<String>),
+}
+
+impl Rbac {
+    /// What the port's dry-run policies say about `request`; `None` without any.
+    pub fn dry_run(&self, request: &Request<'_>) -> Option<DryRun> {
+        if self.dry_run_deny.is_none() && self.dry_run_allow.is_none() {
+            return None;
+        }
+        if let Some(policy) = self
+            .dry_run_deny
+            .iter()
+            .flatten()
+            .find(|p| p.matches(request))
+        {
+            return Some(DryRun::WouldDeny(policy.name.clone()));
+        }
+        Some(match &self.dry_run_allow {
+            Some(policies) => match policies.iter().find(|p| p.matches(request)) {
+                Some(policy) => DryRun::WouldAllow(Some(policy.name.clone())),
+                None => DryRun::WouldNotAllow,
+            },
+            None => DryRun::WouldAllow(None),
+        })
     }
 }
 
@@ -149,6 +190,7 @@ mod tests {
         let rbac = Rbac {
             deny: Some(vec![policy("no-admin", admin, Principal::Any)]),
             allow: Some(vec![policy("all", Permission::Any, Principal::Any)]),
+            ..Rbac::default()
         };
         let (admin, other) = (get("/admin/x"), get("/x"));
         assert_eq!(
@@ -164,6 +206,7 @@ mod tests {
         let nothing = Rbac {
             deny: None,
             allow: Some(Vec::new()),
+            ..Rbac::default()
         };
         assert_eq!(
             nothing.check(&request(Some(CLIENT), &parts)),
@@ -187,6 +230,7 @@ mod tests {
         let rbac = Rbac {
             deny: None,
             allow: Some(vec![clients_get]),
+            ..Rbac::default()
         };
         let parts = get("/");
         assert_eq!(rbac.check(&request(Some(CLIENT), &parts)), Ok(()));
@@ -210,6 +254,7 @@ mod tests {
                     prefix: 24,
                 }),
             )]),
+            ..Rbac::default()
         };
         assert_eq!(from_net.check(&request(None, &parts)), Ok(()));
     }

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use weft_api::mesh::MeshConfig;
 use weft_control::app::{Config, ControlPlane, Source};
 use weft_control::kube::inject::Injector;
 use weft_control::kube::manifest::{
@@ -74,6 +76,11 @@ pub struct Args {
     /// stream closes.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     registration_grace: std::time::Duration,
+    /// Istio's MeshConfig, as YAML (the `mesh` key of the `istio` ConfigMap): Weft reads
+    /// `pathNormalization`, `defaultConfig.gatewayTopology.numTrustedProxies` and the names
+    /// of `extensionProviders`, and logs the fields it ignores.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
     /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
     #[arg(long, default_value = "info")]
     log: String,
@@ -117,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             registration_grace: args.registration_grace,
             xds_tls_addr: args.xds_tls_addr,
             tls_names: args.tls_names.clone(),
+            mesh: Arc::new(mesh_config(args.mesh_config.as_deref())?),
         };
         let control = ControlPlane::start(config)
             .await
@@ -176,4 +184,19 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+/// The mesh config in `path`, or Istio's defaults without one.
+fn mesh_config(path: Option<&std::path::Path>) -> anyhow::Result<MeshConfig> {
+    let Some(path) = path else {
+        return Ok(MeshConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the mesh config {}", path.display()))?;
+    let (config, ignored) = MeshConfig::parse(&text)
+        .map_err(|e| anyhow::anyhow!("the mesh config {}: {e}", path.display()))?;
+    for field in ignored {
+        tracing::warn!(%field, "mesh config field not supported by Weft; ignored");
+    }
+    Ok(config)
 }

@@ -86,8 +86,14 @@ impl Control {
 
     /// Starts `weft control` serving xDS on `xds_addr` (a restart on the same address).
     pub fn start_at(config_dir: &Path, xds_addr: &str) -> Self {
+        Self::start_with(config_dir, xds_addr, &[])
+    }
+
+    /// As [`Control::start_at`], with more flags.
+    pub fn start_with(config_dir: &Path, xds_addr: &str, flags: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
         command.args(["control", "--xds-addr", xds_addr]);
+        command.args(flags);
         command.arg("--config-dir").arg(config_dir);
         Self::spawn(command)
     }

@@ -1,1 +1,265 @@
-//! Authorization that never fails open: path normalization before policies and routes.
+//! Authorization that never fails open: request paths normalized before policies and
+//! routes read them (MeshConfig `pathNormalization`).
+
+use crate::apps::echo_app;
+use crate::clients::{raw, via_proxy};
+use crate::mesh::{Mesh, SERVICE};
+
+/// `echo` refuses `/admin` and everything under it.
+const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/admin*]}}]
+";
+
+/// A request through the client's sidecar: the status, and the request line the
+/// application saw (empty when it saw none).
+fn call(mesh: &Mesh, path: &str) -> (u16, String) {
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        &format!("http://echo.test.svc.cluster.local:8080{path}"),
+    );
+    let seen = body
+        .lines()
+        .find(|line| line.starts_with("GET "))
+        .unwrap_or_default()
+        .to_string();
+    (status, seen)
+}
+
+/// A plaintext request straight to the server's sidecar (PERMISSIVE by default), so only
+/// its inbound side normalizes: its status line.
+fn call_inbound(mesh: &Mesh, path: &str) -> String {
+    let answer = raw(
+        &mesh.servers[0].inbound,
+        format!("GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// Istio's default, `BASE`: paths that an application resolves to `/admin` are denied as
+/// `/admin` is, at the client's sidecar and at the server's; the application gets the
+/// normal form, the query as sent; `%00` is refused; runs of slashes and escaped slashes are
+/// left alone, as Istio's BASE leaves them.
+#[test]
+fn paths_are_normalized_before_policies_and_routes() {
+    let mesh = Mesh::start(DENY_ADMIN);
+    assert_eq!(call(&mesh, "/admin").0, 403);
+    for path in [
+        "/public/../admin",
+        "/./admin",
+        "/%61dmin",
+        "/x/%2e%2e/admin/users",
+        "/x/%2E./admin",
+        "/x\\..\\admin",
+    ] {
+        assert_eq!(call(&mesh, path).0, 403, "{path} is /admin");
+        assert!(
+            call_inbound(&mesh, path).contains(" 403 "),
+            "{path} is /admin at the inbound side too"
+        );
+    }
+    assert_eq!(
+        call(&mesh, "/public/./a/../b?next=/../admin"),
+        (200, "GET /public/b?next=/../admin HTTP/1.1".to_string()),
+        "the application gets the normal form, the query unchanged"
+    );
+    assert_eq!(
+        call(&mesh, "/%7Euser/%41"),
+        (200, "GET /~user/A HTTP/1.1".to_string())
+    );
+    assert!(call_inbound(&mesh, "/a%00b").contains(" 400 "));
+    assert_eq!(call(&mesh, "//admin").0, 200, "BASE does not merge slashes");
+    assert_eq!(
+        call(&mesh, "/%2Fadmin"),
+        (200, "GET /%2Fadmin HTTP/1.1".to_string()),
+        "BASE keeps escaped slashes"
+    );
+}
+
+/// The other normalizations of MeshConfig's `pathNormalization`: `NONE` leaves paths as
+/// sent, `MERGE_SLASHES` merges runs of slashes, `DECODE_AND_MERGE_SLASHES` also decodes
+/// escaped slashes first.
+#[test]
+fn mesh_config_chooses_the_path_normalization() {
+    let with = |normalization: &str| {
+        Mesh::with_mesh_config(
+            SERVICE,
+            DENY_ADMIN,
+            Some(&format!(
+                "pathNormalization: {{normalization: {normalization}}}\n"
+            )),
+            &["v1"],
+            echo_app,
+        )
+    };
+    let none = with("NONE");
+    assert_eq!(
+        call(&none, "/public/../admin"),
+        (200, "GET /public/../admin HTTP/1.1".to_string())
+    );
+    drop(none);
+
+    let merge = with("MERGE_SLASHES");
+    assert_eq!(call(&merge, "//admin").0, 403);
+    assert_eq!(
+        call(&merge, "/public//../admin"),
+        (200, "GET /public/admin HTTP/1.1".to_string()),
+        "dot segments are resolved before slashes are merged, as Envoy does"
+    );
+    assert_eq!(
+        call(&merge, "/a//b"),
+        (200, "GET /a/b HTTP/1.1".to_string())
+    );
+    assert_eq!(call(&merge, "/%2Fadmin").0, 200, "escaped slashes stay");
+    drop(merge);
+
+    let decode = with("DECODE_AND_MERGE_SLASHES");
+    assert_eq!(call(&decode, "/%2Fadmin").0, 403);
+    assert_eq!(call(&decode, "/x/..%5Cadmin").0, 403);
+    assert_eq!(
+        call(&decode, "/a%2Fb"),
+        (200, "GET /a/b HTTP/1.1".to_string())
+    );
+}
+
+/// Policies that Weft could once leave unenforced, each on its own path of `echo`:
+/// a root-namespace policy with a selector (it applies in every namespace), a CUSTOM policy
+/// (no external authorizer is reachable, so what it matches is denied), URI templates
+/// (`{*}` is one segment, `{**}` any number), and a dry-run DENY (logged, not enforced).
+const POLICIES: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/root-denied]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: external, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: CUSTOM
+  provider: {name: ext-authz}
+  rules:
+  - to: [{operation: {paths: [/custom*]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: templates, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ['/users/{*}/keys', '/blobs/{**}']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: trial
+  namespace: test
+  annotations: {istio.io/dry-run: 'true'}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/dry*]}}]
+";
+
+#[test]
+fn policies_apply_where_istio_applies_them_and_fail_closed() {
+    let mesh = Mesh::start(POLICIES);
+    for (path, status, why) in [
+        (
+            "/root-denied",
+            403,
+            "a root-namespace policy selects workloads everywhere",
+        ),
+        (
+            "/custom/x",
+            403,
+            "a CUSTOM policy with no reachable authorizer denies",
+        ),
+        ("/other", 200, "what no policy matches passes"),
+        ("/users/alice/keys", 403, "{*} matches one segment"),
+        ("/users/alice/bob/keys", 200, "{*} matches only one segment"),
+        ("/users//keys", 200, "{*} matches a non-empty segment"),
+        ("/blobs/a/b/c", 403, "{**} matches any number of segments"),
+        ("/blobs", 200, "{**} follows a slash"),
+        (
+            "/users/%7Bx%7D/keys",
+            403,
+            "escaped characters are part of a segment",
+        ),
+        ("/dry-run", 200, "a dry-run policy is not enforced"),
+    ] {
+        assert_eq!(call(&mesh, path).0, status, "{path}: {why}");
+    }
+    let logged = crate::common::eventually(
+        "the dry-run verdict is logged",
+        std::time::Duration::from_secs(10),
+        || {
+            let log = mesh.servers[0].log.lock().unwrap();
+            log.iter()
+                .find(|line| line.contains("dry-run authorization") && line.contains("/dry-run"))
+                .cloned()
+                .ok_or_else(|| log.join("\n"))
+        },
+    );
+    assert!(
+        logged.contains("WouldDeny(\"ns[test]-policy[trial]-rule[0]\")"),
+        "{logged}"
+    );
+}
+
+/// `portLevelMtls` with `mode: UNSET` inherits the workload policy's mode (Istio's
+/// ComposePeerAuthentication), not the namespace's: a STRICT workload stays STRICT.
+#[test]
+fn an_unset_port_inherits_the_workload_mode() {
+    let mesh = Mesh::start(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: test}
+spec: {mtls: {mode: PERMISSIVE}}
+",
+    );
+    assert!(
+        crate::clients::direct(&mesh.servers[0].inbound, None).is_some(),
+        "PERMISSIVE takes plaintext"
+    );
+    let port = mesh.servers[0].inbound.rsplit(':').next().unwrap();
+    std::fs::write(
+        crate::mesh::config_dir(mesh.dir.path()).join("extra.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: test}}
+spec: {{mtls: {{mode: PERMISSIVE}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: echo, namespace: test}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls: {{{port}: {{mode: UNSET}}}}
+"
+        ),
+    )
+    .unwrap();
+    crate::common::eventually(
+        "the STRICT workload refuses plaintext on its UNSET port",
+        std::time::Duration::from_secs(20),
+        || match crate::clients::direct(&mesh.servers[0].inbound, None) {
+            None => Ok(()),
+            Some(answer) => Err(answer),
+        },
+    );
+    assert_eq!(call(&mesh, "/").0, 200, "mesh mTLS still passes");
+}

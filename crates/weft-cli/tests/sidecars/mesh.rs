@@ -78,11 +78,29 @@ impl Mesh {
         versions: &[&'static str],
         app: impl Fn(&'static str) -> u16,
     ) -> Self {
+        Self::with_mesh_config(service, extra, None, versions, app)
+    }
+
+    /// As [`Mesh::with_service`], with the control plane given `mesh_config` (Istio's
+    /// MeshConfig YAML) when there is one.
+    pub fn with_mesh_config(
+        service: &str,
+        extra: &str,
+        mesh_config: Option<&str>,
+        versions: &[&'static str],
+        app: impl Fn(&'static str) -> u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(config_dir(dir.path())).unwrap();
         std::fs::write(config_dir(dir.path()).join("echo.yaml"), service).unwrap();
         std::fs::write(config_dir(dir.path()).join("extra.yaml"), extra).unwrap();
-        let control = common::Control::start(&config_dir(dir.path()));
+        let mesh_file = dir.path().join("mesh.yaml");
+        let mut flags = Vec::new();
+        if let Some(mesh_config) = mesh_config {
+            std::fs::write(&mesh_file, mesh_config).unwrap();
+            flags.extend(["--mesh-config", mesh_file.to_str().unwrap()]);
+        }
+        let control = common::Control::start_with(&config_dir(dir.path()), "127.0.0.1:0", &flags);
         let server_token = common::join_token(&config_dir(dir.path()), "test", "echo");
         let mut servers = Vec::new();
         let mut endpoints = Vec::new();

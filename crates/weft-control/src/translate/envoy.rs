@@ -2,6 +2,7 @@
 //! filters every HTTP or TCP chain is made of, transport sockets and data sources, and the
 //! well-known names Envoy reads them under. What a mesh makes of them is decided elsewhere.
 
+use weft_api::mesh::PathNormalization;
 use weft_xds::envoy::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, SocketAddress,
     TransportSocket, address, config_source::ConfigSourceSpecifier, data_source,
@@ -18,7 +19,7 @@ use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manage
     http_filter::ConfigType,
 };
 use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use weft_xds::envoy::google::protobuf::Duration as PbDuration;
+use weft_xds::envoy::google::protobuf::{BoolValue, Duration as PbDuration};
 use weft_xds::types::pack;
 
 /// The name of the HTTP filter that injects faults; routes configure it per route.
@@ -79,9 +80,13 @@ pub(crate) fn http_inspector() -> ListenerFilter {
 }
 
 /// An HTTP connection manager whose routes come over RDS, with the fault filter (configured
-/// per route) and the router.
-pub(crate) fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
-    HttpConnectionManager {
+/// per route) and the router; request paths normalized as `paths` says.
+pub(crate) fn http_manager(
+    stat_prefix: &str,
+    route_config_name: &str,
+    paths: PathNormalization,
+) -> HttpConnectionManager {
+    let mut manager = HttpConnectionManager {
         stat_prefix: stat_prefix.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
@@ -96,6 +101,27 @@ pub(crate) fn http_manager(stat_prefix: &str, route_config_name: &str) -> HttpCo
             router(),
         ],
         ..HttpConnectionManager::default()
+    };
+    normalize_paths(&mut manager, paths);
+    manager
+}
+
+/// Sets how `manager` normalizes request paths, as Istio maps MeshConfig's
+/// `pathNormalization` onto Envoy's fields: `BASE` is `normalize_path`, `MERGE_SLASHES` adds
+/// `merge_slashes`, `DECODE_AND_MERGE_SLASHES` also decodes escaped slashes first.
+pub(crate) fn normalize_paths(manager: &mut HttpConnectionManager, paths: PathNormalization) {
+    use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction;
+    let (normalize, merge, decode) = match paths.effective() {
+        PathNormalization::None => (false, false, false),
+        PathNormalization::Default | PathNormalization::Base => (true, false, false),
+        PathNormalization::MergeSlashes => (true, true, false),
+        PathNormalization::DecodeAndMergeSlashes => (true, true, true),
+    };
+    manager.normalize_path = Some(BoolValue { value: normalize });
+    manager.merge_slashes = merge;
+    if decode {
+        manager.path_with_escaped_slashes_action =
+            PathWithEscapedSlashesAction::UnescapeAndForward as i32;
     }
 }
 

@@ -93,7 +93,11 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
         return None;
     }
     let manager = || {
-        let manager = http_manager(&format!("gateway_0.0.0.0_{port}"), &route_name(port));
+        let manager = http_manager(
+            &format!("gateway_0.0.0.0_{port}"),
+            &route_name(port),
+            snapshot.mesh.path_normalization(),
+        );
         vec![http_manager_filter(&manager)]
     };
     let mut filter_chains = Vec::new();

@@ -5,7 +5,8 @@
 //! certificate of this trust domain; their identity reaches the application in
 //! `x-forwarded-client-cert`, in Envoy's format. Each request, or each opaque TCP
 //! connection, is then authorized by the port's AuthorizationPolicies ([`crate::authz`])
-//! and goes to the application.
+//! — HTTP requests once their path is normalized ([`crate::model::path`]) — and goes to
+//! the application.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::drain;
 use crate::error::{ConnectionError, ProxyError};
 use crate::http::headers::{ORIGINAL_PROTOCOL, XFCC, strip_hop_by_hop};
 use crate::http::{Body, boxed};
+use crate::model::PathNormalization;
 use crate::proxy::{downstream_response, tunnel};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::{Metrics, Reporter};
@@ -112,11 +114,24 @@ impl Inbound {
         )
     }
 
+    /// How the port normalizes request paths.
+    fn paths(&self) -> PathNormalization {
+        self.config
+            .borrow()
+            .model
+            .inbound
+            .get(&self.port)
+            .map(|port| port.paths)
+            .unwrap_or_default()
+    }
+
     /// Applies the port's authorization policies.
     fn authorize(&self, caller: &Caller, http: Option<&Parts>) -> Result<(), Denial> {
         let config = self.config.borrow().clone();
+        // No configuration for the port (its listener never arrived, or was rejected): the
+        // policies that should apply are unknown, so nothing is allowed.
         let Some(port) = config.model.inbound.get(&self.port) else {
-            return Ok(());
+            return Err(Denial::Unconfigured);
         };
         let rbac = match http {
             Some(_) => port.http.as_ref(),
@@ -125,12 +140,22 @@ impl Inbound {
         let Some(rbac) = rbac else {
             return Err(Denial::NotCarried);
         };
-        rbac.check(&crate::authz::Request {
+        let request = crate::authz::Request {
             peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
             source: caller.source,
             destination: (caller.local.ip(), self.port),
             http,
-        })
+        };
+        let decision = rbac.check(&request);
+        if let Some(dry_run) = rbac.dry_run(&request) {
+            let path = http.map(|parts| parts.uri.path());
+            let enforced = match &decision {
+                Ok(()) => "allowed".to_string(),
+                Err(denial) => denial.to_string(),
+            };
+            tracing::info!(?dry_run, %enforced, ?path, peer = ?request.peer, "dry-run authorization");
+        }
+        decision
     }
 
     /// Accepts or refuses a connection by the port's mode, verifies an mTLS caller, and
@@ -248,6 +273,10 @@ impl Inbound {
         caller: &Caller,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
+        // Policies and the application read the normal form of the path.
+        self.paths()
+            .normalize_uri(&mut parts.uri)
+            .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
         if let Err(denial) = self.authorize(caller, Some(&parts)) {
             tracing::debug!(%denial, "request refused by authorization policy");
             return Err(ProxyError::Denied);

@@ -4,12 +4,14 @@
 //! path: statuses, header names and values, regexes and hash tables are ready to use.
 //!
 //! [`route`] holds the routing tables, [`cluster`] the clusters and their endpoints,
-//! [`policy`] the authorization policies, and [`matcher`] the string and header conditions
-//! the routes and the policies share. This module depends on no other module of the crate.
+//! [`policy`] the authorization policies, [`matcher`] the string and header conditions
+//! the routes and the policies share, and [`path`] how a listener normalizes request paths
+//! before any of them reads one. This module depends on no other module of the crate.
 
 pub mod cluster;
 mod dump;
 pub mod matcher;
+pub mod path;
 pub mod policy;
 pub mod route;
 
@@ -20,6 +22,7 @@ use serde::Serialize;
 
 pub use cluster::{Cluster, Endpoint, LoadBalancer, Outlier, UpstreamHttp, UpstreamTls};
 pub use matcher::{HeaderMatch, StringMatch};
+pub use path::PathNormalization;
 pub use policy::Rbac;
 pub use route::{
     Abort, Action, Fault, Forward, HashOn, HeaderChanges, PathMatch, QueryMatch, Redirect,
@@ -31,8 +34,8 @@ pub use route::{
 pub struct Model {
     /// Route tables by name: `<port>` for outbound ports.
     pub routes: HashMap<String, Arc<RouteTable>>,
-    /// The route table of each outbound port.
-    pub outbound_ports: HashMap<u16, String>,
+    /// Each outbound (or gateway) HTTP port.
+    pub outbound_ports: HashMap<u16, HttpPort>,
     /// Outbound ports whose protocol is detected per connection: HTTP is routed, the rest
     /// passes through as opaque TCP.
     pub sniffed_ports: std::collections::HashSet<u16>,
@@ -48,9 +51,27 @@ impl Model {
     /// The route table for an outbound HTTP port.
     pub fn route_table(&self, port: u16) -> Option<&RouteTable> {
         self.routes
-            .get(self.outbound_ports.get(&port)?)
+            .get(&self.outbound_ports.get(&port)?.route)
             .map(Arc::as_ref)
     }
+
+    /// How an outbound (or gateway) port normalizes paths; ports without an HTTP listener
+    /// change nothing.
+    pub fn outbound_paths(&self, port: u16) -> PathNormalization {
+        self.outbound_ports
+            .get(&port)
+            .map(|p| p.paths)
+            .unwrap_or_default()
+    }
+}
+
+/// An outbound (or gateway) HTTP port: its connection manager's settings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HttpPort {
+    /// The route table it takes.
+    pub route: String,
+    /// How it normalizes request paths.
+    pub paths: PathNormalization,
 }
 
 /// What an inbound port accepts (from PeerAuthentication, through the inbound listener),
@@ -61,6 +82,8 @@ pub struct InboundPort {
     pub mtls: bool,
     /// Plaintext connections.
     pub plaintext: bool,
+    /// How its HTTP requests' paths are normalized before authorization.
+    pub paths: PathNormalization,
     /// HTTP to the application, authorized by these policies.
     pub http: Option<Arc<Rbac>>,
     /// Opaque TCP to the application, authorized by these policies. A port with both takes

@@ -15,6 +15,10 @@ pub struct Rbac {
     pub deny: Option<Vec<Policy>>,
     /// Policies that allow; none when there is no ALLOW filter. An empty set allows nothing.
     pub allow: Option<Vec<Policy>>,
+    /// Dry-run DENY policies (`istio.io/dry-run`): evaluated and logged, never enforced.
+    pub dry_run_deny: Option<Vec<Policy>>,
+    /// Dry-run ALLOW policies.
+    pub dry_run_allow: Option<Vec<Policy>>,
 }
 
 /// One policy.

@@ -5,7 +5,8 @@
 //! 1. [`Proxy::handle`] notes the request for the access log and the metrics, and turns
 //!    whatever went wrong into its response ([`crate::error`]);
 //! 2. [`Proxy::dispatch`] finds what the request asks for: a tunnel (`CONNECT`,
-//!    [`tunnel`]), or the route its host and path take ([`crate::route`]) — answered
+//!    [`tunnel`]), or, once its path is normalized ([`crate::model::path`]), the route its
+//!    host and path take ([`crate::route`]) — answered
 //!    directly, redirected ([`rewrite`]), aborted or delayed by a fault ([`fault`]), or
 //!    forwarded;
 //! 3. [`forward`] plans the forwarding (weighted cluster, circuit breaker, rewrites, hash),
@@ -75,6 +76,12 @@ impl Proxy {
             .and_then(|(_, p)| p.parse().ok())
             .unwrap_or(80);
         let config = self.config.borrow().clone();
+        // Before anything reads the path; the request forwarded carries the normal form.
+        config
+            .model
+            .outbound_paths(port)
+            .normalize_uri(&mut parts.uri)
+            .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
         let route = config
             .model
             .route_table(port)

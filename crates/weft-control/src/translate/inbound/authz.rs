@@ -2,15 +2,23 @@
 //! and its Envoy RBAC filters, from AuthorizationPolicy.
 //!
 //! Istio's rules, kept here:
-//! * **mTLS mode**: a policy selecting the workload beats the namespace's selector-less
-//!   policy, which beats the mesh's (selector-less, in the root namespace); within a scope the
-//!   first loaded wins; `portLevelMtls` (by workload port) beats the policy's own mode;
-//!   `UNSET` inherits from the next scope; nothing at all is PERMISSIVE.
-//! * **authorization**: DENY policies are checked before ALLOW policies; a workload with no
-//!   ALLOW policy allows everything, and one with ALLOW policies allows only what one of them
-//!   matches — an ALLOW policy without rules matches nothing, so it denies everything. A rule
-//!   matches when one `from`, one `to` and every `when` match. AUDIT does not change decisions
-//!   and is left out; CUSTOM is not implemented (the analyzer says so).
+//! * **mTLS mode** (Istio's `ComposePeerAuthentication`): the mesh's policy (selector-less,
+//!   in the root namespace), then the namespace's selector-less one, then one selecting the
+//!   workload in its namespace, each overriding the mode before it unless its own is `UNSET`;
+//!   within a scope the first loaded wins; nothing at all is PERMISSIVE. The workload
+//!   policy's `portLevelMtls` (by workload port) beats the result, and a port's `UNSET`
+//!   inherits it — never a weaker scope's mode.
+//! * **authorization**: policies of the workload's namespace and of the root namespace
+//!   apply, selector-less or selecting the workload's labels. DENY policies are checked
+//!   before ALLOW policies; a workload with no ALLOW policy allows everything, and one with
+//!   ALLOW policies allows only what one of them matches — an ALLOW policy without rules
+//!   matches nothing, so it denies everything. A rule matches when one `from`, one `to` and
+//!   every `when` match. AUDIT does not change decisions and is left out. CUSTOM policies
+//!   need an external authorizer Weft cannot ask yet, so, as Istio does when a provider is
+//!   missing, what their rules match is denied. Policies annotated `istio.io/dry-run: "true"`
+//!   go to the filters' shadow rules: evaluated and logged, never enforced.
+//! * **paths**: `{*}` (one segment) and `{**}` (any number, last) make a path a URI
+//!   template, sent as Envoy's `*` and `**`; other paths are exact, `prefix*`, `*suffix`.
 //! * **fields that cannot apply** (HTTP attributes on a TCP port, JWT request principals Weft
 //!   does not verify yet): in an ALLOW rule the rule is dropped (it allows less), in a DENY rule
 //!   the field is ignored (it denies more) — never the other way round.
@@ -21,19 +29,20 @@ use weft_api::meta::labels_match;
 use weft_api::security::authorization_policy::{
     Action, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
-use weft_api::security::peer_authentication::MtlsMode;
-use weft_xds::envoy::envoy::config::core::v3::CidrRange;
+use weft_api::security::peer_authentication::{MtlsMode, PeerAuthentication};
+use weft_xds::envoy::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use weft_xds::envoy::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac, permission, principal, rbac::Action as RbacAction,
 };
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, header_matcher::HeaderMatchSpecifier,
 };
+use weft_xds::envoy::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 use weft_xds::envoy::envoy::r#type::matcher::v3::{
     PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher::MatchPattern,
 };
 use weft_xds::envoy::google::protobuf::UInt32Value;
-use weft_xds::types::proto_map;
+use weft_xds::types::{pack, proto_map};
 
 use crate::model::MeshSnapshot;
 use weft_api::analyze::ROOT_NAMESPACE;
@@ -47,51 +56,66 @@ pub(crate) struct Workload<'a> {
 
 /// The effective mTLS mode of a workload port.
 pub(crate) fn mtls_mode(snapshot: &MeshSnapshot, workload: &Workload<'_>, port: u32) -> MtlsMode {
-    let selects = |selector: &Option<weft_api::meta::WorkloadSelector>| {
-        selector.as_ref().is_some_and(|s| {
+    let selector_less = |pa: &PeerAuthentication| {
+        pa.selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.is_empty())
+    };
+    let mesh = in_namespace(snapshot, ROOT_NAMESPACE).find(|pa| selector_less(pa));
+    let namespace = in_namespace(snapshot, workload.namespace).find(|pa| selector_less(pa));
+    let own = in_namespace(snapshot, workload.namespace).find(|pa| {
+        pa.selector.as_ref().is_some_and(|s| {
             !s.match_labels.is_empty() && labels_match(&s.match_labels, workload.labels)
         })
-    };
-    let selector_less = |selector: &Option<weft_api::meta::WorkloadSelector>| {
-        selector.as_ref().is_none_or(|s| s.match_labels.is_empty())
-    };
-    fn in_namespace<'a>(
-        snapshot: &'a MeshSnapshot,
-        namespace: &'a str,
-    ) -> impl Iterator<
-        Item = &'a (
-            weft_api::Resource,
-            weft_api::security::peer_authentication::PeerAuthentication,
-        ),
-    > {
-        snapshot
-            .peer_authentications
-            .iter()
-            .filter(move |(r, _)| r.namespace() == namespace)
+    });
+    let set = |mode: Option<MtlsMode>| mode.filter(|m| *m != MtlsMode::Unset);
+    let mut mode = MtlsMode::Permissive;
+    for pa in [mesh, namespace, own].into_iter().flatten() {
+        mode = set(pa.mtls.as_ref().and_then(|m| m.mode)).unwrap_or(mode);
     }
-    let scopes = [
-        in_namespace(snapshot, workload.namespace).find(|(_, pa)| selects(&pa.selector)),
-        in_namespace(snapshot, workload.namespace).find(|(_, pa)| selector_less(&pa.selector)),
-        in_namespace(snapshot, ROOT_NAMESPACE).find(|(_, pa)| selector_less(&pa.selector)),
-    ];
-    for (_, pa) in scopes.into_iter().flatten() {
-        let port_mode = selects(&pa.selector)
-            .then(|| pa.port_level_mtls.get(&port).and_then(|m| m.mode))
-            .flatten();
-        match port_mode.or(pa.mtls.as_ref().and_then(|m| m.mode)) {
-            Some(MtlsMode::Unset) | None => continue,
-            Some(mode) => return mode,
-        }
-    }
-    MtlsMode::Permissive
+    own.and_then(|pa| pa.port_level_mtls.get(&port))
+        .and_then(|m| set(m.mode))
+        .unwrap_or(mode)
 }
 
-/// The RBAC filter configurations of a workload: DENY first, then ALLOW. `None` where no
-/// filter is needed.
+/// The PeerAuthentications of `namespace`, in load order.
+fn in_namespace<'a>(
+    snapshot: &'a MeshSnapshot,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a PeerAuthentication> {
+    snapshot
+        .peer_authentications
+        .iter()
+        .filter(move |(r, _)| r.namespace() == namespace)
+        .map(|(_, pa)| pa)
+}
+
+/// The RBAC filter configurations of a workload: DENY first, then ALLOW, each with the
+/// dry-run policies of its action as shadow rules. `None` where no filter is needed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct InboundRbac {
     pub deny: Option<Rbac>,
     pub allow: Option<Rbac>,
+    pub dry_run_deny: Option<Rbac>,
+    pub dry_run_allow: Option<Rbac>,
+}
+
+/// The annotation that makes a policy a dry run.
+const DRY_RUN: &str = "istio.io/dry-run";
+
+/// The policies of one action, by name; `None` until a policy of the action applies (an
+/// ALLOW set that exists but is empty allows nothing).
+#[derive(Default)]
+struct Rules(Option<BTreeMap<String, Policy>>);
+
+impl Rules {
+    fn into_rbac(self, action: RbacAction) -> Option<Rbac> {
+        self.0.map(|policies| Rbac {
+            action: action as i32,
+            policies: proto_map(policies),
+            ..Rbac::default()
+        })
+    }
 }
 
 /// Builds the workload's RBAC for one port; `http` says whether HTTP attributes can apply.
@@ -102,47 +126,45 @@ pub(crate) fn inbound_rbac(
     http: bool,
 ) -> InboundRbac {
     let applies = |resource: &weft_api::Resource, ap: &AuthorizationPolicy| {
-        let selector_less = ap
-            .selector
-            .as_ref()
-            .is_none_or(|s| s.match_labels.is_empty());
         let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
         if targeted {
             return false; // targetRefs attach to gateways and services, not to sidecars.
         }
-        if resource.namespace() == ROOT_NAMESPACE && selector_less {
-            return true;
-        }
-        resource.namespace() == workload.namespace
-            && (selector_less
-                || ap
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| labels_match(&s.match_labels, workload.labels)))
+        let in_scope =
+            resource.namespace() == workload.namespace || resource.namespace() == ROOT_NAMESPACE;
+        in_scope
+            && ap.selector.as_ref().is_none_or(|s| {
+                s.match_labels.is_empty() || labels_match(&s.match_labels, workload.labels)
+            })
     };
-    let mut deny = BTreeMap::new();
-    let mut allow = BTreeMap::new();
-    let mut any_allow = false;
+    let (mut deny, mut allow) = (Rules::default(), Rules::default());
+    let (mut dry_run_deny, mut dry_run_allow) = (Rules::default(), Rules::default());
     for (resource, ap) in snapshot
         .authorization_policies
         .iter()
         .filter(|(r, ap)| applies(r, ap))
     {
-        let action = ap.action.unwrap_or(Action::Allow);
-        let policies = match action {
-            Action::Deny => &mut deny,
-            Action::Allow => {
-                any_allow = true;
-                &mut allow
-            }
-            Action::Audit | Action::Custom => continue,
+        let dry_run = resource
+            .metadata
+            .annotations
+            .get(DRY_RUN)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        // CUSTOM asks an external authorizer Weft cannot reach: what its rules match is
+        // denied, as Istio does when the provider is missing.
+        let (rules, deny_rule) = match (ap.action.unwrap_or(Action::Allow), dry_run) {
+            (Action::Deny | Action::Custom, false) => (&mut deny, true),
+            (Action::Deny | Action::Custom, true) => (&mut dry_run_deny, true),
+            (Action::Allow, false) => (&mut allow, false),
+            (Action::Allow, true) => (&mut dry_run_allow, false),
+            (Action::Audit, _) => continue,
+        };
+        let policies = rules.0.get_or_insert_with(BTreeMap::new);
+        let context = Context {
+            http,
+            deny: deny_rule,
+            trust_domain,
         };
         for (index, rule) in ap.rules.iter().enumerate() {
-            let context = Context {
-                http,
-                deny: action == Action::Deny,
-                trust_domain,
-            };
             if let Some(policy) = context.rule(rule) {
                 let name = format!(
                     "ns[{}]-policy[{}]-rule[{index}]",
@@ -153,18 +175,14 @@ pub(crate) fn inbound_rbac(
             }
         }
     }
+    // A DENY filter with no policies denies nothing: left out.
+    let some = |rules: Rules| Rules(rules.0.filter(|p| !p.is_empty()));
     InboundRbac {
-        deny: (!deny.is_empty()).then(|| Rbac {
-            action: RbacAction::Deny as i32,
-            policies: proto_map(deny),
-            ..Rbac::default()
-        }),
+        deny: some(deny).into_rbac(RbacAction::Deny),
         // With any ALLOW policy the filter must exist, even empty: an empty ALLOW list denies all.
-        allow: any_allow.then(|| Rbac {
-            action: RbacAction::Allow as i32,
-            policies: proto_map(allow),
-            ..Rbac::default()
-        }),
+        allow: allow.into_rbac(RbacAction::Allow),
+        dry_run_deny: some(dry_run_deny).into_rbac(RbacAction::Deny),
+        dry_run_allow: dry_run_allow.into_rbac(RbacAction::Allow),
     }
 }
 
@@ -334,11 +352,7 @@ impl Context<'_> {
             field(&operation.not_hosts, true, &header(":authority"))?;
             field(&operation.methods, false, &header(":method"))?;
             field(&operation.not_methods, true, &header(":method"))?;
-            let path = |v: &str| {
-                Some(rule(permission::Rule::UrlPath(PathMatcher {
-                    rule: Some(path_matcher::Rule::Path(value_matcher(v))),
-                })))
-            };
+            let path = |v: &str| Some(path_permission(v));
             field(&operation.paths, false, &path)?;
             field(&operation.not_paths, true, &path)?;
         }
@@ -452,6 +466,22 @@ impl Context<'_> {
             self.trust_domain
         ))
     }
+}
+
+/// A path condition: a URI template when it has `{*}` or `{**}`, else Istio's string forms.
+fn path_permission(value: &str) -> Permission {
+    if value.contains("{*}") || value.contains("{**}") {
+        let template = UriTemplateMatchConfig {
+            path_template: value.replace("{**}", "**").replace("{*}", "*"),
+        };
+        return rule(permission::Rule::UriTemplate(TypedExtensionConfig {
+            name: "uri-template".to_string(),
+            typed_config: Some(pack(&template)),
+        }));
+    }
+    rule(permission::Rule::UrlPath(PathMatcher {
+        rule: Some(path_matcher::Rule::Path(value_matcher(value))),
+    }))
 }
 
 /// A condition's contribution: to who the caller is, or to what it asks.

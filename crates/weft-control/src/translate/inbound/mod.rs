@@ -12,6 +12,7 @@ pub(super) mod authz;
 
 use std::collections::BTreeMap;
 
+use weft_api::mesh::PathNormalization;
 use weft_api::networking::Protocol;
 use weft_api::security::peer_authentication::MtlsMode;
 use weft_xds::envoy::envoy::config::cluster::v3::{
@@ -24,6 +25,7 @@ use weft_xds::envoy::envoy::config::core::v3::{
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
+use weft_xds::envoy::envoy::config::rbac::v3::Rbac;
 use weft_xds::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
@@ -49,8 +51,8 @@ use weft_xds::types::{pack, proto_map};
 
 use self::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
 use super::envoy::{
-    HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOLS, duration, http_inspector, http_manager_filter, router,
-    socket_address, tcp_proxy_filter,
+    HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOLS, duration, http_inspector, http_manager_filter,
+    normalize_paths, router, socket_address, tcp_proxy_filter,
 };
 use super::names::{
     INBOUND_LISTENER, INBOUND_PORT, inbound_cluster_name, parse_inbound_cluster_name,
@@ -215,6 +217,7 @@ pub(crate) fn listener(
     };
     let mut filter_chains = Vec::new();
     let mut detecting = false;
+    let paths = snapshot.mesh.path_normalization();
     for (port, carries) in ports(snapshot, workload) {
         let mode = mtls_mode(snapshot, &who, port);
         // On a port of undeclared protocol, an HTTP chain for connections the HTTP inspector
@@ -254,7 +257,7 @@ pub(crate) fn listener(
                         },
                         ..FilterChainMatch::default()
                     }),
-                    filters: network_filters(port, http, &rbac),
+                    filters: network_filters(port, http, &rbac, paths),
                     transport_socket: Some(mesh_tls_server()),
                     ..FilterChain::default()
                 });
@@ -268,7 +271,7 @@ pub(crate) fn listener(
                         application_protocols: detected_http.clone().unwrap_or_default(),
                         ..FilterChainMatch::default()
                     }),
-                    filters: network_filters(port, http, &rbac),
+                    filters: network_filters(port, http, &rbac, paths),
                     ..FilterChain::default()
                 });
             }
@@ -295,18 +298,32 @@ pub(crate) fn listener(
     Resource::new(INBOUND_LISTENER, pack(&listener))
 }
 
-fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
+fn network_filters(
+    port: u32,
+    http: bool,
+    rbac: &InboundRbac,
+    paths: PathNormalization,
+) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
-    let rbac_configs = [&rbac.deny, &rbac.allow];
+    // One filter per action, enforcing its policies and shadowing its dry-run ones.
+    let rbac_configs: Vec<(Option<Rbac>, Option<Rbac>, &str)> = [
+        (&rbac.deny, &rbac.dry_run_deny, "istio_dry_run_deny_"),
+        (&rbac.allow, &rbac.dry_run_allow, "istio_dry_run_allow_"),
+    ]
+    .into_iter()
+    .filter(|(rules, shadow, _)| rules.is_some() || shadow.is_some())
+    .map(|(rules, shadow, prefix)| (rules.clone(), shadow.clone(), prefix))
+    .collect();
     if http {
         let mut http_filters: Vec<HttpFilter> = rbac_configs
             .iter()
-            .filter_map(|config| config.as_ref())
-            .map(|rules| HttpFilter {
+            .map(|(rules, shadow, prefix)| HttpFilter {
                 name: "envoy.filters.http.rbac".to_string(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
-                    rules: Some(rules.clone()),
+                    rules: rules.clone(),
+                    shadow_rules: shadow.clone(),
+                    shadow_rules_stat_prefix: prefix.to_string(),
                     ..HttpRbac::default()
                 }))),
                 ..HttpFilter::default()
@@ -325,7 +342,7 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
             })),
             ..Route::default()
         };
-        let manager = HttpConnectionManager {
+        let mut manager = HttpConnectionManager {
             stat_prefix: stat_prefix.clone(),
             route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
                 name: format!("inbound|{port}"),
@@ -340,15 +357,17 @@ fn network_filters(port: u32, http: bool, rbac: &InboundRbac) -> Vec<Filter> {
             http_filters,
             ..HttpConnectionManager::default()
         };
+        normalize_paths(&mut manager, paths);
         vec![http_manager_filter(&manager)]
     } else {
         let mut filters: Vec<Filter> = rbac_configs
             .iter()
-            .filter_map(|config| config.as_ref())
-            .map(|rules| Filter {
+            .map(|(rules, shadow, prefix)| Filter {
                 name: "envoy.filters.network.rbac".to_string(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
-                    rules: Some(rules.clone()),
+                    rules: rules.clone(),
+                    shadow_rules: shadow.clone(),
+                    shadow_rules_stat_prefix: prefix.to_string(),
                     stat_prefix: stat_prefix.clone(),
                     ..NetworkRbac::default()
                 }))),

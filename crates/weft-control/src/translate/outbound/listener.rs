@@ -4,6 +4,7 @@
 //! HTTP by Host with the route configuration `<port>`; its inbound side is in
 //! [`crate::translate::inbound`].
 
+use weft_api::mesh::PathNormalization;
 use weft_xds::envoy::envoy::config::core::v3::TrafficDirection;
 use weft_xds::envoy::envoy::config::listener::v3::{
     ApiListener, FilterChain, FilterChainMatch, Listener,
@@ -74,10 +75,20 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, name: &str) -> 
                 .iter()
                 .any(|p| p.number == port && p.protocol.is_sniffed())
         });
-        return Some(Resource::new(name, pack(&port_listener(port, sniffed))));
+        return Some(Resource::new(
+            name,
+            pack(&port_listener(
+                port,
+                sniffed,
+                snapshot.mesh.path_normalization(),
+            )),
+        ));
     }
     resolve_target(snapshot, client, name)?;
-    Some(Resource::new(name, pack(&api_listener(name))))
+    Some(Resource::new(
+        name,
+        pack(&api_listener(name, snapshot.mesh.path_normalization())),
+    ))
 }
 
 /// Hands each intercepted connection to the listener of its original port; what no listener
@@ -108,8 +119,12 @@ fn virtual_outbound() -> Listener {
 /// When a service on the port left its protocol undeclared (`sniffed`), Istio's protocol
 /// detection: the HTTP inspector tells HTTP connections (routed) from the rest (passed
 /// through to where they were going).
-fn port_listener(port: u32, sniffed: bool) -> Listener {
-    let manager = http_manager(&format!("outbound_0.0.0.0_{port}"), &port.to_string());
+fn port_listener(port: u32, sniffed: bool, paths: PathNormalization) -> Listener {
+    let manager = http_manager(
+        &format!("outbound_0.0.0.0_{port}"),
+        &port.to_string(),
+        paths,
+    );
     let http = FilterChain {
         filter_chain_match: sniffed.then(|| FilterChainMatch {
             application_protocols: HTTP_PROTOCOLS.iter().map(|p| p.to_string()).collect(),
@@ -134,8 +149,8 @@ fn port_listener(port: u32, sniffed: bool) -> Listener {
     listener
 }
 
-fn api_listener(name: &str) -> Listener {
-    let manager = http_manager(name, name);
+fn api_listener(name: &str, paths: PathNormalization) -> Listener {
+    let manager = http_manager(name, name, paths);
     Listener {
         name: name.to_string(),
         api_listener: Some(ApiListener {

@@ -1,13 +1,14 @@
 //! Listeners (LDS) into what each contributes to the model: an outbound or gateway port
 //! (its route configuration, whether its protocol is detected, and for a gateway the TLS
 //! servers it terminates), or the inbound listener's chains (each port's PeerAuthentication
-//! mode and AuthorizationPolicies).
+//! mode and AuthorizationPolicies). Every HTTP connection manager also says how request
+//! paths are normalized ([`path_normalization`]).
 
 use std::sync::Arc;
 
 use prost::Message;
 use weft_xds::envoy::envoy::config::core::v3::{DataSource, TrafficDirection};
-use weft_xds::envoy::envoy::config::listener::v3::{Listener, filter};
+use weft_xds::envoy::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
@@ -15,6 +16,7 @@ use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manage
 use super::proto::decode_any;
 use super::rbac::chain_rbac;
 use super::tls::data_source;
+use crate::model::path::{EscapedSlashes, PathNormalization};
 use crate::model::policy::Rbac;
 use crate::model::{GatewayPort, GatewayTls};
 
@@ -40,6 +42,8 @@ pub enum ListenerKind {
         port: u16,
         /// Whether each connection's protocol is detected.
         sniffed: bool,
+        /// How its HTTP requests' paths are normalized.
+        paths: PathNormalization,
         /// What the gateway accepts on it, when it is bound.
         gateway: Option<GatewayPort>,
     },
@@ -60,6 +64,8 @@ pub struct InboundChain {
     pub tcp: bool,
     /// Its authorization policies.
     pub rbac: Arc<Rbac>,
+    /// How its HTTP requests' paths are normalized.
+    pub paths: PathNormalization,
 }
 
 /// What `listener`, named `name`, contributes.
@@ -72,6 +78,11 @@ pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerP
                 .listener_filters
                 .iter()
                 .any(|f| f.name == HTTP_INSPECTOR),
+            paths: managers(&listener.filter_chains)
+                .next()
+                .map(|manager| path_normalization(&manager))
+                .transpose()?
+                .unwrap_or_default(),
             // A sidecar's port listeners are reached through interception; a gateway's
             // are bound.
             gateway: listener
@@ -89,10 +100,9 @@ pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerP
     Ok(ListenerPart { routes, kind })
 }
 
-/// The route configuration names the listener's connection managers take from RDS.
-fn rds_names(listener: &Listener) -> Vec<String> {
-    let mut names: Vec<String> = listener
-        .filter_chains
+/// The HTTP connection managers of `chains`.
+fn managers(chains: &[FilterChain]) -> impl Iterator<Item = HttpConnectionManager> + '_ {
+    chains
         .iter()
         .flat_map(|chain| &chain.filters)
         .filter_map(|filter| match &filter.config_type {
@@ -101,6 +111,34 @@ fn rds_names(listener: &Listener) -> Vec<String> {
             }
             _ => None,
         })
+}
+
+/// How a connection manager normalizes paths. Envoy's defaults change nothing; the action
+/// that answers with a redirect is not implemented, so it rejects the listener rather than
+/// leaving escaped slashes for policies to miss.
+fn path_normalization(manager: &HttpConnectionManager) -> Result<PathNormalization, String> {
+    use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::PathWithEscapedSlashesAction as Action;
+    let escaped_slashes = match Action::try_from(manager.path_with_escaped_slashes_action) {
+        Ok(Action::ImplementationSpecificDefault | Action::KeepUnchanged) => EscapedSlashes::Keep,
+        Ok(Action::RejectRequest) => EscapedSlashes::Reject,
+        Ok(Action::UnescapeAndForward) => EscapedSlashes::Unescape,
+        Ok(Action::UnescapeAndRedirect) | Err(_) => {
+            return Err(format!(
+                "path_with_escaped_slashes_action {} is not supported",
+                manager.path_with_escaped_slashes_action
+            ));
+        }
+    };
+    Ok(PathNormalization {
+        escaped_slashes,
+        normalize: manager.normalize_path.is_some_and(|b| b.value),
+        merge_slashes: manager.merge_slashes,
+    })
+}
+
+/// The route configuration names the listener's connection managers take from RDS.
+fn rds_names(listener: &Listener) -> Vec<String> {
+    let mut names: Vec<String> = managers(&listener.filter_chains)
         .filter_map(|manager| match manager.route_specifier {
             Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
             _ => None,
@@ -133,6 +171,11 @@ fn inbound_chains(listener: &Listener) -> Result<Vec<InboundChain>, String> {
                 .iter()
                 .any(|f| f.name == "envoy.filters.network.tcp_proxy"),
             rbac: Arc::new(chain_rbac(&chain.filters)?),
+            paths: managers(std::slice::from_ref(chain))
+                .next()
+                .map(|manager| path_normalization(&manager))
+                .transpose()?
+                .unwrap_or_default(),
         });
     }
     Ok(chains)

@@ -30,7 +30,7 @@ use weft_xds::envoy::envoy::config::route::v3::RouteConfiguration;
 use weft_xds::envoy::google::protobuf::Any;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
-use crate::model::{Cluster, Endpoint, Model, RouteTable};
+use crate::model::{Cluster, Endpoint, HttpPort, Model, RouteTable};
 use cluster::{ClusterSettings, EndpointSource};
 use listener::{ListenerKind, ListenerPart};
 
@@ -252,10 +252,15 @@ impl Received {
                 ListenerKind::Port {
                     port,
                     sniffed,
+                    paths,
                     gateway,
                 } => {
                     if let Some(route) = part.value.routes.first() {
-                        model.outbound_ports.insert(*port, route.clone());
+                        let port_settings = HttpPort {
+                            route: route.clone(),
+                            paths: *paths,
+                        };
+                        model.outbound_ports.insert(*port, port_settings);
                     }
                     if *sniffed {
                         model.sniffed_ports.insert(*port);
@@ -274,6 +279,9 @@ impl Received {
                         };
                         if serves.is_none() {
                             *serves = Some(chain.rbac.clone());
+                        }
+                        if !chain.tcp {
+                            entry.paths = chain.paths;
                         }
                         if chain.tls {
                             entry.mtls = true;

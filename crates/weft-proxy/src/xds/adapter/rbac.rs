@@ -3,12 +3,14 @@
 //! principals. A rule this proxy cannot evaluate rejects the listener: a policy that cannot
 //! be enforced must not be read as allowing anything.
 
-use weft_xds::envoy::envoy::config::core::v3::CidrRange;
+use weft_xds::envoy::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use weft_xds::envoy::envoy::config::listener::v3::{Filter, filter};
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use weft_xds::envoy::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 
-use super::matcher::{header_match, string_match};
+use super::matcher::{header_match, regex, string_match};
 use super::proto::decode_any;
+use crate::model::StringMatch;
 use crate::model::policy::{Cidr, Permission, Policy, Principal, Rbac};
 
 /// The RBAC filters of an inbound chain: the network filters of a TCP chain, or the HTTP
@@ -17,6 +19,7 @@ pub(super) fn chain_rbac(filters: &[Filter]) -> Result<Rbac, String> {
     use weft_xds::envoy::envoy::config::rbac::v3::rbac::Action as RbacAction;
     use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
     use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+    // Each filter's enforced rules, and its shadow (dry-run) rules.
     let mut rules = Vec::new();
     for filter in filters {
         let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
@@ -25,7 +28,8 @@ pub(super) fn chain_rbac(filters: &[Filter]) -> Result<Rbac, String> {
         match filter.name.as_str() {
             "envoy.filters.network.rbac" => {
                 let config: NetworkRbac = decode_any(any)?;
-                rules.extend(config.rules);
+                rules.push((config.rules, false));
+                rules.push((config.shadow_rules, true));
             }
             "envoy.filters.network.http_connection_manager" => {
                 let manager: HttpConnectionManager = decode_any(any)?;
@@ -36,7 +40,8 @@ pub(super) fn chain_rbac(filters: &[Filter]) -> Result<Rbac, String> {
                     }
                     if let Some(ConfigType::TypedConfig(any)) = &http_filter.config_type {
                         let config: HttpRbac = decode_any(any)?;
-                        rules.extend(config.rules);
+                        rules.push((config.rules, false));
+                        rules.push((config.shadow_rules, true));
                     }
                 }
             }
@@ -44,7 +49,8 @@ pub(super) fn chain_rbac(filters: &[Filter]) -> Result<Rbac, String> {
         }
     }
     let mut rbac = Rbac::default();
-    for rule in rules {
+    for (rule, shadow) in rules {
+        let Some(rule) = rule else { continue };
         let mut policies: Vec<(String, weft_xds::envoy::envoy::config::rbac::v3::Policy)> =
             rule.policies.into_iter().collect();
         policies.sort_by(|a, b| a.0.cmp(&b.0));
@@ -66,11 +72,21 @@ pub(super) fn chain_rbac(filters: &[Filter]) -> Result<Rbac, String> {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        match RbacAction::try_from(rule.action) {
-            Ok(RbacAction::Deny) => rbac.deny.get_or_insert_with(Vec::new).extend(policies),
-            Ok(RbacAction::Allow) => rbac.allow.get_or_insert_with(Vec::new).extend(policies),
-            _ => {}
-        }
+        let set = match (RbacAction::try_from(rule.action), shadow) {
+            (Ok(RbacAction::Deny), false) => &mut rbac.deny,
+            (Ok(RbacAction::Allow), false) => &mut rbac.allow,
+            (Ok(RbacAction::Deny), true) => &mut rbac.dry_run_deny,
+            (Ok(RbacAction::Allow), true) => &mut rbac.dry_run_allow,
+            // LOG changes no decision; anything else cannot be enforced.
+            (Ok(RbacAction::Log), _) => continue,
+            (Err(_), _) => {
+                return Err(format!(
+                    "an RBAC action {} this proxy does not know",
+                    rule.action
+                ));
+            }
+        };
+        set.get_or_insert_with(Vec::new).extend(policies);
     }
     Ok(rbac)
 }
@@ -110,6 +126,7 @@ fn permission(
                 return Err("an RBAC path rule has no matcher".to_string());
             }
         },
+        Some(Rule::UriTemplate(extension)) => P::Path(uri_template(extension)?),
         Some(Rule::DestinationPort(port)) => P::DestinationPort(
             u16::try_from(*port).map_err(|_| format!("bad destination port {port}"))?,
         ),
@@ -141,4 +158,60 @@ fn principal(p: &weft_xds::envoy::envoy::config::rbac::v3::Principal) -> Result<
             return Err("an RBAC principal this proxy cannot evaluate".to_string());
         }
     })
+}
+
+/// Envoy's URI template matcher as a regex on the path: `*` (or `{name}`, `{name=*}`) is one
+/// segment of one or more characters, `**` (or `{name=**}`) any number of segments, the last
+/// operator; the rest is literal.
+fn uri_template(extension: &TypedExtensionConfig) -> Result<StringMatch, String> {
+    let config: UriTemplateMatchConfig = match &extension.typed_config {
+        Some(any) => decode_any(any)?,
+        None => return Err("a URI template rule has no configuration".to_string()),
+    };
+    let template = config.path_template;
+    if !template.starts_with('/') {
+        return Err(format!("URI template {template:?} does not start with '/'"));
+    }
+    let mut pattern = String::new();
+    let mut rest = template.as_str();
+    let mut after_any_depth = false;
+    while !rest.is_empty() {
+        let (operator, length) = if let Some(inner) = rest.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| format!("URI template {template:?} has an unclosed '{{'"))?;
+            let operator = match inner[..end].split_once('=') {
+                None => "*",
+                Some((_, "*")) => "*",
+                Some((_, "**")) => "**",
+                Some(_) => {
+                    return Err(format!(
+                        "URI template {template:?}: variables with paths are not supported"
+                    ));
+                }
+            };
+            (Some(operator), end + 2)
+        } else if rest.starts_with("**") {
+            (Some("**"), 2)
+        } else if rest.starts_with('*') {
+            (Some("*"), 1)
+        } else {
+            (None, rest.chars().next().map_or(1, char::len_utf8))
+        };
+        match operator {
+            Some(_) if after_any_depth => {
+                return Err(format!(
+                    "URI template {template:?}: ** must be the last operator"
+                ));
+            }
+            Some("**") => {
+                pattern.push_str("[^?#]*");
+                after_any_depth = true;
+            }
+            Some(_) => pattern.push_str("[^/?#]+"),
+            None => pattern.push_str(&regex::escape(&rest[..length])),
+        }
+        rest = &rest[length..];
+    }
+    Ok(StringMatch::Regex(regex(&pattern)?))
 }
