@@ -263,3 +263,54 @@ spec:
     );
     assert_eq!(call(&mesh, "/").0, 200, "mesh mTLS still passes");
 }
+
+/// Every matcher keeps its case rule: Istio's `hosts` are case-insensitive whatever their
+/// form, suffixes included.
+#[test]
+fn host_matches_ignore_case_in_every_form() {
+    let mesh = Mesh::start(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-svc, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ['*.SVC.Cluster.Local:8080']}}]
+",
+    );
+    assert_eq!(call(&mesh, "/").0, 403);
+}
+
+/// An HTTP/2 request whose `host` header names another authority than its `:authority` is
+/// malformed (RFC 9113, section 8.3.1) and refused, so that routing, policies and the
+/// application cannot each read a different one.
+#[test]
+fn http2_requests_with_two_authorities_are_refused() {
+    let mesh = Mesh::start(DENY_ADMIN);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let inbound = mesh.servers[0].inbound.clone();
+    let status = |host: Option<&'static str>| {
+        let inbound = inbound.clone();
+        runtime.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(&inbound).await.unwrap();
+            let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let mut request = hyper_request("http://echo.test.svc.cluster.local:8080/");
+            if let Some(host) = host {
+                request
+                    .headers_mut()
+                    .insert("host", host.parse().unwrap());
+            }
+            let (response, _) = client.send_request(request, true).unwrap();
+            response.await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(status(None), 200);
+    assert_eq!(status(Some("echo.test.svc.cluster.local:8080")), 200);
+    assert_eq!(status(Some("other.example")), 400);
+}
+
+fn hyper_request(uri: &str) -> http::Request<()> {
+    http::Request::get(uri).body(()).unwrap()
+}

@@ -28,6 +28,7 @@ use weft_xds::envoy::envoy::extensions::transport_sockets::raw_buffer::v3::RawBu
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
     SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    certificate_validation_context::SystemRootCerts,
     common_tls_context::CombinedCertificateValidationContext,
     common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
 };
@@ -172,13 +173,24 @@ pub(crate) fn mesh_tls_server() -> TransportSocket {
     tls_socket(&context)
 }
 
+/// TLS origination (`SIMPLE`, `MUTUAL`). The server is always verified: against the rule's
+/// `caCertificates`, else the proxy's system roots (as Istio sends `caCertificates:
+/// system`); a `subjectAltNames` entry with a scheme (`spiffe://…`) is a URI SAN, the others
+/// DNS names.
 fn originate(settings: &ClientTlsSettings, mutual: bool, host: &str) -> TransportSocket {
     let validation = CertificateValidationContext {
         trusted_ca: settings.ca_certificates.as_deref().map(file),
+        system_root_certs: settings
+            .ca_certificates
+            .is_none()
+            .then(SystemRootCerts::default),
         match_typed_subject_alt_names: settings
             .subject_alt_names
             .iter()
-            .map(|n| san(SanType::Dns, n))
+            .map(|name| match name.contains("://") {
+                true => san(SanType::Uri, name),
+                false => san(SanType::Dns, name),
+            })
             .collect(),
         ..CertificateValidationContext::default()
     };

@@ -7,8 +7,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::detect::{Carries, Detected};
 use crate::drain;
 use crate::error::ConnectionError;
-use crate::http::Body;
+use crate::http::{Body, respond};
 use crate::http::framing::{FramingGuard, MAX_HEAD, MAX_HEADERS};
 
 /// A connection's byte stream, plain or TLS.
@@ -73,7 +73,9 @@ pub fn is_tls(first: u8) -> bool {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on `io` until the client closes or the drain ends the
-/// connection, each request answered by `handle`.
+/// connection, each request answered by `handle` — except an HTTP/2 request whose `host`
+/// names another authority than its `:authority` (RFC 9113, section 8.3.1: malformed), which
+/// gets 400: routing, policies and the application must all read the same one.
 pub async fn serve_http<T, H, F>(
     io: T,
     drain: drain::Watch,
@@ -84,9 +86,17 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| {
-        let response = handle(request);
-        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let response = (!conflicting_authority(&request)).then(|| handle(request));
+        async move {
+            Ok::<_, std::convert::Infallible>(match response {
+                Some(response) => response.await,
+                None => respond(
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"host and :authority disagree\n"),
+                ),
+            })
+        }
     });
     drain
         .serve(
@@ -95,6 +105,19 @@ where
         )
         .await
         .map_err(ConnectionError::Http)
+}
+
+/// Whether an HTTP/2 request carries a `host` header that disagrees with its `:authority`.
+fn conflicting_authority<B>(request: &Request<B>) -> bool {
+    if request.version() != hyper::Version::HTTP_2 {
+        return false;
+    }
+    match (request.uri().authority(), request.headers().get(hyper::header::HOST)) {
+        (Some(authority), Some(host)) => !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
+        _ => false,
+    }
 }
 
 /// How the proxy serves HTTP/1.1 and HTTP/2 to its clients, with the limits that keep a bad

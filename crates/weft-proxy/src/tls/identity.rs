@@ -249,6 +249,24 @@ pub fn peer_spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// Every URI subject alternative name of a certificate.
+pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The trust domain of a SPIFFE ID.
 pub fn trust_domain(spiffe_id: &str) -> Option<&str> {
     spiffe_id.strip_prefix("spiffe://")?.split('/').next()

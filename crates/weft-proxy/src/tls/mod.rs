@@ -8,7 +8,8 @@
 //!
 //! TLS origination to servers outside the mesh (DestinationRule `SIMPLE` and `MUTUAL`) is
 //! plain TLS: the server chains to the rule's CA certificates (the system's bundle when it
-//! names none) and carries one of its `subjectAltNames` (else the SNI name).
+//! names none) and carries one of its `subjectAltNames` ([`ServerSan`]: a DNS name, or a URI
+//! such as a SPIFFE ID), else the SNI name.
 
 pub mod identity;
 
@@ -177,38 +178,56 @@ pub fn system_ca_bundle() -> Option<Vec<u8>> {
         .find_map(|path| std::fs::read(path).ok())
 }
 
+/// A name a server's certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSan {
+    /// A DNS name (`*.example.com` covers one label).
+    Dns(String),
+    /// A URI, exactly (`spiffe://…`).
+    Uri(String),
+}
+
 /// The TLS configuration of an origination to a server outside the mesh (DestinationRule
 /// `SIMPLE` or `MUTUAL`): the server must chain to a certificate of `ca` (PEM) and carry one
 /// of `names` (the SNI name when there are none); `client` is the PEM certificate chain and
 /// key presented for `MUTUAL`.
 pub fn origination_config(
     ca: &[u8],
-    names: &[String],
+    names: &[ServerSan],
     client: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
-    let roots = pem_roots(ca)?;
+    let roots = Arc::new(pem_roots(ca)?);
     if roots.is_empty() {
         return Err("no CA certificate to check the server against".into());
     }
     let provider = provider();
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
+        roots.clone(),
         provider.clone(),
     )
     .build()
     .map_err(|e| format!("the CA certificates: {e}"))?;
     let names = names
         .iter()
-        .map(|name| {
-            ServerName::try_from(name.clone()).map_err(|e| format!("subjectAltNames {name:?}: {e}"))
+        .map(|name| match name {
+            ServerSan::Dns(dns) => ServerName::try_from(dns.clone())
+                .map(Expected::Dns)
+                .map_err(|e| format!("subjectAltNames {dns:?}: {e}")),
+            ServerSan::Uri(uri) => Ok(Expected::Uri(uri.clone())),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let algorithms = provider.signature_verification_algorithms;
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NamedServerVerifier { inner, names }));
+        .with_custom_certificate_verifier(Arc::new(NamedServerVerifier {
+            inner,
+            roots,
+            algorithms,
+            names,
+        }));
     let config = match client {
         Some((chain, key)) => {
             let chain = CertificateDer::pem_slice_iter(chain)
@@ -282,7 +301,16 @@ pub fn termination_config(
 #[derive(Debug)]
 struct NamedServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
-    names: Vec<ServerName<'static>>,
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    names: Vec<Expected>,
+}
+
+/// A subject alternative name to find in the server's certificate.
+#[derive(Debug)]
+enum Expected {
+    Dns(ServerName<'static>),
+    Uri(String),
 }
 
 impl ServerCertVerifier for NamedServerVerifier {
@@ -305,10 +333,35 @@ impl ServerCertVerifier for NamedServerVerifier {
         }
         let mut refused = None;
         for name in &self.names {
-            match self
-                .inner
-                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
-            {
+            let verified = match name {
+                Expected::Dns(name) => self.inner.verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    name,
+                    ocsp_response,
+                    now,
+                ),
+                Expected::Uri(uri) => {
+                    let parsed = ParsedCertificate::try_from(end_entity)?;
+                    verify_server_cert_signed_by_trust_anchor(
+                        &parsed,
+                        &self.roots,
+                        intermediates,
+                        now,
+                        self.algorithms.all,
+                    )
+                    .and_then(|()| {
+                        if identity::uri_sans(end_entity).contains(uri) {
+                            Ok(ServerCertVerified::assertion())
+                        } else {
+                            Err(rustls::Error::General(format!(
+                                "the server's certificate does not carry {uri}"
+                            )))
+                        }
+                    })
+                }
+            };
+            match verified {
                 Ok(verified) => return Ok(verified),
                 Err(error) => refused = Some(error),
             }

@@ -4,11 +4,15 @@
 //! be read or used rejects the resource and the last good configuration stays.
 
 use weft_xds::envoy::envoy::config::core::v3::{DataSource, TransportSocket, transport_socket};
-use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, UpstreamTlsContext,
+};
+use weft_xds::envoy::envoy::r#type::matcher::v3::StringMatcher;
 use weft_xds::envoy::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
 use super::proto::decode_any;
 use crate::model::UpstreamTls;
+use crate::tls::ServerSan;
 
 /// The mesh TLS an upstream transport socket asks for; `None` for plaintext. Only mesh mTLS
 /// (certificates from SDS) is supported so far.
@@ -25,19 +29,23 @@ pub(super) fn upstream_tls(socket: &TransportSocket) -> Result<Option<UpstreamTl
     if common.tls_certificate_sds_secret_configs.is_empty() {
         return originate(context.sni, common).map(Some);
     }
+    // The SPIFFE IDs the peer may have: exact URI names only; any other shape rejects the
+    // cluster rather than accepting any mesh peer.
     let identities = match common.validation_context_type {
-        Some(ValidationContextType::CombinedValidationContext(combined)) => combined
-            .default_validation_context
-            .map(|v| {
-                v.match_typed_subject_alt_names
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            match combined.default_validation_context {
+                Some(validation) => subject_alt_names(&validation)?
                     .into_iter()
-                    .filter_map(|m| match m.matcher.and_then(|m| m.match_pattern) {
-                        Some(MatchPattern::Exact(id)) => Some(id),
-                        _ => None,
+                    .map(|name| match name {
+                        ServerSan::Uri(id) => Ok(id),
+                        ServerSan::Dns(name) => Err(format!(
+                            "a mesh peer is named by SPIFFE ID, not by DNS name {name:?}"
+                        )),
                     })
-                    .collect()
-            })
-            .unwrap_or_default(),
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            }
+        }
         _ => Vec::new(),
     };
     Ok(Some(UpstreamTls::mesh(context.sni, identities)))
@@ -60,14 +68,7 @@ fn originate(
         None => crate::tls::system_ca_bundle()
             .ok_or("no caCertificates given and no system CA bundle found")?,
     };
-    let names: Vec<String> = validation
-        .match_typed_subject_alt_names
-        .into_iter()
-        .filter_map(|m| match m.matcher.and_then(|m| m.match_pattern) {
-            Some(MatchPattern::Exact(name)) => Some(name),
-            _ => None,
-        })
-        .collect();
+    let names = subject_alt_names(&validation)?;
     let client = match common.tls_certificates.first() {
         Some(certificate) => {
             let read = |source: &Option<DataSource>, what: &str| match source {
@@ -87,7 +88,9 @@ fn originate(
         client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
     )?;
     let mut settings: Vec<&[u8]> = vec![&ca];
-    settings.extend(names.iter().map(|n| n.as_bytes()));
+    settings.extend(names.iter().map(|n| match n {
+        ServerSan::Dns(name) | ServerSan::Uri(name) => name.as_bytes(),
+    }));
     if let Some((chain, key)) = &client {
         settings.extend([chain.as_slice(), key.as_slice()]);
     }
@@ -97,6 +100,49 @@ fn originate(
         client.is_some(),
         &settings,
     ))
+}
+
+/// The names a server's certificate must carry, from a validation context: exact DNS or URI
+/// names (typed, or the deprecated untyped list, where `scheme://` marks a URI). Any other
+/// shape is an error, never "any name".
+#[allow(
+    deprecated,
+    reason = "older control planes still send the untyped list"
+)]
+fn subject_alt_names(validation: &CertificateValidationContext) -> Result<Vec<ServerSan>, String> {
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    let exact = |matcher: &Option<StringMatcher>| match matcher {
+        Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(name)),
+            ignore_case: false,
+        }) => Ok(name.clone()),
+        other => Err(format!(
+            "a subject alternative name matcher this proxy does not support: {other:?}"
+        )),
+    };
+    let mut names = Vec::new();
+    for matcher in &validation.match_typed_subject_alt_names {
+        let name = exact(&matcher.matcher)?;
+        names.push(match SanType::try_from(matcher.san_type) {
+            Ok(SanType::Dns) => ServerSan::Dns(name),
+            Ok(SanType::Uri) => ServerSan::Uri(name),
+            _ => {
+                return Err(format!(
+                    "subject alternative name type {} is not supported",
+                    matcher.san_type
+                ));
+            }
+        });
+    }
+    for matcher in &validation.match_subject_alt_names {
+        let name = exact(&Some(matcher.clone()))?;
+        names.push(if name.contains("://") {
+            ServerSan::Uri(name)
+        } else {
+            ServerSan::Dns(name)
+        });
+    }
+    Ok(names)
 }
 
 /// The bytes a data source holds: a file's contents, or inline bytes or text.
