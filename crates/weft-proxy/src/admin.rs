@@ -36,12 +36,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Whether the proxy has a certificate and its first listeners and clusters.
+    /// Whether the proxy has a certificate and a whole first configuration: listeners and
+    /// clusters answered (even if rejected, as Envoy's warming counts them), with the routes
+    /// and endpoints they name.
     pub fn ready(&self) -> bool {
-        let config = self.config.borrow();
-        self.identity.get().is_some()
-            && config.versions.contains_key(weft_xds::types::LISTENER)
-            && config.versions.contains_key(weft_xds::types::CLUSTER)
+        self.identity.get().is_some() && self.config.borrow().warm
     }
 
     /// Serves the admin pages on `listener` forever.

@@ -330,8 +330,16 @@ pub fn pki(dir: &Path, file: &str, name: &str, client: bool) {
     let issuer =
         Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("making test certificates");
     let key = KeyPair::generate().expect("making test certificates");
-    let mut params =
-        CertificateParams::new(vec![name.to_string()]).expect("making test certificates");
+    // A name with a scheme (`spiffe://…`) is a URI SAN, the others DNS names.
+    let mut params = if name.contains("://") {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            name.try_into().expect("making test certificates"),
+        )];
+        params
+    } else {
+        CertificateParams::new(vec![name.to_string()]).expect("making test certificates")
+    };
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);

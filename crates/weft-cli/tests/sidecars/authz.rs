@@ -1,8 +1,11 @@
 //! Authorization that never fails open: request paths normalized before policies and
-//! routes read them (MeshConfig `pathNormalization`).
+//! routes read them (MeshConfig `pathNormalization`); policies applied where Istio applies
+//! them (root namespace, CUSTOM, dry run, URI templates, `portLevelMtls`); matchers that
+//! keep their case; one authority per request; policies that cannot be read refused.
 
 use crate::apps::echo_app;
 use crate::clients::{raw, via_proxy};
+use crate::fixed_control::{FixedControl, unreadable_policy};
 use crate::mesh::{Mesh, SERVICE};
 
 /// `echo` refuses `/admin` and everything under it.
@@ -298,9 +301,7 @@ fn http2_requests_with_two_authorities_are_refused() {
             tokio::spawn(connection);
             let mut request = hyper_request("http://echo.test.svc.cluster.local:8080/");
             if let Some(host) = host {
-                request
-                    .headers_mut()
-                    .insert("host", host.parse().unwrap());
+                request.headers_mut().insert("host", host.parse().unwrap());
             }
             let (response, _) = client.send_request(request, true).unwrap();
             response.await.unwrap().status().as_u16()
@@ -313,4 +314,81 @@ fn http2_requests_with_two_authorities_are_refused() {
 
 fn hyper_request(uri: &str) -> http::Request<()> {
     http::Request::get(uri).body(()).unwrap()
+}
+
+/// A policy the sidecar cannot read is rejected (NACK), never read as "anyone"; and a port
+/// whose policies never arrived refuses every caller rather than letting them all in.
+#[test]
+fn a_policy_that_cannot_be_read_is_rejected_and_its_port_refuses() {
+    use std::io::{Read, Write};
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in app.incoming().map_while(Result::ok) {
+            let _ = stream.write_all(b"application\n");
+        }
+    });
+    let port = crate::common::free_port();
+    let control = FixedControl::start(unreadable_policy(port, app_port));
+    let token = control.token("test", "echo");
+    let server = crate::common::Proxy::start(&[
+        "--control",
+        &control.xds,
+        "--name",
+        "echo",
+        "--namespace",
+        "test",
+        "--service-account",
+        "echo",
+        "--inbound-port",
+        &port.to_string(),
+        "--token",
+        &token,
+    ]);
+    server.until_ready();
+    crate::common::eventually(
+        "the listener is rejected",
+        std::time::Duration::from_secs(10),
+        || {
+            let log = server.log.lock().unwrap();
+            log.iter()
+                .any(|l| l.contains("configuration rejected (NACK)") && l.contains("no pattern"))
+                .then_some(())
+                .ok_or_else(|| log.join("\n"))
+        },
+    );
+    // A mesh client: a certificate from the same CA.
+    let cert = {
+        use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+        let root = |file: &str| std::fs::read_to_string(control.state.path().join(file)).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(
+            &root("root-cert.pem"),
+            KeyPair::from_pem(&root("root-key.pem")).unwrap(),
+        )
+        .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://cluster.local/ns/test/sa/client"
+                .try_into()
+                .unwrap(),
+        )];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    };
+    // Until its chains arrive, a port takes mesh mTLS and HTTP; with no policies known, it
+    // allows nothing.
+    let answer = crate::clients::tls_exchange(
+        &server.inbound,
+        cert,
+        b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "the port without readable policies let a caller through: {answer}"
+    );
 }

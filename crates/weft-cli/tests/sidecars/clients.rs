@@ -161,6 +161,32 @@ pub fn direct(inbound: &str, tls: Option<Option<ClientCert>>) -> Option<String> 
     response.starts_with("HTTP/1.1").then_some(response)
 }
 
+/// Opens mTLS to `addr` with `cert`, sends `bytes` and returns what comes back until the
+/// server closes (empty when the connection was refused or closed at once).
+pub fn tls_exchange(addr: &str, cert: ClientCert, bytes: &[u8]) -> String {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(cert.0, cert.1)
+        .unwrap();
+    let connection = rustls::ClientConnection::new(
+        Arc::new(config),
+        "echo.test.svc.cluster.local".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let mut answer = Vec::new();
+    if stream.write_all(bytes).is_ok() {
+        let _ = stream.read_to_end(&mut answer);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A certificate for `spiffe_id`, signed by the mesh root in the state dir, or by a CA of its
 /// own; valid now, or expired.
 pub fn client_cert(mesh: &Mesh, spiffe_id: &str, own_ca: bool, expired: bool) -> ClientCert {

@@ -12,10 +12,15 @@
 //!   breaker, draining.
 //! * [`protocols`]: gRPC, opaque TCP, WebSocket, HTTP/2 between sidecars, undeclared ports.
 //! * [`limits`]: bad input at both listeners, a gigabyte in constant memory.
+//! * [`authz`]: authorization that never fails open (path normalization, where policies
+//!   apply, matcher case rules, one authority per request, unreadable policies refused).
+//! * [`hardening`]: listener binds, CONNECT targets, proxy-set headers against hostile
+//!   clients.
 //!
 //! and what they share: [`mesh`] (the harness, [`mesh::Mesh`], and the configuration it
 //! serves), [`apps`] (the fake applications behind the server sidecars) and [`clients`]
-//! (raw HTTP/1.1 and TLS clients). The helpers every test file uses (starting `weft
+//! (raw HTTP/1.1 and TLS clients), and [`fixed_control`] (a control plane of hand-made
+//! resources, for shapes `weft control` never sends). The helpers every test file uses (starting `weft
 //! control` and `weft proxy`, waiting with [`common::eventually`]) are in `tests/common/`.
 //!
 //! Run one feature with `cargo test -p weft-cli --test sidecars routing::`.
@@ -30,6 +35,7 @@ mod common;
 
 mod apps;
 mod clients;
+mod fixed_control;
 mod mesh;
 
 mod authz;

@@ -357,3 +357,88 @@ fn destination_rules_originate_tls_to_servers_outside_the_mesh() {
     let (status, body) = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
     assert_eq!((status, body.as_str()), (200, "secure\n"));
 }
+
+/// `subjectAltNames` of a DestinationRule name URI SANs too (a partner's SPIFFE ID): the
+/// server's certificate must carry the one named, checked after its chain.
+#[test]
+fn origination_matches_uri_subject_alt_names() {
+    let certs = tempfile::tempdir().unwrap();
+    let partner = "spiffe://partner.example/ns/pay/sa/api";
+    common::pki(certs.path(), "server", partner, false);
+    let d = certs.path().display();
+    for (name, expected) in [
+        (partner, 200),
+        ("spiffe://partner.example/ns/pay/sa/other", 503),
+    ] {
+        let (_server, port) = https_server(certs.path(), false);
+        let mesh = Mesh::start(&secure_service(
+            port,
+            &format!(
+                "{{mode: SIMPLE, caCertificates: {d}/server-ca.pem, subjectAltNames: [{name}]}}"
+            ),
+        ));
+        let (status, body) = eventually(
+            "the route to secure.example.com arrives",
+            Duration::from_secs(30),
+            || {
+                let answer = via_proxy(&mesh.client.outbound, "http://secure.example.com/");
+                if answer.0 != 404 {
+                    Ok(answer)
+                } else {
+                    Err(answer.1)
+                }
+            },
+        );
+        assert_eq!(status, expected, "{name}: {body}");
+    }
+}
+
+/// What an Envoy client gets for a `SIMPLE` rule without `caCertificates`: the system's
+/// roots to verify the server with (Istio's `caCertificates: system`), never no check.
+#[test]
+fn envoy_clients_verify_originated_tls_against_the_system_roots() {
+    use weft_xds::envoy::envoy::config::cluster::v3::Cluster;
+    use weft_xds::envoy::envoy::config::core::v3::{Node, transport_socket::ConfigType};
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use weft_xds::envoy::envoy::service::discovery::v3::DiscoveryRequest;
+    use weft_xds::envoy::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let mesh = Mesh::start(&secure_service(443, "{mode: SIMPLE}"));
+    let xds = mesh.control.as_ref().unwrap().xds.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cluster: Cluster = runtime.block_on(async {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+            .await
+            .unwrap();
+        let request = DiscoveryRequest {
+            node: Some(Node {
+                id: "sidecar~10.0.0.9~envoy.test~test.svc.cluster.local".into(),
+                ..Node::default()
+            }),
+            type_url: weft_xds::types::CLUSTER.into(),
+            resource_names: vec!["outbound|80||secure.example.com".into()],
+            ..DiscoveryRequest::default()
+        };
+        let mut responses = client
+            .stream_aggregated_resources(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        prost::Message::decode(response.resources[0].value.as_slice()).unwrap()
+    });
+    let Some(ConfigType::TypedConfig(any)) = cluster
+        .transport_socket
+        .and_then(|socket| socket.config_type)
+    else {
+        panic!("the cluster originates no TLS");
+    };
+    let context: UpstreamTlsContext = prost::Message::decode(any.value.as_slice()).unwrap();
+    let Some(ValidationContextType::ValidationContext(validation)) = context
+        .common_tls_context
+        .and_then(|c| c.validation_context_type)
+    else {
+        panic!("no validation context");
+    };
+    assert!(validation.system_root_certs.is_some(), "{validation:?}");
+}
