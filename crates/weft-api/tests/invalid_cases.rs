@@ -389,6 +389,18 @@ static CASES: &[Case] = &[
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/api/*/items\"] #<\n",
     ),
     case(
+        "a template operator after {**}",
+        "WEFT0119",
+        Error,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/files/{**}/{*}\"] #<\n",
+    ),
+    case(
+        "a template operator inside a segment",
+        "WEFT0119",
+        Error,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/files/v{*}\"] #<\n",
+    ),
+    case(
         "unknown condition key",
         "WEFT0119",
         Error,

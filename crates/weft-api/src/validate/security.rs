@@ -316,7 +316,11 @@ fn check_operation(operation: &Operation, path: &str, report: &mut Report<'_>) {
                             format!("path {p:?} does not start with '/' so it never matches a request path"),
                         );
                     }
-                    if !p.contains('{') {
+                    if p.contains('{') || p.contains('}') {
+                        if let Err(why) = check_path_template(p) {
+                            report.at(&codes::INVALID_AUTHZ, &format!("{at}[{k}]"), why);
+                        }
+                    } else {
                         check_values(std::slice::from_ref(p), &format!("{at}[{k}]"), report);
                     }
                 }
@@ -324,6 +328,33 @@ fn check_operation(operation: &Operation, path: &str, report: &mut Report<'_>) {
             _ => check_values(values, &at, report),
         }
     }
+}
+
+/// Istio's URI templates (1.23+): `{*}` is one path segment, `{**}` any number and the last
+/// operator; each is a whole segment, and a template path has no other `*`.
+fn check_path_template(path: &str) -> Result<(), String> {
+    let mut any_depth_seen = false;
+    for segment in path.split('/') {
+        let operator = match segment {
+            "{*}" => Some(false),
+            "{**}" => Some(true),
+            _ if segment.contains(['{', '}', '*']) => {
+                return Err(format!(
+                    "path template {path:?}: {segment:?} is not a whole segment {{*}} or {{**}} (no other operators, no '*' in a template)"
+                ));
+            }
+            _ => None,
+        };
+        if let Some(any_depth) = operator {
+            if any_depth_seen {
+                return Err(format!(
+                    "path template {path:?}: {{**}} must be the last operator"
+                ));
+            }
+            any_depth_seen = any_depth;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_request_authentication(ra: &RequestAuthentication, report: &mut Report<'_>) {
