@@ -17,6 +17,10 @@ pub struct Request<'a> {
     pub peer: Option<&'a str>,
     /// The connection's source address.
     pub source: IpAddr,
+    /// The original client's address, from `x-forwarded-for`: at a gateway, as many entries
+    /// back as it trusts proxies in front of it; at a sidecar, its last entry (as Envoy
+    /// without `use_remote_address`); the source without one.
+    pub remote: IpAddr,
     /// The address and port the connection arrived at.
     pub destination: (IpAddr, u16),
     /// Method, path and headers, for HTTP.
@@ -140,9 +144,25 @@ impl Principal {
             Self::Not(inner) => !inner.matches(request),
             Self::Authenticated(None) => request.peer.is_some(),
             Self::Authenticated(Some(name)) => name.matches(request.peer),
-            Self::SourceIp(cidr) | Self::RemoteIp(cidr) => cidr.contains(request.source),
+            Self::SourceIp(cidr) => cidr.contains(request.source),
+            Self::RemoteIp(cidr) => cidr.contains(request.remote),
         }
     }
+}
+
+/// The address `hops` entries before the last of `x-forwarded-for`, as Envoy picks the
+/// original client with `xff_num_trusted_hops`; `None` when the header has too few entries
+/// or that one is not an address.
+pub fn forwarded_client(headers: &hyper::HeaderMap, hops: u32) -> Option<IpAddr> {
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let at = entries.len().checked_sub(1 + usize::try_from(hops).ok()?)?;
+    entries[at].parse().ok()
 }
 
 #[cfg(test)]
@@ -177,6 +197,7 @@ mod tests {
         Request {
             peer,
             source: IpAddr::from([10, 0, 0, 9]),
+            remote: IpAddr::from([10, 0, 0, 9]),
             destination: (IpAddr::from([10, 0, 0, 1]), 8080),
             http: Some(http),
         }

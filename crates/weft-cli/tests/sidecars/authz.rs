@@ -392,3 +392,108 @@ fn a_policy_that_cannot_be_read_is_rejected_and_its_port_refuses() {
         "the port without readable policies let a caller through: {answer}"
     );
 }
+
+/// The ingress gateway enforces the AuthorizationPolicies that select its labels, and
+/// `remoteIpBlocks` reads the client's address from `x-forwarded-for` as far back as
+/// MeshConfig's `numTrustedProxies` says proxies in front of the gateway can be trusted.
+#[test]
+fn the_gateway_enforces_its_policies_on_the_client_behind_trusted_proxies() {
+    let port = crate::common::free_port();
+    let extra = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: test}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/ingress]
+  http:
+  - route:
+    - destination: {{host: echo.test.svc.cluster.local, port: {{number: 8080}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: [/private*]}}}}]
+  - from: [{{source: {{remoteIpBlocks: [203.0.113.0/24]}}}}]
+"
+    );
+    let mesh = Mesh::with_mesh_config(
+        SERVICE,
+        &extra,
+        Some("defaultConfig: {gatewayTopology: {numTrustedProxies: 1}}\n"),
+        &["v1"],
+        echo_app,
+    );
+    let config = crate::mesh::config_dir(mesh.dir.path());
+    let xds = mesh.control.as_ref().unwrap().xds.clone();
+    let token = crate::common::join_token(&config, "istio-system", "ingress");
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["gateway", "--control", &xds, "--name", "ingress"])
+        .args([
+            "--namespace",
+            "istio-system",
+            "--service-account",
+            "ingress",
+        ])
+        .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+        .args(["--metrics-port", "0", "--log", "warn", "--token", &token])
+        .spawn()
+        .unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let get = |path: &str, forwarded_for: Option<&str>| {
+        let forwarded = forwarded_for
+            .map(|v| format!("X-Forwarded-For: {v}\r\n"))
+            .unwrap_or_default();
+        let answer = raw(
+            &address,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: shop.example.com\r\n{forwarded}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    crate::common::eventually(
+        "the gateway routes",
+        std::time::Duration::from_secs(60),
+        || {
+            if let Some(exit) = gateway.try_wait().unwrap() {
+                panic!("weft gateway exited: {exit}");
+            }
+            match std::net::TcpStream::connect(&address) {
+                Ok(_) if get("/ok", None) == 200 => Ok(()),
+                _ => Err("not yet"),
+            }
+        },
+    );
+    assert_eq!(get("/private/x", None), 403, "the gateway's DENY on a path");
+    assert_eq!(
+        get("/ok", Some("203.0.113.7")),
+        403,
+        "the client a trusted proxy in front names is denied"
+    );
+    assert_eq!(
+        get("/ok", Some("203.0.113.7, 198.51.100.1")),
+        200,
+        "an address before the trusted proxy's entry is the client's own claim"
+    );
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

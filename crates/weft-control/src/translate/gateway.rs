@@ -28,6 +28,7 @@ use weft_xds::types::pack;
 
 use super::client::Client;
 use super::envoy::{file, http_manager, http_manager_filter, socket, tls_socket};
+use super::inbound::authz::{Workload, http_rbac_filters, inbound_rbac};
 use super::names::port_listener_name;
 use super::outbound::route::{Place, virtual_service_routes};
 use crate::model::MeshSnapshot;
@@ -84,7 +85,12 @@ fn route_name(port: u32) -> String {
 }
 
 /// The listener on `port` for a gateway, if a bound server has that port.
-pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> Option<Resource> {
+pub(crate) fn listener(
+    snapshot: &MeshSnapshot,
+    client: &Client,
+    port: u32,
+    trust_domain: &str,
+) -> Option<Resource> {
     let servers: Vec<Bound<'_>> = bound_servers(snapshot, client)
         .into_iter()
         .filter(|b| b.port == port)
@@ -92,12 +98,23 @@ pub(crate) fn listener(snapshot: &MeshSnapshot, client: &Client, port: u32) -> O
     if servers.is_empty() {
         return None;
     }
+    // The gateway's own AuthorizationPolicies (selecting its labels), checked before
+    // anything else; the client's address is the one `numTrustedProxies` hops back in
+    // `x-forwarded-for`.
+    let gateway = Workload {
+        namespace: &client.namespace,
+        labels: &client.labels,
+    };
+    let rbac = inbound_rbac(snapshot, &gateway, trust_domain, true);
     let manager = || {
-        let manager = http_manager(
+        let mut manager = http_manager(
             &format!("gateway_0.0.0.0_{port}"),
             &route_name(port),
             snapshot.mesh.path_normalization(),
         );
+        manager.http_filters.splice(0..0, http_rbac_filters(&rbac));
+        manager.use_remote_address = Some(BoolValue { value: true });
+        manager.xff_num_trusted_hops = snapshot.mesh.num_trusted_proxies();
         vec![http_manager_filter(&manager)]
     };
     let mut filter_chains = Vec::new();

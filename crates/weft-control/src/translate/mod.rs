@@ -21,7 +21,7 @@
 //! * `outbound` — a sidecar's or proxyless client's listeners, routes, clusters, endpoints.
 //! * `inbound` — a sidecar's own listener and clusters, with its mTLS mode and RBAC.
 //! * `gateway` — an ingress gateway's listeners and routes, which reuse the outbound
-//!   routes of the VirtualServices bound to it.
+//!   routes of the VirtualServices bound to it and the inbound side's authorization.
 //! * this module — [`MeshGenerator`]: which builder answers a request, and the cache.
 
 mod client;
@@ -278,8 +278,9 @@ impl MeshGenerator {
         name: &str,
     ) -> Option<Resource> {
         match type_url {
-            types::LISTENER if client.gateway => parse_port_listener_name(name)
-                .and_then(|port| gateway::listener(snapshot, client, port)),
+            types::LISTENER if client.gateway => parse_port_listener_name(name).and_then(|port| {
+                gateway::listener(snapshot, client, port, &self.identity.trust_domain)
+            }),
             types::LISTENER => listener::listener(snapshot, client, name),
             types::ROUTE if client.gateway => gateway::route_resource(snapshot, client, name),
             types::ROUTE => route::route_resource(snapshot, client, name),

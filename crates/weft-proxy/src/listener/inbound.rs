@@ -143,6 +143,11 @@ impl Inbound {
         let request = crate::authz::Request {
             peer: caller.peer.as_ref().map(|p| p.spiffe_id.as_str()),
             source: caller.source,
+            // As Envoy without `use_remote_address`: the last address `x-forwarded-for`
+            // names (what the gateway in front appended), else the peer.
+            remote: http
+                .and_then(|parts| crate::authz::forwarded_client(&parts.headers, 0))
+                .unwrap_or(caller.source),
             destination: (caller.local.ip(), self.port),
             http,
         };
@@ -282,6 +287,7 @@ impl Inbound {
             return Err(ProxyError::Denied);
         }
         strip_hop_by_hop(&mut parts.headers);
+        crate::proxy::forward::allowed_upgrade(&parts.headers)?;
         // Only this proxy may say who the caller is.
         parts.headers.remove(&XFCC);
         if let Some(xfcc) = caller.peer.as_ref().and_then(|p| p.xfcc.clone()) {

@@ -72,6 +72,12 @@ pub struct HttpPort {
     pub route: String,
     /// How it normalizes request paths.
     pub paths: PathNormalization,
+    /// Its authorization policies (a gateway's); none where it has no RBAC filter.
+    pub rbac: Option<Arc<Rbac>>,
+    /// With `use_remote_address`, how many proxies in front of it append to
+    /// `x-forwarded-for` (`xff_num_trusted_hops`): the client's address is that many entries
+    /// back from the last. `None`: the connection's peer is the client.
+    pub trusted_hops: Option<u32>,
 }
 
 /// What an inbound port accepts (from PeerAuthentication, through the inbound listener),

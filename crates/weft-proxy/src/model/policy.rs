@@ -21,6 +21,30 @@ pub struct Rbac {
     pub dry_run_allow: Option<Vec<Policy>>,
 }
 
+impl Rbac {
+    /// Whether it has no filter at all (and so decides nothing).
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_none()
+            && self.allow.is_none()
+            && self.dry_run_deny.is_none()
+            && self.dry_run_allow.is_none()
+    }
+
+    /// The names of its policies, by set: what tells two of them apart.
+    pub fn names(&self) -> [Option<Vec<String>>; 4] {
+        fn names(set: &Option<Vec<Policy>>) -> Option<Vec<String>> {
+            set.as_ref()
+                .map(|policies| policies.iter().map(|p| p.name.clone()).collect())
+        }
+        [
+            names(&self.deny),
+            names(&self.allow),
+            names(&self.dry_run_deny),
+            names(&self.dry_run_allow),
+        ]
+    }
+}
+
 /// One policy.
 #[derive(Debug, Serialize)]
 pub struct Policy {
@@ -68,7 +92,8 @@ pub enum Principal {
     Authenticated(Option<StringMatch>),
     /// The connection's source address.
     SourceIp(Cidr),
-    /// The original client's address (the same as the source, with no proxy in front).
+    /// The original client's address (`x-forwarded-for`, as far back as the gateway trusts
+    /// the proxies in front of it; the source where it trusts none).
     RemoteIp(Cidr),
 }
 

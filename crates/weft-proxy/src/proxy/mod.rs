@@ -5,8 +5,9 @@
 //! 1. [`Proxy::handle`] notes the request for the access log and the metrics, and turns
 //!    whatever went wrong into its response ([`crate::error`]);
 //! 2. [`Proxy::dispatch`] finds what the request asks for: a tunnel (`CONNECT`,
-//!    [`tunnel`]), or, once its path is normalized ([`crate::model::path`]), the route its
-//!    host and path take ([`crate::route`]) — answered
+//!    [`tunnel`]), or, once its path is normalized ([`crate::model::path`]) and, at a
+//!    gateway, the gateway's policies allow it ([`crate::authz`]), the route its host and
+//!    path take ([`crate::route`]) — answered
 //!    directly, redirected ([`rewrite`]), aborted or delayed by a fault ([`fault`]), or
 //!    forwarded;
 //! 3. [`forward`] plans the forwarding (weighted cluster, circuit breaker, rewrites, hash),
@@ -36,7 +37,7 @@ use hyper::{Method, Request, Response};
 use crate::error::ProxyError;
 use crate::http::headers::{apply_changes, strip_hop_by_hop};
 use crate::http::{Body, respond};
-use crate::model::Action;
+use crate::model::{Action, Rbac};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::Reporter;
 
@@ -82,6 +83,11 @@ impl Proxy {
             .outbound_paths(port)
             .normalize_uri(&mut parts.uri)
             .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
+        if let Some(http_port) = config.model.outbound_ports.get(&port)
+            && let Some(rbac) = &http_port.rbac
+        {
+            authorize(rbac, http_port.trusted_hops, &parts, client, port)?;
+        }
         let route = config
             .model
             .route_table(port)
@@ -113,6 +119,37 @@ impl Proxy {
         apply_changes(response.headers_mut(), &route.response_headers);
         Ok(response)
     }
+}
+
+/// A gateway's own authorization policies, for a request from `client` (the connection's
+/// peer); the original client is the address `trusted_hops` entries back from the last of
+/// `x-forwarded-for` (which the gateway has appended the peer to).
+fn authorize(
+    rbac: &Rbac,
+    trusted_hops: Option<u32>,
+    parts: &Parts,
+    client: Option<IpAddr>,
+    port: u16,
+) -> Result<(), ProxyError> {
+    let source = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let remote = trusted_hops
+        .and_then(|hops| crate::authz::forwarded_client(&parts.headers, hops))
+        .unwrap_or(source);
+    let request = crate::authz::Request {
+        peer: None,
+        source,
+        remote,
+        destination: (IpAddr::from([0, 0, 0, 0]), port),
+        http: Some(parts),
+    };
+    let decision = rbac.check(&request);
+    if let Some(dry_run) = rbac.dry_run(&request) {
+        tracing::info!(?dry_run, path = parts.uri.path(), %remote, "dry-run authorization");
+    }
+    decision.map_err(|denial| {
+        tracing::debug!(%denial, "request refused by the gateway's authorization policy");
+        ProxyError::Denied
+    })
 }
 
 /// The host (and port) a request names: its absolute URI's authority, else its Host.

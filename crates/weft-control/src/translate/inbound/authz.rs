@@ -37,6 +37,10 @@ use weft_xds::envoy::envoy::config::rbac::v3::{
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, header_matcher::HeaderMatchSpecifier,
 };
+use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
 use weft_xds::envoy::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 use weft_xds::envoy::envoy::r#type::matcher::v3::{
     PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher::MatchPattern,
@@ -98,6 +102,38 @@ pub(crate) struct InboundRbac {
     pub allow: Option<Rbac>,
     pub dry_run_deny: Option<Rbac>,
     pub dry_run_allow: Option<Rbac>,
+}
+
+impl InboundRbac {
+    /// One RBAC filter per action that has policies: its enforced rules, its dry-run ones
+    /// as shadow rules, and the shadow rules' stat prefix (Istio's).
+    pub(crate) fn filters(&self) -> Vec<(Option<Rbac>, Option<Rbac>, &'static str)> {
+        [
+            (&self.deny, &self.dry_run_deny, "istio_dry_run_deny_"),
+            (&self.allow, &self.dry_run_allow, "istio_dry_run_allow_"),
+        ]
+        .into_iter()
+        .filter(|(rules, shadow, _)| rules.is_some() || shadow.is_some())
+        .map(|(rules, shadow, prefix)| (rules.clone(), shadow.clone(), prefix))
+        .collect()
+    }
+}
+
+/// The HTTP RBAC filters of `rbac`, DENY first, for a connection manager's filter list.
+pub(crate) fn http_rbac_filters(rbac: &InboundRbac) -> Vec<HttpFilter> {
+    rbac.filters()
+        .into_iter()
+        .map(|(rules, shadow, prefix)| HttpFilter {
+            name: "envoy.filters.http.rbac".to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
+                rules,
+                shadow_rules: shadow,
+                shadow_rules_stat_prefix: prefix.to_string(),
+                ..HttpRbac::default()
+            }))),
+            ..HttpFilter::default()
+        })
+        .collect()
 }
 
 /// The annotation that makes a policy a dry run.

@@ -25,7 +25,6 @@ use weft_xds::envoy::envoy::config::core::v3::{
 use weft_xds::envoy::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
-use weft_xds::envoy::envoy::config::rbac::v3::Rbac;
 use weft_xds::envoy::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
@@ -33,10 +32,9 @@ use weft_xds::envoy::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
-use weft_xds::envoy::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use weft_xds::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -49,7 +47,7 @@ use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use self::authz::{InboundRbac, Workload, inbound_rbac, mtls_mode};
+use self::authz::{InboundRbac, Workload, http_rbac_filters, inbound_rbac, mtls_mode};
 use super::envoy::{
     HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOLS, duration, http_inspector, http_manager_filter,
     normalize_paths, router, socket_address, tcp_proxy_filter,
@@ -306,29 +304,8 @@ fn network_filters(
 ) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
-    // One filter per action, enforcing its policies and shadowing its dry-run ones.
-    let rbac_configs: Vec<(Option<Rbac>, Option<Rbac>, &str)> = [
-        (&rbac.deny, &rbac.dry_run_deny, "istio_dry_run_deny_"),
-        (&rbac.allow, &rbac.dry_run_allow, "istio_dry_run_allow_"),
-    ]
-    .into_iter()
-    .filter(|(rules, shadow, _)| rules.is_some() || shadow.is_some())
-    .map(|(rules, shadow, prefix)| (rules.clone(), shadow.clone(), prefix))
-    .collect();
     if http {
-        let mut http_filters: Vec<HttpFilter> = rbac_configs
-            .iter()
-            .map(|(rules, shadow, prefix)| HttpFilter {
-                name: "envoy.filters.http.rbac".to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack(&HttpRbac {
-                    rules: rules.clone(),
-                    shadow_rules: shadow.clone(),
-                    shadow_rules_stat_prefix: prefix.to_string(),
-                    ..HttpRbac::default()
-                }))),
-                ..HttpFilter::default()
-            })
-            .collect();
+        let mut http_filters = http_rbac_filters(rbac);
         http_filters.push(router());
         let route = Route {
             r#match: Some(RouteMatch {
@@ -360,13 +337,14 @@ fn network_filters(
         normalize_paths(&mut manager, paths);
         vec![http_manager_filter(&manager)]
     } else {
-        let mut filters: Vec<Filter> = rbac_configs
-            .iter()
+        let mut filters: Vec<Filter> = rbac
+            .filters()
+            .into_iter()
             .map(|(rules, shadow, prefix)| Filter {
                 name: "envoy.filters.network.rbac".to_string(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack(&NetworkRbac {
-                    rules: rules.clone(),
-                    shadow_rules: shadow.clone(),
+                    rules,
+                    shadow_rules: shadow,
                     shadow_rules_stat_prefix: prefix.to_string(),
                     stat_prefix: stat_prefix.clone(),
                     ..NetworkRbac::default()

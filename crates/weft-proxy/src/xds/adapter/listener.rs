@@ -44,6 +44,10 @@ pub enum ListenerKind {
         sniffed: bool,
         /// How its HTTP requests' paths are normalized.
         paths: PathNormalization,
+        /// Its authorization policies, when its connection manager has RBAC filters.
+        rbac: Option<Arc<Rbac>>,
+        /// `xff_num_trusted_hops`, with `use_remote_address`.
+        trusted_hops: Option<u32>,
         /// What the gateway accepts on it, when it is bound.
         gateway: Option<GatewayPort>,
     },
@@ -83,6 +87,15 @@ pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerP
                 .map(|manager| path_normalization(&manager))
                 .transpose()?
                 .unwrap_or_default(),
+            rbac: port_rbac(listener)?,
+            trusted_hops: managers(&listener.filter_chains)
+                .next()
+                .and_then(|manager| {
+                    manager
+                        .use_remote_address
+                        .is_some_and(|b| b.value)
+                        .then_some(manager.xff_num_trusted_hops)
+                }),
             // A sidecar's port listeners are reached through interception; a gateway's
             // are bound.
             gateway: listener
@@ -134,6 +147,31 @@ fn path_normalization(manager: &HttpConnectionManager) -> Result<PathNormalizati
         normalize: manager.normalize_path.is_some_and(|b| b.value),
         merge_slashes: manager.merge_slashes,
     })
+}
+
+/// The authorization policies of a port listener's connection managers (a gateway's);
+/// `None` without RBAC filters. Every chain must carry the same ones: a chain with fewer
+/// would let through what another refuses, so chains that disagree reject the listener.
+fn port_rbac(listener: &Listener) -> Result<Option<Arc<Rbac>>, String> {
+    let mut policies = None;
+    for chain in &listener.filter_chains {
+        let rbac = chain_rbac(&chain.filters)?;
+        let names = rbac.names();
+        match &policies {
+            None => policies = Some((names, rbac)),
+            Some((first, _)) if *first != names => {
+                return Err(format!(
+                    "chain {:?} has other authorization policies than the listener's first",
+                    chain.name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(policies
+        .map(|(_, rbac)| rbac)
+        .filter(|rbac| !rbac.is_empty())
+        .map(Arc::new))
 }
 
 /// The route configuration names the listener's connection managers take from RDS.

@@ -253,12 +253,16 @@ impl Received {
                     port,
                     sniffed,
                     paths,
+                    rbac,
+                    trusted_hops,
                     gateway,
                 } => {
                     if let Some(route) = part.value.routes.first() {
                         let port_settings = HttpPort {
                             route: route.clone(),
                             paths: *paths,
+                            rbac: rbac.clone(),
+                            trusted_hops: *trusted_hops,
                         };
                         model.outbound_ports.insert(*port, port_settings);
                     }
