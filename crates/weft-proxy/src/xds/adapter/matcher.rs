@@ -42,7 +42,10 @@ pub(super) fn header_match(h: &HeaderMatcher) -> Result<HeaderMatch, String> {
             StringMatch::Present
         }
         Some(HeaderMatchSpecifier::RangeMatch(_)) => {
-            return Err(format!("header {:?}: range matches are not supported", h.name));
+            return Err(format!(
+                "header {:?}: range matches are not supported",
+                h.name
+            ));
         }
     };
     Ok(HeaderMatch {
@@ -77,7 +80,10 @@ pub(super) fn string_match(s: &StringMatcher) -> Result<StringMatch, String> {
         // Envoy ignores ignore_case for regexes.
         (Some(MatchPattern::SafeRegex(r)), _) => StringMatch::Regex(regex(&r.regex)?),
         (Some(MatchPattern::Custom(custom)), _) => {
-            return Err(format!("custom string matcher {:?} is not supported", custom.name));
+            return Err(format!(
+                "custom string matcher {:?} is not supported",
+                custom.name
+            ));
         }
         (None, _) => return Err("a string matcher has no pattern".to_string()),
     })
