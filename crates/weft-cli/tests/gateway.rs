@@ -16,6 +16,17 @@ use std::time::Duration;
 
 use common::eventually;
 
+/// A `weft gateway` process, killed when dropped (a failed assertion included, so that no
+/// gateway outlives its test).
+struct Gateway(std::process::Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An application that answers every request with the request's head.
 fn head_echo_app() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -175,29 +186,31 @@ spec:
         &common::join_token(&config, "test", "echo"),
     ]);
     server.until_ready();
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["gateway", "--control", &control.xds, "--name", "ingress"])
-        .args([
-            "--namespace",
-            "istio-system",
-            "--service-account",
-            "ingress",
-        ])
-        .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-        .args(["--metrics-port", "0", "--log", "warn"])
-        .args([
-            "--token",
-            &common::join_token(&config, "istio-system", "ingress"),
-        ])
-        .spawn()
-        .unwrap();
+    let mut gateway = Gateway(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["gateway", "--control", &control.xds, "--name", "ingress"])
+            .args([
+                "--namespace",
+                "istio-system",
+                "--service-account",
+                "ingress",
+            ])
+            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+            .args(["--metrics-port", "0", "--log", "warn"])
+            .args([
+                "--token",
+                &common::join_token(&config, "istio-system", "ingress"),
+            ])
+            .spawn()
+            .unwrap(),
+    );
     let plain = format!("http://127.0.0.1:{http}/echo");
     let (status, body) = eventually("the gateway routes", Duration::from_secs(60), || {
         let (status, body) = curl(&["-H", "host: shop.example.com", &plain]);
         if status == 200 {
             return Ok((status, body));
         }
-        if let Some(exit) = gateway.try_wait().unwrap() {
+        if let Some(exit) = gateway.0.try_wait().unwrap() {
             panic!("weft gateway exited: {exit}");
         }
         Err(format!("{status} {body}"))
@@ -211,6 +224,30 @@ spec:
     );
     assert!(lower.contains("x-forwarded-proto: http\r\n"), "{body}");
     assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    // A `Connection` header naming the headers the gateway sets does not remove them, and
+    // an upgrade other than WebSocket is refused (403), as Envoy refuses it.
+    let (status, body) = curl(&[
+        "-H",
+        "host: shop.example.com",
+        "-H",
+        "connection: X-Forwarded-For, X-Forwarded-Proto, Host",
+        &plain,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let lower = body.to_ascii_lowercase();
+    assert!(lower.contains("x-forwarded-proto: http\r\n"), "{body}");
+    assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(lower.contains("\r\nhost: shop.example.com"), "{body}");
+    let (status, body) = curl(&[
+        "-H",
+        "host: shop.example.com",
+        "-H",
+        "upgrade: foo/1",
+        "-H",
+        "connection: upgrade",
+        &plain,
+    ]);
+    assert_eq!(status, 403, "{body}");
 
     // A match naming only `mesh` in its `gateways` is not used at the gateway; one naming
     // the gateway is.
@@ -335,6 +372,5 @@ spec:
     ]);
     assert_eq!(status, 0, "no client certificate, no request");
 
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
 }

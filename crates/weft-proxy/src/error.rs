@@ -8,7 +8,9 @@
 //! As Envoy answers them: no route `404 NR`, no cluster `503 NC`, circuit breaker full
 //! `503 UO`, no healthy endpoint `503 UH`, connect failure `503 UF`, reset `503 UR`,
 //! timeout `504 UT`, retries used up `503 URX`, denied by policy `403 RBAC`, injected abort
-//! with its status and `FI`.
+//! with its status and `FI`. Where Envoy raises no flag, the access log and the metrics
+//! carry a word saying why in its place: an upgrade other than WebSocket `403
+//! upgrade_failed` (Envoy's response code detail for it).
 
 use std::io;
 use std::net::SocketAddr;
@@ -63,6 +65,9 @@ pub enum ProxyError {
     /// The route's fault injection aborted the request.
     #[error("fault filter abort")]
     Fault(Abort),
+    /// An upgrade to a protocol other than WebSocket (Envoy: `403`, no body).
+    #[error("upgrade refused")]
+    UpgradeRefused,
 }
 
 /// Envoy's response flags, for what the proxy answered itself.
@@ -88,6 +93,9 @@ pub enum ResponseFlag {
     Denied,
     /// `FI`: injected fault.
     Fault,
+    /// `upgrade_failed`: an upgrade the route does not allow. Envoy has no flag for it;
+    /// this is its response code detail.
+    UpgradeFailed,
 }
 
 impl ResponseFlag {
@@ -104,6 +112,7 @@ impl ResponseFlag {
             Self::RetriesExhausted => "URX",
             Self::Denied => "RBAC",
             Self::Fault => "FI",
+            Self::UpgradeFailed => "upgrade_failed",
         }
     }
 }
@@ -123,7 +132,7 @@ impl ProxyError {
             | Self::Upstream(_)
             | Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Denied => StatusCode::FORBIDDEN,
+            Self::Denied | Self::UpgradeRefused => StatusCode::FORBIDDEN,
             Self::Fault(Abort::Http(status)) => *status,
             // gRPC carries its status in `grpc-status`; the HTTP status is 200.
             Self::Fault(Abort::Grpc(_)) => StatusCode::OK,
@@ -144,6 +153,7 @@ impl ProxyError {
             Self::RetriesExhausted => Some(ResponseFlag::RetriesExhausted),
             Self::Denied => Some(ResponseFlag::Denied),
             Self::Fault(_) => Some(ResponseFlag::Fault),
+            Self::UpgradeRefused => Some(ResponseFlag::UpgradeFailed),
         }
     }
 
@@ -167,6 +177,7 @@ impl ProxyError {
             Self::Fault(Abort::Http(_)) | Self::Denied => {
                 Response::new(full(Bytes::from(self.to_string())))
             }
+            Self::UpgradeRefused => Response::new(full(Bytes::new())),
             _ => Response::new(full(Bytes::from(format!("{self}\n")))),
         };
         *response.status_mut() = status;
@@ -356,6 +367,7 @@ mod tests {
                 Some("FI"),
             ),
             (ProxyError::BadRequest("bad path"), 400, None),
+            (ProxyError::UpgradeRefused, 403, Some("upgrade_failed")),
         ];
         for (error, status, flag) in cases {
             let response = error.into_response();

@@ -1,7 +1,8 @@
 //! Headers the proxy itself reads, writes or removes: the hop-by-hop headers it never
-//! forwards, a route's header changes, header values as Envoy's matchers see them, and the
-//! names of the headers it adds (the caller's identity, the original protocol across an
-//! HTTP/2 hop, the response flags in debug mode).
+//! forwards (and the ones a client cannot make it drop), the upgrade a request asks for, a
+//! route's header changes, header values as Envoy's matchers see them, and the names of the
+//! headers it adds (the caller's identity, the original protocol across an HTTP/2 hop, the
+//! response flags in debug mode).
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
@@ -35,9 +36,26 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     hyper::header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, and those the `Connection` header names. An upgrade
-/// (WebSocket) keeps `Upgrade` and `Connection: upgrade`, the hop-by-hop headers the next hop
-/// needs for it. Most messages carry none, which one pass over their names finds.
+/// Whether a header is the proxy's to set or to rely on, so a `Connection` header cannot
+/// name it away: `Host` (Envoy never lets a filter remove it either), `Content-Length`, the
+/// forwarding headers (`x-forwarded-*`, the caller's identity in `x-forwarded-client-cert`
+/// among them), `x-request-id`, Envoy's `x-envoy-*` and Weft's own `weft-*`.
+fn proxy_owned(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(name, "host" | "content-length" | "x-request-id")
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("x-envoy-")
+        || name.starts_with("weft-")
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names — except the ones
+/// the proxy owns ([`proxy_owned`]): a client naming `X-Forwarded-For` or `Host` in
+/// `Connection` does not make the proxy drop them (Envoy does not remove headers a
+/// `Connection` names at all). An upgrade keeps `Upgrade` and `Connection: upgrade`, the
+/// hop-by-hop headers the next hop needs for it; whether the upgrade is allowed is
+/// [`upgrade`]'s to tell. An `h2c` upgrade is not an upgrade a proxy passes on: it is
+/// removed with its `HTTP2-Settings`, and the request goes on as plain HTTP/1.1, as Envoy
+/// does. Most messages carry none of these, which one pass over their names finds.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
@@ -68,10 +86,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(str::trim)
     {
         if token.eq_ignore_ascii_case("upgrade") {
-            upgrade = headers.get(hyper::header::UPGRADE).cloned();
+            upgrade = headers
+                .get(hyper::header::UPGRADE)
+                .filter(|value| !value.as_bytes().eq_ignore_ascii_case(b"h2c"))
+                .cloned();
         } else if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
             // The connection's own options, not header names (`keep-alive` is removed below).
-        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !proxy_owned(&name)
+        {
             named.push(name);
         }
     }
@@ -85,12 +108,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
-    if let Some(upgrade) = upgrade {
-        headers.insert(hyper::header::UPGRADE, upgrade);
-        headers.insert(
-            hyper::header::CONNECTION,
-            HeaderValue::from_static("upgrade"),
-        );
+    match upgrade {
+        Some(upgrade) => {
+            headers.insert(hyper::header::UPGRADE, upgrade);
+            headers.insert(
+                hyper::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+        }
+        // It only ever travels with an `h2c` upgrade, which is not passed on.
+        None => {
+            headers.remove(&HTTP2_SETTINGS);
+        }
+    }
+}
+
+/// The header an `h2c` upgrade carries its HTTP/2 settings in.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The upgrade a request asks for, once [`strip_hop_by_hop`] kept what an upgrade needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// A plain request.
+    None,
+    /// `Upgrade: websocket`, the one upgrade Istio configures (Envoy's `upgrade_configs`).
+    WebSocket,
+    /// Anything else, which Envoy refuses (`403`, `upgrade_failed`).
+    Other,
+}
+
+/// The upgrade a request asks for: its `Upgrade` header, the whole value compared without
+/// case as Envoy compares it with an `upgrade_type` (so `websocket, h2c` is not WebSocket).
+pub fn upgrade(headers: &HeaderMap) -> Upgrade {
+    match headers.get(hyper::header::UPGRADE) {
+        None => Upgrade::None,
+        Some(value)
+            if value
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"websocket") =>
+        {
+            Upgrade::WebSocket
+        }
+        Some(_) => Upgrade::Other,
     }
 }
 
@@ -179,6 +239,79 @@ mod tests {
             strip_hop_by_hop(&mut alone);
             assert_eq!(alone, headers(&[("x-kept", "1")]), "{name} is removed");
         }
+    }
+
+    #[test]
+    fn connection_cannot_name_away_the_headers_the_proxy_owns() {
+        let mut message = headers(&[
+            (
+                "connection",
+                "X-Forwarded-For, x-forwarded-proto, Host, X-Forwarded-Client-Cert, x-request-id",
+            ),
+            (
+                "connection",
+                "X-Envoy-Original-Path, weft-orig-proto, content-length, x-gone",
+            ),
+            ("host", "a"),
+            ("content-length", "0"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-client-cert", "By=x"),
+            ("x-request-id", "r"),
+            ("x-envoy-original-path", "/p"),
+            ("weft-orig-proto", "HTTP/1.1"),
+            ("x-gone", "1"),
+        ]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(
+            message,
+            headers(&[
+                ("host", "a"),
+                ("content-length", "0"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-client-cert", "By=x"),
+                ("x-request-id", "r"),
+                ("x-envoy-original-path", "/p"),
+                ("weft-orig-proto", "HTTP/1.1"),
+            ])
+        );
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_dropped_and_the_request_goes_on_plain() {
+        let mut message = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(message, headers(&[("x-kept", "1")]));
+        assert_eq!(upgrade(&message), Upgrade::None);
+    }
+
+    #[test]
+    fn only_websocket_is_an_allowed_upgrade() {
+        for (value, expected) in [
+            ("websocket", Upgrade::WebSocket),
+            ("WebSocket", Upgrade::WebSocket),
+            ("websocket, h2c", Upgrade::Other),
+            ("foo/1", Upgrade::Other),
+            ("", Upgrade::Other),
+        ] {
+            let mut message = headers(&[("connection", "upgrade")]);
+            message.insert(
+                hyper::header::UPGRADE,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            strip_hop_by_hop(&mut message);
+            assert_eq!(upgrade(&message), expected, "{value:?}");
+        }
+        // An `Upgrade` that `Connection` does not name is no upgrade, and is removed.
+        let mut message = headers(&[("upgrade", "foo")]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(upgrade(&message), Upgrade::None);
     }
 
     #[test]

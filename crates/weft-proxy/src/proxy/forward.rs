@@ -1,8 +1,9 @@
 //! Forwarding a request by its route: [`Proxy::forward`] plans where it goes — a weighted
 //! cluster, a place under the cluster's circuit breaker, the path and Host rewrites, the
 //! hash for consistent hashing — then hands the attempts to [`super::retry`]. Upgrades
-//! (WebSocket) take one attempt on a connection of their own; requests the mesh has no
-//! route for on a redirected connection pass through to where they were going.
+//! (WebSocket, the only one allowed: [`allowed_upgrade`]) take one attempt on a connection
+//! of their own; requests the mesh has no route for on a redirected connection pass through
+//! to where they were going.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,13 +12,13 @@ use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
-use hyper::{Request, Response, Uri};
+use hyper::{HeaderMap, Request, Response, Uri};
 
 use super::inputs::Proxy;
 use super::retry::{self, Replay};
 use super::{rewrite, tunnel};
 use crate::error::{ProxyError, UpstreamError};
-use crate::http::headers::{apply_changes, strip_hop_by_hop};
+use crate::http::headers::{self, Upgrade, apply_changes, strip_hop_by_hop};
 use crate::http::{Body, boxed};
 use crate::model::{Cluster, Forward, Route, WeightedCluster};
 use crate::upstream::balance::{Admitted, ClusterBalancer};
@@ -52,6 +53,7 @@ impl Proxy {
         authority: &str,
         client: Option<IpAddr>,
     ) -> Result<Response<Body>, ProxyError> {
+        allowed_upgrade(&parts.headers)?;
         let plan = self.plan(config, forward, route, &mut parts, authority, client)?;
         if parts.headers.contains_key(UPGRADE) {
             // Boxed: upgrades are rare, and their future would make every request's larger.
@@ -173,6 +175,7 @@ impl Proxy {
         original: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
         strip_hop_by_hop(&mut parts.headers);
+        allowed_upgrade(&parts.headers)?;
         if let Some(path) = parts.uri.path_and_query().cloned() {
             parts.uri = Uri::from(path);
         }
@@ -192,6 +195,16 @@ impl Proxy {
             .await?;
         tunnel::splice(downstream, upstream);
         downstream_response(Ok(response))
+    }
+}
+
+/// Refuses an upgrade other than WebSocket, the one Istio allows on its routes (Envoy's
+/// `upgrade_configs`): `403 upgrade_failed`, as Envoy answers an upgrade type it was not
+/// configured for. For requests whose hop-by-hop headers are already stripped.
+pub fn allowed_upgrade(headers: &HeaderMap) -> Result<(), ProxyError> {
+    match headers::upgrade(headers) {
+        Upgrade::Other => Err(ProxyError::UpgradeRefused),
+        Upgrade::None | Upgrade::WebSocket => Ok(()),
     }
 }
 
