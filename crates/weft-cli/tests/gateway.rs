@@ -11,7 +11,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::eventually;
@@ -373,4 +373,72 @@ spec:
     assert_eq!(status, 0, "no client certificate, no request");
 
     drop(gateway);
+}
+
+/// A gateway is no forward proxy unless asked (`--forward-proxy`): without the flag it
+/// opens no outbound listener; with it, the outbound listener is on loopback, as the admin
+/// port is, even when `--bind 0.0.0.0` opens the gateway's other ports to every host.
+#[test]
+fn a_gateway_opens_no_forward_proxy_unless_asked() {
+    let help = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["gateway", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--forward-proxy"),
+        "weft gateway --help names the flag"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let control = common::Control::start(&config);
+    let token = common::join_token(&config, "istio-system", "ingress");
+    for (flags, outbound) in [(&[][..], "off"), (&["--forward-proxy"][..], "127.0.0.1:")] {
+        let mut gateway = Gateway(
+            Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(["gateway", "--control", &control.xds, "--name", "ingress"])
+                .args([
+                    "--namespace",
+                    "istio-system",
+                    "--service-account",
+                    "ingress",
+                ])
+                .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+                .args(["--metrics-port", "0", "--bind", "0.0.0.0", "--log", "info"])
+                .args(["--token", &token])
+                .args(flags)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stderr = gateway.0.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(ports) = line.split("listening: ").nth(1) {
+                    let _ = tx.send(ports.to_string());
+                }
+            }
+        });
+        let ports = rx.recv_timeout(Duration::from_secs(60));
+        drop(gateway);
+        let ports = ports.expect("weft gateway logs its ports");
+        let words: Vec<&str> = ports.split_whitespace().collect();
+        let after = |name: &str| {
+            let at = words.iter().position(|w| *w == name);
+            at.and_then(|i| words.get(i + 1)).copied().unwrap_or("")
+        };
+        assert!(
+            after("outbound").starts_with(outbound),
+            "{flags:?}: {ports}"
+        );
+        assert!(
+            after("admin").starts_with("127.0.0.1:"),
+            "{flags:?}: {ports}"
+        );
+        assert!(
+            after("inbound").starts_with("0.0.0.0:"),
+            "{flags:?}: {ports}"
+        );
+    }
 }

@@ -1,6 +1,14 @@
 //! Starting a sidecar (or a gateway): its [`Settings`], the listeners it binds ([`Ports`]),
 //! and the tasks it runs — the xDS client, the certificate's renewal, the listeners, the
 //! admin and metrics servers — wired together in [`start`].
+//!
+//! What peers and the outside reach — the inbound listener, a gateway's ports, the metrics
+//! port Prometheus and the kubelet scrape — binds the bind address. What is for the local
+//! application and the operator only — the outbound listener (the explicit proxy, where
+//! iptables redirects the application's connections: a REDIRECT of a locally generated
+//! packet goes to 127.0.0.1), the per-upstream ports and the admin port — stays on loopback
+//! whatever the bind address ([`loopback_for`]). A gateway opens no outbound listener
+//! unless asked ([`Settings::forward_proxy`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +25,7 @@ use crate::admin::Admin;
 use crate::drain::Drain;
 use crate::listener::{gateway, inbound, outbound};
 use crate::proxy::Proxy;
+use crate::proxy::tunnel::Listening;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::identity::{self, CertificateFiles, Credential, CurrentIdentity};
 use crate::upstream::Pool;
@@ -40,19 +49,24 @@ pub struct Settings {
     pub services: Vec<(String, u16)>,
     /// Where the application listens on loopback.
     pub app_port: Option<u16>,
-    /// Address the listeners bind.
+    /// Address the inbound listener, the metrics port and a gateway's ports bind; the
+    /// others stay on loopback ([`loopback_for`]).
     pub bind: IpAddr,
     /// Address other sidecars reach this one on.
     pub instance_ip: IpAddr,
     /// Inbound listener port (0: any free port).
     pub inbound_port: u16,
-    /// Outbound listener port (0: any free port).
+    /// Outbound listener port (0: any free port), on loopback.
     pub outbound_port: u16,
+    /// Whether the outbound listener opens: always for a sidecar, for a gateway only when
+    /// asked (`weft gateway --forward-proxy`).
+    pub forward_proxy: bool,
     /// Admin port (0: any free port), on loopback.
     pub admin_port: u16,
     /// Prometheus metrics port (0: any free port), on the bind address.
     pub metrics_port: u16,
-    /// Per-upstream local ports: (local port, host, port); local port 0 picks a free one.
+    /// Per-upstream local ports, on loopback: (local port, host, port); local port 0 picks
+    /// a free one.
     pub upstreams: Vec<(u16, String, u16)>,
     /// The mesh's trust domain.
     pub trust_domain: String,
@@ -74,8 +88,8 @@ pub struct Settings {
 pub struct Ports {
     /// Inbound (mTLS from peers).
     pub inbound: SocketAddr,
-    /// Outbound (the explicit HTTP proxy).
-    pub outbound: SocketAddr,
+    /// Outbound (the explicit HTTP proxy); none at a gateway not asked for one.
+    pub outbound: Option<SocketAddr>,
     /// Admin.
     pub admin: SocketAddr,
     /// Prometheus metrics (`/stats/prometheus`).
@@ -129,29 +143,28 @@ pub enum StartError {
 /// Binds the listeners and starts everything; returns where it listens. The tasks run on
 /// the current runtime until the process ends.
 pub async fn start(settings: Settings) -> Result<Ports, StartError> {
-    let bind = |port: u16| async move {
-        let addr = SocketAddr::new(settings.bind, port);
-        TcpListener::bind(addr)
+    let loopback = loopback_for(settings.bind);
+    let bind = |ip: IpAddr, port: u16| async move {
+        let addr = SocketAddr::new(ip, port);
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| StartError::Bind(addr, e))
+            .map_err(|e| StartError::Bind(addr, e))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        Ok::<_, StartError>((listener, local))
     };
-    let inbound_listener = bind(settings.inbound_port).await?;
-    let outbound_listener = bind(settings.outbound_port).await?;
-    let admin_addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), settings.admin_port);
-    let admin_listener = TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| StartError::Bind(admin_addr, e))?;
-    let metrics_listener = bind(settings.metrics_port).await?;
-    let local =
-        |listener: &TcpListener, fallback: SocketAddr| listener.local_addr().unwrap_or(fallback);
+    let (inbound_listener, inbound_addr) = bind(settings.bind, settings.inbound_port).await?;
+    let outbound_listener = if settings.forward_proxy {
+        Some(bind(loopback, settings.outbound_port).await?)
+    } else {
+        None
+    };
+    let (admin_listener, admin_addr) = bind(loopback, settings.admin_port).await?;
+    let (metrics_listener, metrics_addr) = bind(settings.bind, settings.metrics_port).await?;
     let identity = CurrentIdentity::default();
     let (config_tx, config) = watch::channel(Arc::new(Applied::default()));
     let mut upstream_listeners = Vec::new();
     for (local, host, port) in &settings.upstreams {
-        let listener = bind(*local).await?;
-        let addr = listener
-            .local_addr()
-            .unwrap_or(SocketAddr::new(settings.bind, *local));
+        let (listener, addr) = bind(loopback, *local).await?;
         upstream_listeners.push((listener, addr, host.clone(), *port));
     }
     let ports = Ports {
@@ -159,25 +172,17 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             .iter()
             .map(|(_, addr, host, port)| (*addr, format!("{host}:{port}")))
             .collect(),
-        inbound: local(
-            &inbound_listener,
-            SocketAddr::new(settings.bind, settings.inbound_port),
-        ),
-        outbound: local(
-            &outbound_listener,
-            SocketAddr::new(settings.bind, settings.outbound_port),
-        ),
-        admin: local(&admin_listener, admin_addr),
-        metrics: local(
-            &metrics_listener,
-            SocketAddr::new(settings.bind, settings.metrics_port),
-        ),
+        inbound: inbound_addr,
+        outbound: outbound_listener.as_ref().map(|(_, addr)| *addr),
+        admin: admin_addr,
+        metrics: metrics_addr,
         drain: Arc::new(Drain::new(settings.drain_duration)),
         readiness: Readiness {
             config: config.clone(),
             identity: identity.clone(),
         },
     };
+    let listening = listening(&settings, &ports);
 
     let channel = Endpoint::from_shared(format!("http://{}", settings.control))
         .map_err(|e| StartError::Control(settings.control.clone(), e))?
@@ -234,6 +239,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
         namespace: settings.namespace.clone(),
         metrics,
         debug_headers: settings.debug_headers,
+        listening,
     });
     for (listener, _, host, port) in upstream_listeners {
         tokio::spawn(outbound::serve_upstream_port(
@@ -251,13 +257,37 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             ports.drain.watch(),
         ));
     }
-    tokio::spawn(outbound::serve(
-        proxy,
-        outbound_listener,
-        ports.drain.watch(),
-    ));
+    if let Some((listener, _)) = outbound_listener {
+        tokio::spawn(outbound::serve(proxy, listener, ports.drain.watch()));
+    }
     tokio::spawn(admin.serve(admin_listener));
     Ok(ports)
+}
+
+/// Where the listeners for the local application and the operator bind: the bind address
+/// when it is a loopback one (several sidecars on one host, each on its own `127.0.0.x`),
+/// else 127.0.0.1 — where iptables' REDIRECT sends the application's connections.
+pub fn loopback_for(bind: IpAddr) -> IpAddr {
+    if bind.is_loopback() {
+        bind
+    } else {
+        IpAddr::from([127, 0, 0, 1])
+    }
+}
+
+/// Where this proxy listens, for the `CONNECT`s that must not lead back into it.
+fn listening(settings: &Settings, ports: &Ports) -> Listening {
+    let mut addresses = vec![settings.instance_ip.to_canonical()];
+    if !settings.bind.is_unspecified() && !addresses.contains(&settings.bind.to_canonical()) {
+        addresses.push(settings.bind.to_canonical());
+    }
+    let ports = [ports.inbound, ports.admin, ports.metrics]
+        .into_iter()
+        .chain(ports.outbound)
+        .chain(ports.upstreams.iter().map(|(addr, _)| *addr))
+        .map(|addr| addr.port())
+        .collect();
+    Listening { addresses, ports }
 }
 
 /// The node this sidecar presents: Istio's node id, and the metadata the control plane

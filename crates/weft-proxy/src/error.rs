@@ -10,7 +10,8 @@
 //! timeout `504 UT`, retries used up `503 URX`, denied by policy `403 RBAC`, injected abort
 //! with its status and `FI`. Where Envoy raises no flag, the access log and the metrics
 //! carry a word saying why in its place: an upgrade other than WebSocket `403
-//! upgrade_failed` (Envoy's response code detail for it).
+//! upgrade_failed` (Envoy's response code detail for it), a `CONNECT` to where tunnels may
+//! not lead `403 connect_denied`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -68,6 +69,14 @@ pub enum ProxyError {
     /// An upgrade to a protocol other than WebSocket (Envoy: `403`, no body).
     #[error("upgrade refused")]
     UpgradeRefused,
+    /// A `CONNECT` to an address tunnels may not lead to.
+    #[error("CONNECT to {target} refused: {reason}")]
+    TunnelDenied {
+        /// The `host:port` asked for.
+        target: String,
+        /// Why, in a few words (`a loopback address`, …).
+        reason: &'static str,
+    },
 }
 
 /// Envoy's response flags, for what the proxy answered itself.
@@ -96,6 +105,9 @@ pub enum ResponseFlag {
     /// `upgrade_failed`: an upgrade the route does not allow. Envoy has no flag for it;
     /// this is its response code detail.
     UpgradeFailed,
+    /// `connect_denied`: a `CONNECT` to loopback, link-local, unspecified addresses or the
+    /// proxy's own ports. Weft's own; Envoy has no such check.
+    ConnectDenied,
 }
 
 impl ResponseFlag {
@@ -113,6 +125,7 @@ impl ResponseFlag {
             Self::Denied => "RBAC",
             Self::Fault => "FI",
             Self::UpgradeFailed => "upgrade_failed",
+            Self::ConnectDenied => "connect_denied",
         }
     }
 }
@@ -132,7 +145,9 @@ impl ProxyError {
             | Self::Upstream(_)
             | Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Denied | Self::UpgradeRefused => StatusCode::FORBIDDEN,
+            Self::Denied | Self::UpgradeRefused | Self::TunnelDenied { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::Fault(Abort::Http(status)) => *status,
             // gRPC carries its status in `grpc-status`; the HTTP status is 200.
             Self::Fault(Abort::Grpc(_)) => StatusCode::OK,
@@ -154,6 +169,7 @@ impl ProxyError {
             Self::Denied => Some(ResponseFlag::Denied),
             Self::Fault(_) => Some(ResponseFlag::Fault),
             Self::UpgradeRefused => Some(ResponseFlag::UpgradeFailed),
+            Self::TunnelDenied { .. } => Some(ResponseFlag::ConnectDenied),
         }
     }
 
@@ -368,6 +384,14 @@ mod tests {
             ),
             (ProxyError::BadRequest("bad path"), 400, None),
             (ProxyError::UpgradeRefused, 403, Some("upgrade_failed")),
+            (
+                ProxyError::TunnelDenied {
+                    target: "127.0.0.1:15000".into(),
+                    reason: "a loopback address",
+                },
+                403,
+                Some("connect_denied"),
+            ),
         ];
         for (error, status, flag) in cases {
             let response = error.into_response();

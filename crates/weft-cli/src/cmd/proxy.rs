@@ -28,9 +28,9 @@ pub struct Args {
     /// `NAME.<namespace>.svc.cluster.local`.
     #[arg(long = "service", value_parser = parse_service)]
     services: Vec<(String, u16)>,
-    /// A per-upstream local port, `LOCAL_PORT=HOST:PORT` (repeatable): every connection to
-    /// it goes to that service, for applications that cannot use an HTTP proxy. `0` picks a
-    /// free port.
+    /// A per-upstream local port on loopback, `LOCAL_PORT=HOST:PORT` (repeatable): every
+    /// connection to it goes to that service, for applications that cannot use an HTTP
+    /// proxy. `0` picks a free port.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<(u16, String, u16)>,
     /// Workload labels, `k=v,k=v`.
@@ -45,8 +45,9 @@ pub struct Args {
     /// Inbound listener port; 0 picks a free one [default: 15006; `weft run`: a free one]
     #[arg(long)]
     inbound_port: Option<u16>,
-    /// Outbound listener port, the explicit HTTP proxy; 0 picks a free one [default: 15001;
-    /// `weft run`: a free one]
+    /// Outbound listener port, the explicit HTTP proxy (and where iptables redirects the
+    /// application's connections), on loopback; 0 picks a free one [default: 15001; `weft
+    /// run`: a free one]
     #[arg(long)]
     outbound_port: Option<u16>,
     /// Admin port on loopback; 0 picks a free one [default: 15000; `weft run`: a free one]
@@ -56,7 +57,9 @@ pub struct Args {
     /// `weft run`: a free one]
     #[arg(long)]
     metrics_port: Option<u16>,
-    /// Address the inbound and outbound listeners bind.
+    /// Address the inbound listener and the metrics port bind (and a gateway's ports). The
+    /// outbound listener, the admin port and the --upstream ports are for this host only:
+    /// they stay on loopback (this address when it is a loopback one, else 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Address other sidecars reach this one on.
@@ -178,6 +181,7 @@ impl Args {
             instance_ip: self.instance_ip,
             inbound_port: self.inbound_port.unwrap_or(inbound),
             outbound_port: self.outbound_port.unwrap_or(outbound),
+            forward_proxy: true,
             admin_port: self.admin_port.unwrap_or(admin),
             metrics_port: self.metrics_port.unwrap_or(metrics),
             upstreams: self.upstreams,
@@ -222,7 +226,9 @@ pub fn log_ports(ports: &weft_proxy::Ports) {
     tracing::info!(
         "listening: inbound {} outbound {} admin {} metrics {}{upstreams}",
         ports.inbound,
-        ports.outbound,
+        ports
+            .outbound
+            .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
         ports.admin,
         ports.metrics
     );

@@ -102,7 +102,10 @@ async fn supervise(
     program_args: &[OsString],
     ports: &weft_proxy::Ports,
 ) -> anyhow::Result<ExitCode> {
-    let proxy_url = format!("http://{}", ports.outbound);
+    let outbound = ports
+        .outbound
+        .context("the sidecar has no outbound listener")?;
+    let proxy_url = format!("http://{outbound}");
     let no_proxy = ["localhost", "127.0.0.1", "::1"]
         .into_iter()
         .map(str::to_string)

@@ -1,9 +1,146 @@
-//! Listener binds, CONNECT targets and proxy-set headers against hostile clients: a
-//! `Connection` header cannot make a proxy drop the headers it sets; and the only upgrade
-//! passed on is WebSocket.
+//! Listener binds, CONNECT targets and proxy-set headers against hostile clients: what is
+//! for the local application stays on loopback whatever `--bind` says; a `CONNECT` leads
+//! to mesh services and the outside, never back into this host (loopback, link-local,
+//! unspecified addresses, the proxy's own ports); a `Connection` header cannot make a
+//! proxy drop the headers it sets; and the only upgrade passed on is WebSocket.
 
-use crate::clients::{raw, request};
-use crate::mesh::Mesh;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::clients::{raw, read_head, request};
+use crate::common::{self, eventually};
+use crate::mesh::{Mesh, config_dir};
+
+/// The port of a `host:port`.
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or("", |(_, port)| port)
+}
+
+/// Sends `CONNECT target` through the explicit proxy at `proxy`; returns the response head,
+/// lowercased.
+fn connect(proxy: &str, target: &str) -> String {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .unwrap();
+    let head = read_head(&mut stream).unwrap_or_default();
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// With `--bind 0.0.0.0`, the inbound listener and the metrics port take connections from
+/// anywhere, but the outbound listener (the explicit proxy), the admin port and the
+/// per-upstream ports stay on loopback; with a loopback `--bind`, they take that address.
+#[test]
+fn what_is_for_the_application_stays_on_loopback_whatever_the_bind_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_dir(dir.path());
+    std::fs::create_dir(&config).unwrap();
+    let control = common::Control::start(&config);
+    let token = common::join_token(&config, "test", "client");
+    for (bind, open, local) in [
+        ("0.0.0.0", "0.0.0.0:", "127.0.0.1:"),
+        ("127.0.0.3", "127.0.0.3:", "127.0.0.3:"),
+    ] {
+        let proxy = common::Proxy::start(&[
+            "--control",
+            &control.xds,
+            "--name",
+            "client",
+            "--namespace",
+            "test",
+            "--service-account",
+            "client",
+            "--token",
+            &token,
+            "--bind",
+            bind,
+            "--upstream",
+            "0=echo:8080",
+        ]);
+        assert!(proxy.inbound.starts_with(open), "inbound {}", proxy.inbound);
+        assert!(proxy.metrics.starts_with(open), "metrics {}", proxy.metrics);
+        assert!(
+            proxy.outbound.starts_with(local),
+            "outbound {}",
+            proxy.outbound
+        );
+        assert!(proxy.admin.starts_with(local), "admin {}", proxy.admin);
+        let (upstream, _) = &proxy.upstreams[0];
+        assert!(upstream.starts_with(local), "upstream {upstream}");
+        proxy.until_ready();
+    }
+}
+
+/// A `CONNECT` to a literal loopback, link-local or unspecified address (IPv4, IPv6, IPv4
+/// in IPv6), or to a name that resolves to one, gets `403` with `connect_denied` in the
+/// access log, whatever listens there (the proxy's own admin port, a mesh workload's
+/// inbound port). A `CONNECT` to the mesh service whose endpoints are on those same
+/// loopback addresses still works: the control plane gave them.
+#[test]
+fn connect_never_leads_back_into_this_host_but_mesh_services_still_work() {
+    let mesh = Mesh::start("");
+    let outbound = &mesh.client.outbound;
+    let admin = port_of(&mesh.client.admin);
+    let inbound = port_of(&mesh.servers[0].inbound);
+    let refused = [
+        format!("127.0.0.1:{admin}"),
+        format!("127.0.0.1:{}", port_of(outbound)),
+        format!("127.0.0.2:{inbound}"),
+        format!("127.1.2.3:{admin}"),
+        format!("[::1]:{admin}"),
+        format!("[::ffff:127.0.0.1]:{admin}"),
+        format!("localhost:{admin}"),
+        "169.254.169.254:80".to_string(),
+        "[fe80::1]:80".to_string(),
+        format!("0.0.0.0:{admin}"),
+        format!("[::]:{admin}"),
+    ];
+    for target in &refused {
+        let head = connect(outbound, target);
+        assert!(head.starts_with("http/1.1 403"), "CONNECT {target}: {head}");
+        assert!(
+            head.contains("weft-response-flags: connect_denied\r\n"),
+            "CONNECT {target}: {head}"
+        );
+    }
+    eventually(
+        "the access log names the refusals",
+        Duration::from_secs(10),
+        || {
+            let log = mesh.client.log.lock().unwrap();
+            let denied = log
+                .iter()
+                .filter(|line| {
+                    line.contains("CONNECT")
+                        && line.contains("status=403")
+                        && line.contains("flags=\"connect_denied\"")
+                })
+                .count();
+            (denied == refused.len()).then_some(()).ok_or(denied)
+        },
+    );
+
+    // The mesh service, by its short name: its endpoints are on 127.0.0.1 and 127.0.0.2.
+    let head = connect(outbound, "echo:8080");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Bad targets are answered, not a crash.
+    for target in ["[zz::1]:80", "127.0.0.1", "no-such-host.invalid:80"] {
+        let head = connect(outbound, target);
+        assert!(head.starts_with("http/1.1 "), "CONNECT {target}: {head}");
+        assert!(
+            !head.starts_with("http/1.1 200"),
+            "CONNECT {target}: {head}"
+        );
+    }
+    let (status, _) = request(outbound, "http://echo.test.svc.cluster.local:8080/", "");
+    assert_eq!(status, 200, "the sidecar still serves");
+}
 
 /// A `Connection` header naming the headers the proxies set or rely on (`Host`,
 /// `x-forwarded-client-cert`) does not make them drop those headers: the application

@@ -10,7 +10,8 @@
 //! * A per-upstream local port leads to one `host:port`: its HTTP requests are routed as if
 //!   they named it, its opaque TCP goes to an endpoint of the service.
 //!
-//! Requests are handled by [`crate::proxy::Proxy`].
+//! They are for the application beside the proxy only, so they listen on loopback whatever
+//! the bind address ([`crate::app`]). Requests are handled by [`crate::proxy::Proxy`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,6 +26,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Whether responses carry the response-flags header.
     pub debug_headers: bool,
+    /// Where this proxy listens, so that no `CONNECT` leads back into it.
+    pub listening: super::tunnel::Listening,
 }
 
 /// Marks a request that arrived on a redirected connection, with where it was going.
