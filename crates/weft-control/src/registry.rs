@@ -51,10 +51,14 @@ pub struct Endpoint {
     pub weight: u32,
     /// Whether a sidecar that speaks mesh mTLS is in front of the workload, where the
     /// registry knows: a Kubernetes pod says so with its `security.istio.io/tlsMode: istio`
-    /// label (injection adds it), or its proxy registers. `None` elsewhere: then every
-    /// endpoint of a mesh-internal service is taken to have one.
+    /// label (injection adds it), a WorkloadEntry with that label or a service account, or
+    /// its proxy registers. `None` elsewhere: then every endpoint of a mesh-internal service
+    /// is taken to have one.
     pub sidecar: Option<bool>,
 }
+
+/// The label that says whether a workload speaks mesh mTLS (`istio`) or not (`disabled`).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 impl Endpoint {
     fn from_entry(entry: &WorkloadEntry, namespace: &str) -> Self {
@@ -70,7 +74,12 @@ impl Endpoint {
             },
             locality: entry.locality.clone(),
             weight: entry.weight.filter(|w| *w > 0).unwrap_or(1),
-            sidecar: None,
+            // Istio's rule for WorkloadEntries: the `security.istio.io/tlsMode` label, else
+            // mesh mTLS only when the entry names a service account.
+            sidecar: Some(match entry.labels.get(TLS_MODE_LABEL) {
+                Some(mode) => mode == "istio",
+                None => !entry.service_account.is_empty(),
+            }),
         }
     }
 

@@ -320,7 +320,7 @@ fn hyper_request(uri: &str) -> http::Request<()> {
 /// whose policies never arrived refuses every caller rather than letting them all in.
 #[test]
 fn a_policy_that_cannot_be_read_is_rejected_and_its_port_refuses() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app_port = app.local_addr().unwrap().port();
     std::thread::spawn(move || {

@@ -124,7 +124,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-/// Sends a request straight to an inbound listener, in plaintext or over TLS with `cert`;
+/// Sends a request straight to an inbound listener, in plaintext or over TLS (as a mesh
+/// client: offering Istio's ALPN) with `cert`;
 /// returns the response, or `None` when the connection was refused or closed.
 pub fn direct(inbound: &str, tls: Option<Option<ClientCert>>) -> Option<String> {
     let mut tcp = TcpStream::connect(inbound).ok()?;
@@ -143,10 +144,13 @@ pub fn direct(inbound: &str, tls: Option<Option<ClientCert>>) -> Option<String> 
                 .unwrap()
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
-            let config = match cert {
+            let mut config = match cert {
                 Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
                 None => builder.with_no_client_auth(),
             };
+            // As a mesh client: Istio's ALPN mark, else a PERMISSIVE port takes this for the
+            // application's own TLS.
+            config.alpn_protocols = vec![b"istio".to_vec()];
             let connection = rustls::ClientConnection::new(
                 Arc::new(config),
                 "echo.test.svc.cluster.local".try_into().unwrap(),
@@ -164,16 +168,26 @@ pub fn direct(inbound: &str, tls: Option<Option<ClientCert>>) -> Option<String> 
 /// Opens mTLS to `addr` with `cert`, sends `bytes` and returns what comes back until the
 /// server closes (empty when the connection was refused or closed at once).
 pub fn tls_exchange(addr: &str, cert: ClientCert, bytes: &[u8]) -> String {
+    tls_request(addr, Some(cert), &[], bytes)
+}
+
+/// Opens TLS to `addr`, with a client certificate when given and offering `alpn`, sends
+/// `bytes` and returns what comes back until the server closes (empty when the handshake
+/// failed or the connection closed at once). The server's certificate is not checked.
+pub fn tls_request(addr: &str, cert: Option<ClientCert>, alpn: &[&[u8]], bytes: &[u8]) -> String {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(cert.0, cert.1)
-        .unwrap();
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match cert {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connection = rustls::ClientConnection::new(
         Arc::new(config),
         "echo.test.svc.cluster.local".try_into().unwrap(),

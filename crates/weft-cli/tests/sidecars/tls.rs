@@ -442,3 +442,95 @@ fn envoy_clients_verify_originated_tls_against_the_system_roots() {
     };
     assert!(validation.system_root_certs.is_some(), "{validation:?}");
 }
+
+/// Auto-mTLS follows the server: a workload whose PeerAuthentication DISABLEs mTLS is
+/// called in plaintext (Istio's auto-mTLS), and an endpoint with no sidecar — a
+/// WorkloadEntry with neither a service account nor the `security.istio.io/tlsMode` label —
+/// is not spoken to in mesh mTLS.
+#[test]
+fn auto_mtls_follows_the_servers_peer_authentication_and_tls_mode() {
+    let mesh = Mesh::start(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo, namespace: test}
+spec:
+  selector: {matchLabels: {app: echo}}
+  mtls: {mode: DISABLE}
+",
+    );
+    let (status, body) = via_proxy(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/plain",
+    );
+    assert_eq!(status, 200, "{body}");
+    let wire = String::from_utf8_lossy(&mesh.wire.lock().unwrap()).into_owned();
+    assert!(
+        wire.contains("GET /plain"),
+        "plaintext on the wire: {wire:?}"
+    );
+
+    // An application with no sidecar, as a WorkloadEntry without a service account.
+    let app = crate::apps::echo_app("bare");
+    std::fs::write(
+        config_dir(mesh.dir.path()).join("extra.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: bare, namespace: test}}
+spec:
+  hosts: [bare.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {app}}}}}]
+"
+        ),
+    )
+    .unwrap();
+    let (status, body) = eventually("bare is served", Duration::from_secs(30), || {
+        let answer = via_proxy(&mesh.client.outbound, "http://bare.test.svc.cluster.local/");
+        if answer.0 == 200 {
+            Ok(answer)
+        } else {
+            Err(format!("{} {}", answer.0, answer.1))
+        }
+    });
+    assert!(body.starts_with("served-by: bare"), "{status} {body}");
+}
+
+/// A PERMISSIVE port passes TLS that is not mesh mTLS — the application's own, offering no
+/// `istio…` ALPN — through to the application untouched; and a mesh client that offers only
+/// Istio's ALPN values (as an Istio proxy's TCP clusters do) still completes mTLS.
+#[test]
+fn permissive_passes_the_applications_own_tls_through_and_takes_istio_alpn() {
+    let certs = tempfile::tempdir().unwrap();
+    common::pki(certs.path(), "server", "echo.test.svc.cluster.local", false);
+    let (server, port) = https_server(certs.path(), false);
+    let mesh = Mesh::with_apps("", &["v1"], move |_| port);
+    let request = b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n";
+    let answer =
+        crate::clients::tls_request(&mesh.servers[0].inbound, None, &[b"http/1.1"], request);
+    assert!(
+        answer.ends_with("secure\n"),
+        "the application's own TLS: {answer:?}"
+    );
+    drop(server);
+
+    let mesh = Mesh::start("");
+    let cert = client_cert(
+        &mesh,
+        "spiffe://cluster.local/ns/test/sa/tester",
+        false,
+        false,
+    );
+    let answer = crate::clients::tls_request(
+        &mesh.servers[0].inbound,
+        Some(cert),
+        &[b"istio-peer-exchange", b"istio"],
+        request,
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "mTLS with Istio's ALPN: {answer:?}"
+    );
+}

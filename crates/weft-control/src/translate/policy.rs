@@ -1,8 +1,21 @@
-//! Resolution: the service and port a name means to a client, and the DestinationRule policy
-//! in force for a cluster (a port-level policy over the top level, then the subset's fields
-//! over either, as in Istio). Every resource that depends on either asks here.
+//! Resolution: the service and port a name means to a client, the DestinationRule policy in
+//! force for a cluster (a port-level policy over the top level, then the subset's fields
+//! over either, as in Istio), and the PeerAuthentication mode of a workload port — which the
+//! server's inbound side enforces and clients' auto-mTLS follows. Every resource that
+//! depends on one of them asks here.
+//!
+//! The mTLS mode is Istio's `ComposePeerAuthentication`: the mesh's policy (selector-less,
+//! in the root namespace), then the namespace's selector-less one, then one selecting the
+//! workload in its namespace, each overriding the mode before it unless its own is `UNSET`;
+//! within a scope the first loaded wins; nothing at all is PERMISSIVE. The workload policy's
+//! `portLevelMtls` (by workload port) beats the result, and a port's `UNSET` inherits it.
 
+use std::collections::BTreeMap;
+
+use weft_api::analyze::ROOT_NAMESPACE;
+use weft_api::meta::labels_match;
 use weft_api::networking::destination_rule::TrafficPolicy;
+use weft_api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 
 use super::client::Client;
 use super::names::split_host_port;
@@ -68,4 +81,47 @@ pub(crate) fn effective_policy(
         }
     }
     policy
+}
+
+/// The workload being protected.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The effective mTLS mode of a workload port.
+pub(crate) fn mtls_mode(snapshot: &MeshSnapshot, workload: &Workload<'_>, port: u32) -> MtlsMode {
+    let selector_less = |pa: &PeerAuthentication| {
+        pa.selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.is_empty())
+    };
+    let mesh = in_namespace(snapshot, ROOT_NAMESPACE).find(|pa| selector_less(pa));
+    let namespace = in_namespace(snapshot, workload.namespace).find(|pa| selector_less(pa));
+    let own = in_namespace(snapshot, workload.namespace).find(|pa| {
+        pa.selector.as_ref().is_some_and(|s| {
+            !s.match_labels.is_empty() && labels_match(&s.match_labels, workload.labels)
+        })
+    });
+    let set = |mode: Option<MtlsMode>| mode.filter(|m| *m != MtlsMode::Unset);
+    let mut mode = MtlsMode::Permissive;
+    for pa in [mesh, namespace, own].into_iter().flatten() {
+        mode = set(pa.mtls.as_ref().and_then(|m| m.mode)).unwrap_or(mode);
+    }
+    own.and_then(|pa| pa.port_level_mtls.get(&port))
+        .and_then(|m| set(m.mode))
+        .unwrap_or(mode)
+}
+
+/// The PeerAuthentications of `namespace`, in load order.
+fn in_namespace<'a>(
+    snapshot: &'a MeshSnapshot,
+    namespace: &'a str,
+) -> impl Iterator<Item = &'a PeerAuthentication> {
+    snapshot
+        .peer_authentications
+        .iter()
+        .filter(move |(r, _)| r.namespace() == namespace)
+        .map(|(_, pa)| pa)
 }

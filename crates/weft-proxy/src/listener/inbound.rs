@@ -1,7 +1,8 @@
 //! The inbound listener: connections from other sidecars (and, where PeerAuthentication
 //! allows, plaintext clients) to this workload. Each connection is told apart by its first
 //! byte — a TLS handshake or not — and accepted or refused by the port's mode: STRICT takes
-//! mTLS only, PERMISSIVE both, DISABLE plaintext only. mTLS peers must present a mesh
+//! mTLS only, PERMISSIVE both (and passes TLS that offers no `istio…` ALPN, the
+//! application's own, through as opaque TCP), DISABLE plaintext only. mTLS peers must present a mesh
 //! certificate of this trust domain; their identity reaches the application in
 //! `x-forwarded-client-cert`, in Envoy's format. Each request, or each opaque TCP
 //! connection, is then authorized by the port's AuthorizationPolicies ([`crate::authz`])
@@ -31,6 +32,7 @@ use crate::model::PathNormalization;
 use crate::proxy::{downstream_response, tunnel};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::{Metrics, Reporter};
+use crate::tls::client_hello;
 use crate::tls::identity::{CurrentIdentity, peer_spiffe_id, trust_domain};
 use crate::upstream::Pool;
 use crate::xds::Applied;
@@ -76,6 +78,8 @@ struct Mode {
     mtls: bool,
     plaintext: bool,
     serves: Carries,
+    /// TLS without Istio's ALPN passes through to the application (PERMISSIVE).
+    passthrough: bool,
 }
 
 /// Accepts connections until the drain.
@@ -101,10 +105,12 @@ impl Inbound {
                 mtls: true,
                 plaintext: false,
                 serves: Carries::Http,
+                passthrough: false,
             },
             |port| Mode {
                 mtls: port.mtls,
                 plaintext: port.plaintext,
+                passthrough: port.tls_passthrough.is_some(),
                 serves: match (&port.http, &port.tcp) {
                     (Some(_), Some(_)) => Carries::Detect,
                     (None, Some(_)) => Carries::Tcp,
@@ -125,17 +131,34 @@ impl Inbound {
             .unwrap_or_default()
     }
 
-    /// Applies the port's authorization policies.
+    /// Applies the port's authorization policies: its HTTP ones to a request, its TCP ones
+    /// to an opaque connection.
     fn authorize(&self, caller: &Caller, http: Option<&Parts>) -> Result<(), Denial> {
+        self.authorize_as(caller, http, false)
+    }
+
+    /// Applies the policies of a PERMISSIVE port's TLS passthrough (the application's own
+    /// TLS) to a connection.
+    fn authorize_passthrough(&self, caller: &Caller) -> Result<(), Denial> {
+        self.authorize_as(caller, None, true)
+    }
+
+    fn authorize_as(
+        &self,
+        caller: &Caller,
+        http: Option<&Parts>,
+        passthrough: bool,
+    ) -> Result<(), Denial> {
         let config = self.config.borrow().clone();
         // No configuration for the port (its listener never arrived, or was rejected): the
         // policies that should apply are unknown, so nothing is allowed.
         let Some(port) = config.model.inbound.get(&self.port) else {
             return Err(Denial::Unconfigured);
         };
-        let rbac = match http {
-            Some(_) => port.http.as_ref(),
-            None => port.tcp.as_ref(),
+        let rbac = match (http, passthrough) {
+            (_, true) => port.tls_passthrough.as_ref(),
+            (Some(_), false) => port.http.as_ref(),
+            (None, false) => port.tcp.as_ref(),
         };
         let Some(rbac) = rbac else {
             return Err(Denial::NotCarried);
@@ -199,6 +222,21 @@ impl Inbound {
         if !mode.mtls {
             return Err(ConnectionError::TlsRefused);
         }
+        if mode.passthrough {
+            let offered = client_hello::offered_alpn(&stream, HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(ConnectionError::Io)?;
+            // What is not a ClientHello goes on to the handshake, which refuses it.
+            if offered.is_some_and(|offered| !client_hello::is_mesh(&offered)) {
+                let caller = Caller {
+                    peer: None,
+                    source,
+                    local,
+                };
+                self.authorize_passthrough(&caller)?;
+                return self.to_application(stream).await;
+            }
+        }
         let config =
             crate::tls::server_config(&self.identity).map_err(ConnectionError::TlsSetup)?;
         let tls = tokio::time::timeout(
@@ -243,6 +281,19 @@ impl Inbound {
             },
         )
         .await
+    }
+
+    /// Copies the bytes of an authorized opaque connection to the application and back.
+    async fn to_application<T: Io>(&self, mut io: T) -> Result<(), ConnectionError> {
+        let address = self.application()?;
+        let mut app = TcpStream::connect(address)
+            .await
+            .map_err(|error| ConnectionError::Application { address, error })?;
+        let _ = app.set_nodelay(true);
+        tokio::io::copy_bidirectional(&mut io, &mut app)
+            .await
+            .map_err(ConnectionError::Io)?;
+        Ok(())
     }
 
     /// The address of the application behind this port.
@@ -352,18 +403,10 @@ impl Carrier for Accepted {
 
     /// Opaque TCP: authorized once, then the bytes go to the application as they are, both
     /// ways.
-    async fn tcp<T: Io>(self, mut io: T) -> Result<(), ConnectionError> {
+    async fn tcp<T: Io>(self, io: T) -> Result<(), ConnectionError> {
         let _open = self.drain;
         self.inbound.authorize(&self.caller, None)?;
-        let address = self.inbound.application()?;
-        let mut app = TcpStream::connect(address)
-            .await
-            .map_err(|error| ConnectionError::Application { address, error })?;
-        let _ = app.set_nodelay(true);
-        tokio::io::copy_bidirectional(&mut io, &mut app)
-            .await
-            .map_err(ConnectionError::Io)?;
-        Ok(())
+        self.inbound.to_application(io).await
     }
 }
 

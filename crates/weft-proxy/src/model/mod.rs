@@ -95,6 +95,9 @@ pub struct InboundPort {
     /// Opaque TCP to the application, authorized by these policies. A port with both takes
     /// each connection as what its first bytes say (protocol detection).
     pub tcp: Option<Arc<Rbac>>,
+    /// On a PERMISSIVE port, TLS that is not mesh mTLS (no `istio…` ALPN) — the
+    /// application's own — passed through as opaque TCP, authorized by these policies.
+    pub tls_passthrough: Option<Arc<Rbac>>,
 }
 
 /// What a gateway port accepts.

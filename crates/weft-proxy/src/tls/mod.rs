@@ -11,6 +11,7 @@
 //! names none) and carries one of its `subjectAltNames` ([`ServerSan`]: a DNS name, or a URI
 //! such as a SPIFFE ID), else the SNI name.
 
+pub mod client_hello;
 pub mod identity;
 
 use std::sync::Arc;
@@ -25,8 +26,22 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use identity::{CurrentIdentity, peer_spiffe_id};
 
-/// ALPN accepted from peer sidecars (each offers the one its cluster speaks).
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN accepted from peer sidecars, by preference: each offers the protocol its cluster
+/// speaks, and Istio's proxies offer their `istio…` values (some only those), which must not
+/// fail the handshake.
+pub const ALPN: [&[u8]; 7] = [
+    b"h2",
+    b"http/1.1",
+    b"istio-h2",
+    b"istio-http/1.1",
+    b"istio-http/1.0",
+    b"istio-peer-exchange",
+    b"istio",
+];
+
+/// The ALPN value a sidecar adds to what it offers a peer: how an Istio server's PERMISSIVE
+/// port, or a Weft one's, tells mesh mTLS from an application's own TLS.
+pub const MESH_ALPN: &[u8] = b"istio";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -99,7 +114,11 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(Presenter(identity.clone())));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn
+        .iter()
+        .chain([&MESH_ALPN])
+        .map(|p| p.to_vec())
+        .collect();
     Ok(Arc::new(config))
 }
 

@@ -2,12 +2,8 @@
 //! and its Envoy RBAC filters, from AuthorizationPolicy.
 //!
 //! Istio's rules, kept here:
-//! * **mTLS mode** (Istio's `ComposePeerAuthentication`): the mesh's policy (selector-less,
-//!   in the root namespace), then the namespace's selector-less one, then one selecting the
-//!   workload in its namespace, each overriding the mode before it unless its own is `UNSET`;
-//!   within a scope the first loaded wins; nothing at all is PERMISSIVE. The workload
-//!   policy's `portLevelMtls` (by workload port) beats the result, and a port's `UNSET`
-//!   inherits it — never a weaker scope's mode.
+//! * **mTLS mode**: [`crate::translate::policy::mtls_mode`], Istio's
+//!   `ComposePeerAuthentication`.
 //! * **authorization**: policies of the workload's namespace and of the root namespace
 //!   apply, selector-less or selecting the workload's labels. DENY policies are checked
 //!   before ALLOW policies; a workload with no ALLOW policy allows everything, and one with
@@ -29,7 +25,6 @@ use weft_api::meta::labels_match;
 use weft_api::security::authorization_policy::{
     Action, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
-use weft_api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 use weft_xds::envoy::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use weft_xds::envoy::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac, permission, principal, rbac::Action as RbacAction,
@@ -49,50 +44,8 @@ use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::types::{pack, proto_map};
 
 use crate::model::MeshSnapshot;
+pub(crate) use crate::translate::policy::{Workload, mtls_mode};
 use weft_api::analyze::ROOT_NAMESPACE;
-
-/// The workload being protected.
-#[derive(Debug, Clone)]
-pub(crate) struct Workload<'a> {
-    pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
-}
-
-/// The effective mTLS mode of a workload port.
-pub(crate) fn mtls_mode(snapshot: &MeshSnapshot, workload: &Workload<'_>, port: u32) -> MtlsMode {
-    let selector_less = |pa: &PeerAuthentication| {
-        pa.selector
-            .as_ref()
-            .is_none_or(|s| s.match_labels.is_empty())
-    };
-    let mesh = in_namespace(snapshot, ROOT_NAMESPACE).find(|pa| selector_less(pa));
-    let namespace = in_namespace(snapshot, workload.namespace).find(|pa| selector_less(pa));
-    let own = in_namespace(snapshot, workload.namespace).find(|pa| {
-        pa.selector.as_ref().is_some_and(|s| {
-            !s.match_labels.is_empty() && labels_match(&s.match_labels, workload.labels)
-        })
-    });
-    let set = |mode: Option<MtlsMode>| mode.filter(|m| *m != MtlsMode::Unset);
-    let mut mode = MtlsMode::Permissive;
-    for pa in [mesh, namespace, own].into_iter().flatten() {
-        mode = set(pa.mtls.as_ref().and_then(|m| m.mode)).unwrap_or(mode);
-    }
-    own.and_then(|pa| pa.port_level_mtls.get(&port))
-        .and_then(|m| set(m.mode))
-        .unwrap_or(mode)
-}
-
-/// The PeerAuthentications of `namespace`, in load order.
-fn in_namespace<'a>(
-    snapshot: &'a MeshSnapshot,
-    namespace: &'a str,
-) -> impl Iterator<Item = &'a PeerAuthentication> {
-    snapshot
-        .peer_authentications
-        .iter()
-        .filter(move |(r, _)| r.namespace() == namespace)
-        .map(|(_, pa)| pa)
-}
 
 /// The RBAC filter configurations of a workload: DENY first, then ALLOW, each with the
 /// dry-run policies of its action as shadow rules. `None` where no filter is needed.

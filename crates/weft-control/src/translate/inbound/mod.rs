@@ -4,7 +4,9 @@
 //! the application on 127.0.0.1.
 //!
 //! Per workload port the PeerAuthentication mode decides the chains: STRICT keeps only the
-//! mTLS chain (client certificate required), DISABLE only the plaintext one, PERMISSIVE both.
+//! mTLS chain (client certificate required), DISABLE only the plaintext one, PERMISSIVE both
+//! and a third for TLS that is not mesh mTLS (no Istio ALPN): the application's own TLS,
+//! passed through as opaque TCP.
 //! Each chain runs the workload's RBAC (DENY, then ALLOW) before forwarding: as HTTP filters
 //! for HTTP ports, as network filters for TCP ports.
 
@@ -273,6 +275,21 @@ pub(crate) fn listener(
                     ..FilterChain::default()
                 });
             }
+        }
+        // PERMISSIVE: TLS that is not mesh mTLS (no Istio ALPN) is the application's own,
+        // passed through as opaque TCP under the port's TCP policies.
+        if mode == MtlsMode::Permissive {
+            let rbac = inbound_rbac(snapshot, &who, trust_domain, false);
+            filter_chains.push(FilterChain {
+                name: format!("{port}-tls-passthrough"),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value { value: port }),
+                    transport_protocol: "tls".to_string(),
+                    ..FilterChainMatch::default()
+                }),
+                filters: network_filters(port, false, &rbac, paths),
+                ..FilterChain::default()
+            });
         }
     }
     let mut listener_filters = vec![ListenerFilter {

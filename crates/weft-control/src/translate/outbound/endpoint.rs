@@ -12,9 +12,12 @@ use weft_xds::envoy::google::protobuf::{Struct, Value, value::Kind};
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
+use weft_api::security::peer_authentication::MtlsMode;
+
 use crate::model::MeshSnapshot;
 use crate::translate::envoy::{TRANSPORT_SOCKET_MATCH, socket_address};
 use crate::translate::names::parse_cluster_name;
+use crate::translate::policy::{Workload, mtls_mode};
 use crate::translate::tls::mesh_endpoint_match;
 
 /// The endpoints of the cluster called `name`, if it exists.
@@ -56,9 +59,7 @@ fn load_assignment(
             health_status: HealthStatus::Healthy as i32,
             metadata: Some(metadata(
                 endpoint,
-                endpoint
-                    .sidecar
-                    .unwrap_or(service.location == Location::MeshInternal),
+                speaks_mesh_mtls(snapshot, endpoint, service, service_port),
                 trust_domain,
             )),
             load_balancing_weight: Some(UInt32Value {
@@ -85,6 +86,25 @@ fn load_assignment(
         endpoints: localities,
         ..ClusterLoadAssignment::default()
     })
+}
+
+/// Whether clients reach `endpoint` over mesh mTLS (Istio's auto-mTLS): it has a sidecar
+/// (or is taken to, in a mesh-internal service), and its own PeerAuthentication does not
+/// `DISABLE` mTLS on the port it is reached on — a DISABLE server gets plaintext.
+fn speaks_mesh_mtls(
+    snapshot: &MeshSnapshot,
+    endpoint: &crate::registry::Endpoint,
+    service: &crate::registry::Service,
+    service_port: &crate::registry::ServicePort,
+) -> bool {
+    let sidecar = endpoint
+        .sidecar
+        .unwrap_or(service.location == Location::MeshInternal);
+    let workload = Workload {
+        namespace: &endpoint.namespace,
+        labels: &endpoint.labels,
+    };
+    sidecar && mtls_mode(snapshot, &workload, endpoint.port_for(service_port)) != MtlsMode::Disable
 }
 
 /// What a proxy needs to know about an endpoint beyond its address: whether it is a mesh

@@ -198,8 +198,8 @@ fn inbound_chains(yaml: &str) -> Vec<String> {
 fn a_sidecar_gets_inbound_chains_for_its_mtls_mode() {
     assert_eq!(
         inbound_chains(""),
-        ["8080-mtls", "8080-plaintext"],
-        "PERMISSIVE: both"
+        ["8080-mtls", "8080-plaintext", "8080-tls-passthrough"],
+        "PERMISSIVE: both, and the application's own TLS passes through"
     );
     let strict = format!(
         "{PA}metadata: {{name: default, namespace: shop}}\nspec: {{mtls: {{mode: STRICT}}}}\n"

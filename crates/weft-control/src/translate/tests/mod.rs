@@ -27,8 +27,9 @@ spec:
   ports: [{number: 9080, name: http, protocol: HTTP}]
   resolution: STATIC
   endpoints:
-  - {address: 10.0.0.1, labels: {version: v1}}
-  - {address: 10.0.0.2, labels: {version: v2}, ports: {http: 8080}}
+  # Mesh workloads: a WorkloadEntry speaks mesh mTLS when it names its service account.
+  - {address: 10.0.0.1, labels: {version: v1}, serviceAccount: default}
+  - {address: 10.0.0.2, labels: {version: v2}, ports: {http: 8080}, serviceAccount: default}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

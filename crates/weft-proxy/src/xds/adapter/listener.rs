@@ -66,6 +66,8 @@ pub struct InboundChain {
     pub tls: bool,
     /// Whether it carries opaque TCP; HTTP otherwise.
     pub tcp: bool,
+    /// Whether it terminates the TLS it takes; a TLS chain that does not passes it through.
+    pub terminates: bool,
     /// Its authorization policies.
     pub rbac: Arc<Rbac>,
     /// How its HTTP requests' paths are normalized.
@@ -204,6 +206,7 @@ fn inbound_chains(listener: &Listener) -> Result<Vec<InboundChain>, String> {
         chains.push(InboundChain {
             port,
             tls: matched.transport_protocol == "tls",
+            terminates: chain.transport_socket.is_some(),
             tcp: chain
                 .filters
                 .iter()

@@ -276,6 +276,10 @@ impl Received {
                 ListenerKind::Inbound(chains) => {
                     for chain in chains {
                         let entry = model.inbound.entry(chain.port).or_default();
+                        if chain.tls && !chain.terminates {
+                            entry.tls_passthrough = Some(chain.rbac.clone());
+                            continue;
+                        }
                         let serves = if chain.tcp {
                             &mut entry.tcp
                         } else {
