@@ -442,3 +442,178 @@ fn a_gateway_opens_no_forward_proxy_unless_asked() {
         );
     }
 }
+
+/// Each Gateway server keeps its own routes: on one port, a SIMPLE server for
+/// `shop.example.com` and a MUTUAL one for `partner.example.com`; a client that reached the
+/// SIMPLE server (by SNI, without a certificate) cannot ask it for the MUTUAL server's host
+/// (421), and each server serves its own. The servers' TLS settings hold: the SIMPLE one
+/// speaks TLS 1.3 only (`minProtocolVersion`), and a MUTUAL server takes only the client
+/// certificates its `subjectAltNames` name.
+#[test]
+fn a_gateway_server_serves_only_its_own_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    common::pki(certs, "shop", "shop.example.com", false);
+    common::pki(certs, "partner", "partner.example.com", false);
+    common::pki(certs, "client", "client.example.com", true);
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    let (port, picky) = (common::free_port(), common::free_port());
+    let file = |name: &str| certs.join(name).display().to_string();
+    let route = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: test}}
+spec:
+  hosts: [{host}]
+  gateways: [istio-system/ingress]
+  http:
+  - route:
+    - destination: {{host: echo.test.svc.cluster.local, port: {{number: 8080}}}}
+---
+"
+        )
+    };
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: test}}
+spec:
+  hosts: [echo.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: https-shop, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {shop}, privateKey: {shop_key}, minProtocolVersion: TLSV1_3}}
+  - port: {{number: {port}, name: https-partner, protocol: HTTPS}}
+    hosts: [partner.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {partner}, privateKey: {partner_key}, caCertificates: {client_ca}, subjectAltNames: [client.example.com]}}
+  - port: {{number: {picky}, name: https-picky, protocol: HTTPS}}
+    hosts: [partner.example.com]
+    tls: {{mode: MUTUAL, serverCertificate: {partner}, privateKey: {partner_key}, caCertificates: {client_ca}, subjectAltNames: [nobody.example.com]}}
+---
+{}{}",
+            route("shop", "shop.example.com"),
+            route("partner", "partner.example.com"),
+            shop = file("shop.pem"),
+            shop_key = file("shop-key.pem"),
+            partner = file("partner.pem"),
+            partner_key = file("partner-key.pem"),
+            client_ca = file("client-ca.pem"),
+        ),
+    )
+    .unwrap();
+    let control = common::Control::start(&config);
+    let server = common::Proxy::start(&[
+        "--control",
+        &control.xds,
+        "--name",
+        "echo",
+        "--namespace",
+        "test",
+        "--service",
+        "echo:8080",
+        "--labels",
+        "app=echo",
+        "--service-account",
+        "echo",
+        "--app-port",
+        &head_echo_app().to_string(),
+        "--token",
+        &common::join_token(&config, "test", "echo"),
+    ]);
+    server.until_ready();
+    let _gateway = Gateway(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["gateway", "--control", &control.xds, "--name", "ingress"])
+            .args([
+                "--namespace",
+                "istio-system",
+                "--service-account",
+                "ingress",
+            ])
+            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+            .args(["--metrics-port", "0", "--log", "warn"])
+            .args([
+                "--token",
+                &common::join_token(&config, "istio-system", "ingress"),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let resolve = |host: &str| format!("{host}:{port}:127.0.0.1");
+    let shop_ca = file("shop-ca.pem");
+    let shop = |host_header: &str| {
+        curl(&[
+            "--cacert",
+            &shop_ca,
+            "--resolve",
+            &resolve("shop.example.com"),
+            "-H",
+            &format!("host: {host_header}"),
+            &format!("https://shop.example.com:{port}/"),
+        ])
+    };
+    eventually("the SIMPLE server routes", Duration::from_secs(60), || {
+        let (status, body) = shop("shop.example.com");
+        (status == 200)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    });
+    assert_eq!(
+        shop("partner.example.com").0,
+        421,
+        "the MUTUAL server's host through the SIMPLE server"
+    );
+    assert_eq!(shop("other.example.com").0, 404, "a host no server has");
+    let partner = |port: u16| {
+        curl(&[
+            "--cacert",
+            &file("partner-ca.pem"),
+            "--cert",
+            &file("client.pem"),
+            "--key",
+            &file("client-key.pem"),
+            "--resolve",
+            &format!("partner.example.com:{port}:127.0.0.1"),
+            &format!("https://partner.example.com:{port}/"),
+        ])
+    };
+    let (status, body) = partner(port);
+    assert_eq!(
+        status, 200,
+        "the MUTUAL server with a client certificate: {body}"
+    );
+    assert_eq!(
+        partner(picky).0,
+        0,
+        "a client certificate subjectAltNames does not name is refused"
+    );
+    let old_tls = curl(&[
+        "--tls-max",
+        "1.2",
+        "--cacert",
+        &shop_ca,
+        "--resolve",
+        &resolve("shop.example.com"),
+        &format!("https://shop.example.com:{port}/"),
+    ]);
+    assert_eq!(
+        old_tls.0, 0,
+        "TLS 1.2 to a TLS 1.3-only server: {}",
+        old_tls.1
+    );
+}

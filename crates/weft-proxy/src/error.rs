@@ -36,6 +36,10 @@ pub enum ProxyError {
     /// No route matches.
     #[error("no route")]
     NoRoute,
+    /// The host belongs to another server of this gateway port (another SNI name): asked of
+    /// the wrong connection.
+    #[error("this host is served by another server of the port")]
+    Misdirected,
     /// The route's cluster is not in the configuration.
     #[error("no cluster")]
     NoCluster,
@@ -137,6 +141,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::NoCluster
             | Self::NoInboundCluster
             | Self::Overflow
@@ -158,7 +163,7 @@ impl ProxyError {
     pub fn flag(&self) -> Option<ResponseFlag> {
         match self {
             Self::BadRequest(_) | Self::MethodNotAllowed(_) => None,
-            Self::NoRoute => Some(ResponseFlag::NoRoute),
+            Self::NoRoute | Self::Misdirected => Some(ResponseFlag::NoRoute),
             Self::NoCluster | Self::NoInboundCluster => Some(ResponseFlag::NoCluster),
             Self::Overflow => Some(ResponseFlag::Overflow),
             Self::NoHealthyUpstream | Self::NoApplication => Some(ResponseFlag::NoHealthyUpstream),

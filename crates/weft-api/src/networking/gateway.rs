@@ -64,6 +64,14 @@ impl Server {
                 ));
             }
         }
+        // Pinned client certificates: a server that cannot check them is not served, rather
+        // than taking any certificate its CA signed.
+        if !tls.verify_certificate_spki.is_empty() || !tls.verify_certificate_hash.is_empty() {
+            return Some((
+                "tls.verifyCertificateSpki",
+                "client certificate pinning (verifyCertificateSpki, verifyCertificateHash)",
+            ));
+        }
         let files = !tls.server_certificate.is_empty() && !tls.private_key.is_empty();
         if tls.mode.is_some() && !files {
             return Some((

@@ -2,26 +2,31 @@
 //! serves. The Gateway resources whose `selector` matches the proxy's labels give it one
 //! listener per server port, `0.0.0.0_<port>`: plaintext HTTP for servers without `tls`,
 //! and for `SIMPLE` and `MUTUAL` servers a chain per server matched on SNI (the server's
-//! hosts) that terminates TLS with the server's certificate files. Every chain routes with
-//! the route configuration `http.<port>`: a virtual host per host of each VirtualService
-//! bound to one of those Gateways (`gateways: [ns/name]`, or `name` in the VirtualService's
-//! namespace) whose hosts the server admits, with the VirtualService's routes. A host of a
+//! hosts) that terminates TLS with the server's certificate files. The plaintext chain
+//! routes with the route configuration `http.<port>`, each TLS server's chain with one of
+//! its own, `https.<port>.<index>.<gateway>.<namespace>` (so a client cannot reach a
+//! MUTUAL server's hosts through a SIMPLE server on the same port): a virtual host per host
+//! of each VirtualService bound to the server's Gateway (`gateways: [ns/name]`, or `name`
+//! in the VirtualService's namespace) that the server admits, with the VirtualService's
+//! routes. A host of a
 //! server with `tls.httpsRedirect` gets `require_tls: ALL`: plain HTTP to it is redirected.
 //! The routes themselves are the sidecars' ([`crate::translate::outbound::route`]); this
 //! module decides only which VirtualServices and hosts a gateway port serves.
 
 use weft_api::Resource as ApiResource;
-use weft_api::networking::ServerTlsMode;
 use weft_api::networking::gateway::{Gateway, Server};
 use weft_api::networking::virtual_service::VirtualService;
+use weft_api::networking::{ServerTlsMode, ServerTlsSettings, TlsProtocol};
 use weft_xds::envoy::envoy::config::core::v3::TrafficDirection;
 use weft_xds::envoy::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use weft_xds::envoy::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use weft_xds::envoy::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate,
-    common_tls_context::ValidationContextType,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+    TlsCertificate, TlsParameters, common_tls_context::ValidationContextType,
+    subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol as EnvoyTlsProtocol,
 };
+use weft_xds::envoy::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use weft_xds::envoy::google::protobuf::BoolValue;
 use weft_xds::server::Resource;
 use weft_xds::types::pack;
@@ -39,7 +44,36 @@ struct Bound<'a> {
     /// The Gateway's resource (its name and namespace).
     resource: &'a ApiResource,
     server: &'a Server,
+    /// Its place in the Gateway's `servers`.
+    index: usize,
     port: u32,
+}
+
+impl Bound<'_> {
+    /// Whether it terminates TLS (`SIMPLE`, `MUTUAL`); plaintext HTTP otherwise.
+    fn terminates_tls(&self) -> bool {
+        matches!(
+            self.server.tls.as_ref().and_then(|t| t.mode),
+            Some(ServerTlsMode::Simple | ServerTlsMode::Mutual)
+        )
+    }
+
+    /// Its route configuration: its own for a TLS server (`https.<port>.<index>.<gateway>.
+    /// <namespace>`, as Istio names them), so that a connection to it reaches only its
+    /// hosts; the port's plaintext one (`http.<port>`) otherwise.
+    fn route_name(&self) -> String {
+        if self.terminates_tls() {
+            format!(
+                "https.{}.{}.{}.{}",
+                self.port,
+                self.index,
+                self.resource.metadata.name,
+                self.resource.namespace()
+            )
+        } else {
+            format!("http.{}", self.port)
+        }
+    }
 }
 
 /// The servers of every Gateway whose selector matches the client's labels.
@@ -56,11 +90,16 @@ fn bound_servers<'a>(snapshot: &'a MeshSnapshot, client: &Client) -> Vec<Bound<'
         .flat_map(|(resource, gateway)| {
             // A server Weft cannot serve (the analyzer says why) gets no listener, rather
             // than plaintext HTTP its author did not ask for.
-            let served = gateway.servers.iter().filter(|s| s.unserved().is_none());
-            served.filter_map(move |server| {
+            let served = gateway
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.unserved().is_none());
+            served.filter_map(move |(index, server)| {
                 Some(Bound {
                     resource,
                     server,
+                    index,
                     port: server.port.as_ref()?.number,
                 })
             })
@@ -77,11 +116,6 @@ pub(crate) fn listener_names(snapshot: &MeshSnapshot, client: &Client) -> Vec<St
     ports.sort_unstable();
     ports.dedup();
     ports.into_iter().map(port_listener_name).collect()
-}
-
-/// The name of a gateway port's route configuration.
-fn route_name(port: u32) -> String {
-    format!("http.{port}")
 }
 
 /// The listener on `port` for a gateway, if a bound server has that port.
@@ -106,10 +140,10 @@ pub(crate) fn listener(
         labels: &client.labels,
     };
     let rbac = inbound_rbac(snapshot, &gateway, trust_domain, true);
-    let manager = || {
+    let manager = |route: &str| {
         let mut manager = http_manager(
             &format!("gateway_0.0.0.0_{port}"),
-            &route_name(port),
+            route,
             snapshot.mesh.path_normalization(),
         );
         manager.http_filters.splice(0..0, http_rbac_filters(&rbac));
@@ -136,9 +170,16 @@ pub(crate) fn listener(
                             ..TlsCertificate::default()
                         }],
                         alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+                        tls_params: Some(tls_params(tls)),
                         validation_context_type: (!tls.ca_certificates.is_empty()).then(|| {
                             ValidationContextType::ValidationContext(CertificateValidationContext {
                                 trusted_ca: Some(file(&tls.ca_certificates)),
+                                crl: (!tls.ca_crl.is_empty()).then(|| file(&tls.ca_crl)),
+                                match_typed_subject_alt_names: tls
+                                    .subject_alt_names
+                                    .iter()
+                                    .map(|name| client_san(name))
+                                    .collect(),
                                 ..CertificateValidationContext::default()
                             })
                         }),
@@ -162,7 +203,7 @@ pub(crate) fn listener(
                         transport_protocol: "tls".to_string(),
                         ..FilterChainMatch::default()
                     }),
-                    filters: manager(),
+                    filters: manager(&bound.route_name()),
                     transport_socket: Some(tls_socket(&context)),
                     ..FilterChain::default()
                 });
@@ -174,7 +215,7 @@ pub(crate) fn listener(
     if plaintext {
         filter_chains.push(FilterChain {
             name: format!("http.{port}"),
-            filters: manager(),
+            filters: manager(&format!("http.{port}")),
             ..FilterChain::default()
         });
     }
@@ -186,6 +227,40 @@ pub(crate) fn listener(
         ..Listener::default()
     };
     Some(Resource::new(port_listener_name(port), pack(&listener)))
+}
+
+/// A server's TLS versions and TLS 1.2 cipher suites, as Envoy takes them.
+fn tls_params(tls: &ServerTlsSettings) -> TlsParameters {
+    let version = |v: Option<TlsProtocol>| match v {
+        None | Some(TlsProtocol::Auto) => EnvoyTlsProtocol::TlsAuto,
+        Some(TlsProtocol::V1_0) => EnvoyTlsProtocol::TlSv10,
+        Some(TlsProtocol::V1_1) => EnvoyTlsProtocol::TlSv11,
+        Some(TlsProtocol::V1_2) => EnvoyTlsProtocol::TlSv12,
+        Some(TlsProtocol::V1_3) => EnvoyTlsProtocol::TlSv13,
+    } as i32;
+    TlsParameters {
+        tls_minimum_protocol_version: version(tls.min_protocol_version),
+        tls_maximum_protocol_version: version(tls.max_protocol_version),
+        cipher_suites: tls.cipher_suites.clone(),
+        ..TlsParameters::default()
+    }
+}
+
+/// A client certificate name a `MUTUAL` server accepts: a URI SAN when it has a scheme
+/// (`spiffe://…`), else a DNS name.
+fn client_san(name: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: if name.contains("://") {
+            SanType::Uri
+        } else {
+            SanType::Dns
+        } as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(name.to_string())),
+            ..StringMatcher::default()
+        }),
+        ..SubjectAltNameMatcher::default()
+    }
 }
 
 /// Whether a server answers plain HTTP with a redirect to HTTPS (`tls.httpsRedirect`).
@@ -241,20 +316,18 @@ fn binds(vs: &VirtualService, namespace: &str, gateway_namespace: &str, name: &s
     })
 }
 
-/// The route configuration `http.<port>` of a gateway.
+/// A route configuration of a gateway: `http.<port>`, the hosts of the port's plaintext
+/// servers, or `https.<port>.<index>.<gateway>.<namespace>`, one TLS server's.
 pub(crate) fn route_resource(
     snapshot: &MeshSnapshot,
     client: &Client,
     name: &str,
 ) -> Option<Resource> {
-    let port: u32 = name.strip_prefix("http.")?.parse().ok()?;
     let servers: Vec<Bound<'_>> = bound_servers(snapshot, client)
         .into_iter()
-        .filter(|b| b.port == port)
+        .filter(|b| b.route_name() == name)
         .collect();
-    if servers.is_empty() {
-        return None;
-    }
+    let port = servers.first()?.port;
     let mut gateways: Vec<(&str, &str)> = servers
         .iter()
         .map(|b| (b.resource.namespace(), b.resource.metadata.name.as_str()))

@@ -2,8 +2,9 @@
 //! resources selecting it (they arrive as its listeners, so a port opens and closes as the
 //! configuration changes). A connection is plaintext HTTP, or TLS terminated with the
 //! certificate of the server its SNI name picks (`SIMPLE`; `MUTUAL` also checks the client's
-//! certificate). Requests are routed by their Host with the port's routes — the
-//! VirtualServices bound to the Gateway — and forwarded like a sidecar's outbound requests
+//! certificate). Requests are routed by their Host with the routes of the server the
+//! connection reached — the VirtualServices bound to its Gateway that it admits (a host of
+//! another server of the port gets 421) — and forwarded like a sidecar's outbound requests
 //! ([`crate::proxy`]): over mesh mTLS, with the gateway's own identity, to workloads of the
 //! mesh. A plaintext request to a host of an `httpsRedirect` server gets a 301 to `https`
 //! instead.
@@ -22,7 +23,7 @@ use crate::drain;
 use crate::error::{ConnectionError, ProxyError};
 use crate::http::headers::address_to;
 use crate::http::{Body, respond};
-use crate::proxy::Proxy;
+use crate::proxy::{GatewayRoute, Proxy};
 
 /// Keeps a listener open on every gateway port of the configuration, until the drain.
 pub async fn serve(proxy: Arc<Proxy>, bind: IpAddr, mut drain: drain::Watch) {
@@ -102,6 +103,7 @@ async fn connection(
         .ok_or(ConnectionError::PortGone)?;
     // What the connection needs, copied: it must not keep this configuration alive.
     let plaintext = accepts.plaintext;
+    let plaintext_route = accepts.plaintext_route.clone();
     let servers = accepts.tls.clone();
     drop(config);
     if is_tls(first) && !servers.is_empty() {
@@ -121,26 +123,46 @@ async fn connection(
             .await
             .map_err(|_| ConnectionError::HandshakeTimeout)?
             .map_err(ConnectionError::Handshake)?;
-        serve_requests(proxy, tls, peer, port, true, drain).await
+        let served = Served {
+            port,
+            tls: true,
+            route: server.route.as_deref().map(Arc::from),
+        };
+        serve_requests(proxy, tls, peer, served, drain).await
     } else if plaintext {
-        serve_requests(proxy, stream, peer, port, false, drain).await
+        let served = Served {
+            port,
+            tls: false,
+            route: plaintext_route.as_deref().map(Arc::from),
+        };
+        serve_requests(proxy, stream, peer, served, drain).await
     } else {
         Err(ConnectionError::PlaintextOnTlsPort)
     }
 }
 
-/// HTTP on a gateway connection: each request routed by its Host on the listener's port.
+/// Which server of a gateway port a connection reached.
+#[derive(Debug, Clone)]
+struct Served {
+    port: u16,
+    /// Whether it terminated TLS.
+    tls: bool,
+    /// Its route table: a TLS server's own, or the port's plaintext one.
+    route: Option<Arc<str>>,
+}
+
+/// HTTP on a gateway connection: each request routed by its Host with the table of the
+/// server the connection reached.
 async fn serve_requests<T: Io>(
     proxy: Arc<Proxy>,
     io: T,
     peer: SocketAddr,
-    port: u16,
-    tls: bool,
+    served: Served,
     drain: drain::Watch,
 ) -> Result<(), ConnectionError> {
     serve_http(io, drain, move |request| {
-        let proxy = proxy.clone();
-        async move { handle(&proxy, request, peer, port, tls).await }
+        let (proxy, served) = (proxy.clone(), served.clone());
+        async move { handle(&proxy, request, peer, &served).await }
     })
     .await
 }
@@ -150,13 +172,17 @@ async fn handle(
     proxy: &Proxy,
     mut request: Request<Incoming>,
     peer: SocketAddr,
-    port: u16,
-    tls: bool,
+    served: &Served,
 ) -> Response<Body> {
-    if let Err(refused) = prepare(&mut request, peer, port, tls) {
+    if let Err(refused) = prepare(&mut request, peer, served.port, served.tls) {
         return refused.into_response();
     }
-    if !tls && let Some(redirect) = https_redirect(proxy, &request, port) {
+    if let Some(route) = &served.route {
+        request.extensions_mut().insert(GatewayRoute(route.clone()));
+    }
+    if !served.tls
+        && let Some(redirect) = https_redirect(proxy, &request, served)
+    {
         return redirect;
     }
     proxy.handle(request, Some(peer.ip())).await
@@ -164,13 +190,22 @@ async fn handle(
 
 /// The 301 to `https://<Host><path>` for a plaintext request to a host whose virtual host
 /// requires TLS (a Gateway server's `httpsRedirect`), as Envoy answers it.
-fn https_redirect(proxy: &Proxy, request: &Request<Incoming>, port: u16) -> Option<Response<Body>> {
+fn https_redirect(
+    proxy: &Proxy,
+    request: &Request<Incoming>,
+    served: &Served,
+) -> Option<Response<Body>> {
     let authority = request.uri().authority()?;
     let config = proxy.config.borrow();
-    let virtual_host = config
-        .model
-        .route_table(port)?
-        .virtual_host(authority.as_str())?;
+    let table = match &served.route {
+        Some(route) => config.model.routes.get(route.as_ref())?,
+        None => config
+            .model
+            .outbound_ports
+            .get(&served.port)
+            .and_then(|p| config.model.routes.get(&p.route))?,
+    };
+    let virtual_host = table.virtual_host(authority.as_str())?;
     if !virtual_host.require_tls {
         return None;
     }

@@ -105,8 +105,20 @@ pub struct InboundPort {
 pub struct GatewayPort {
     /// Plaintext HTTP.
     pub plaintext: bool,
+    /// The route table of plaintext connections.
+    pub plaintext_route: Option<String>,
     /// TLS servers, tried in order.
     pub tls: Vec<GatewayTls>,
+}
+
+impl GatewayPort {
+    /// Every route table of the port: its plaintext one and each TLS server's.
+    pub fn routes(&self) -> impl Iterator<Item = &str> {
+        self.plaintext_route
+            .iter()
+            .chain(self.tls.iter().filter_map(|server| server.route.as_ref()))
+            .map(String::as_str)
+    }
 }
 
 /// A TLS server of a gateway port.
@@ -116,6 +128,8 @@ pub struct GatewayTls {
     pub server_names: Vec<String>,
     /// Whether clients must present a certificate.
     pub mutual: bool,
+    /// Its own route table: a connection to it reaches only its hosts.
+    pub route: Option<String>,
     /// The server's TLS configuration.
     #[serde(skip)]
     pub config: Arc<rustls::ServerConfig>,

@@ -30,6 +30,11 @@ pub struct Proxy {
     pub listening: super::tunnel::Listening,
 }
 
+/// Marks a request that arrived at a gateway with the route table of the server its
+/// connection reached (a TLS server's own, or the port's plaintext one).
+#[derive(Debug, Clone)]
+pub struct GatewayRoute(pub Arc<str>);
+
 /// Marks a request that arrived on a redirected connection, with where it was going.
 #[derive(Debug, Clone, Copy)]
 pub struct Redirected(pub SocketAddr);

@@ -25,19 +25,21 @@ pub mod rewrite;
 pub mod tunnel;
 
 pub use forward::downstream_response;
-pub use inputs::{Proxy, Redirected};
+pub use inputs::{GatewayRoute, Proxy, Redirected};
 
 use std::net::IpAddr;
 
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::http::request::Parts;
+use std::sync::Arc;
+
 use hyper::{Method, Request, Response};
 
 use crate::error::ProxyError;
 use crate::http::headers::{apply_changes, strip_hop_by_hop};
 use crate::http::{Body, respond};
-use crate::model::{Action, Rbac};
+use crate::model::{Action, Model, Rbac};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::Reporter;
 
@@ -88,11 +90,21 @@ impl Proxy {
         {
             authorize(rbac, http_port.trusted_hops, &parts, client, port)?;
         }
-        let route = config
-            .model
-            .route_table(port)
-            .and_then(|table| table.virtual_host(&authority))
-            .and_then(|vh| crate::route::select(&vh.routes, &parts, &authority));
+        // At a gateway, the table of the server the connection reached; else the port's.
+        let served_by = parts.extensions.get::<GatewayRoute>().cloned();
+        let table = match &served_by {
+            Some(GatewayRoute(name)) => config.model.routes.get(name.as_ref()).map(Arc::as_ref),
+            None => config.model.route_table(port),
+        };
+        let virtual_host = table.and_then(|table| table.virtual_host(&authority));
+        if virtual_host.is_none()
+            && let Some(GatewayRoute(name)) = &served_by
+            && served_elsewhere(&config.model, port, name, &authority)
+        {
+            return Err(ProxyError::Misdirected);
+        }
+        let route =
+            virtual_host.and_then(|vh| crate::route::select(&vh.routes, &parts, &authority));
         let Some(route) = route else {
             if let Some(Redirected(original)) = parts.extensions.get::<Redirected>().copied() {
                 // Boxed, as a tunnel: passthrough is rare.
@@ -119,6 +131,18 @@ impl Proxy {
         apply_changes(response.headers_mut(), &route.response_headers);
         Ok(response)
     }
+}
+
+/// Whether another server of gateway `port` than the one whose table is `served_by` has a
+/// virtual host for `authority`.
+fn served_elsewhere(model: &Model, port: u16, served_by: &str, authority: &str) -> bool {
+    model.gateway_ports.get(&port).is_some_and(|gateway| {
+        gateway
+            .routes()
+            .filter(|name| *name != served_by)
+            .filter_map(|name| model.routes.get(name))
+            .any(|table| table.virtual_host(authority).is_some())
+    })
 }
 
 /// A gateway's own authorization policies, for a request from `client` (the connection's

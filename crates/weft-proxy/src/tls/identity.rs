@@ -249,8 +249,9 @@ pub fn peer_spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-/// Every URI subject alternative name of a certificate.
-pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
+/// The DNS and URI subject alternative names of a certificate.
+pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<crate::tls::ServerSan> {
+    use x509_parser::extensions::GeneralName;
     let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
         return Vec::new();
     };
@@ -261,7 +262,8 @@ pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            GeneralName::URI(uri) => Some(crate::tls::ServerSan::Uri(uri.to_string())),
+            GeneralName::DNSName(dns) => Some(crate::tls::ServerSan::Dns(dns.to_string())),
             _ => None,
         })
         .collect()

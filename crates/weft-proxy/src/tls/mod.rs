@@ -13,6 +13,9 @@
 
 pub mod client_hello;
 pub mod identity;
+pub mod termination;
+
+pub use termination::{Termination, termination_config};
 
 use std::sync::Arc;
 
@@ -43,7 +46,7 @@ pub const ALPN: [&[u8]; 7] = [
 /// port, or a Weft one's, tells mesh mTLS from an application's own TLS.
 pub const MESH_ALPN: &[u8] = b"istio";
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -264,7 +267,7 @@ pub fn origination_config(
 }
 
 /// The certificates of a PEM bundle, as trust anchors.
-fn pem_roots(ca: &[u8]) -> Result<RootCertStore, String> {
+pub(crate) fn pem_roots(ca: &[u8]) -> Result<RootCertStore, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(ca) {
@@ -274,45 +277,6 @@ fn pem_roots(ca: &[u8]) -> Result<RootCertStore, String> {
             .map_err(|e| format!("a CA certificate: {e}"))?;
     }
     Ok(roots)
-}
-
-/// The TLS configuration of a gateway server (Gateway `tls` `SIMPLE` or `MUTUAL`): it presents
-/// the PEM `chain` and `key`; with `client_ca`, clients must present a certificate that
-/// chains to it.
-pub fn termination_config(
-    chain: &[u8],
-    key: &[u8],
-    client_ca: Option<&[u8]>,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
-    let chain = CertificateDer::pem_slice_iter(chain)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("the server certificate: {e}"))?;
-    if chain.is_empty() {
-        return Err("no server certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the private key: {e}"))?;
-    let provider = provider();
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(pem_roots(ca)?),
-                provider,
-            )
-            .build()
-            .map_err(|e| format!("the CA certificates: {e}"))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("the server certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Checks a server outside the mesh: chain to the configured CAs, and one of the configured
@@ -370,7 +334,8 @@ impl ServerCertVerifier for NamedServerVerifier {
                         self.algorithms.all,
                     )
                     .and_then(|()| {
-                        if identity::uri_sans(end_entity).contains(uri) {
+                        let carried = identity::subject_alt_names(end_entity);
+                        if carried.contains(&ServerSan::Uri(uri.clone())) {
                             Ok(ServerCertVerified::assertion())
                         } else {
                             Err(rustls::Error::General(format!(

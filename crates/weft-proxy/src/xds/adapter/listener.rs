@@ -15,7 +15,7 @@ use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manage
 
 use super::proto::decode_any;
 use super::rbac::chain_rbac;
-use super::tls::data_source;
+use super::tls::{data_source, subject_alt_names};
 use crate::model::path::{EscapedSlashes, PathNormalization};
 use crate::model::policy::Rbac;
 use crate::model::{GatewayPort, GatewayTls};
@@ -230,12 +230,19 @@ fn gateway_port(listener: &Listener) -> Result<GatewayPort, String> {
     use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
     let mut port = GatewayPort::default();
     for chain in &listener.filter_chains {
+        let route = managers(std::slice::from_ref(chain)).find_map(|manager| {
+            match manager.route_specifier {
+                Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+                _ => None,
+            }
+        });
         let Some(ConfigType::TypedConfig(any)) = chain
             .transport_socket
             .as_ref()
             .and_then(|t| t.config_type.clone())
         else {
             port.plaintext = true;
+            port.plaintext_route = route;
             continue;
         };
         let context: DownstreamTlsContext = decode_any(&any)?;
@@ -251,11 +258,23 @@ fn gateway_port(listener: &Listener) -> Result<GatewayPort, String> {
         let chain_pem = read(&certificate.certificate_chain, "serverCertificate")?;
         let key_pem = read(&certificate.private_key, "privateKey")?;
         let mutual = context.require_client_certificate.is_some_and(|b| b.value);
-        let client_ca = match common.validation_context_type {
-            Some(ValidationContextType::ValidationContext(validation)) => {
-                Some(read(&validation.trusted_ca, "caCertificates")?)
+        let (client_ca, crl, client_names) = match &common.validation_context_type {
+            Some(ValidationContextType::ValidationContext(validation)) => (
+                Some(read(&validation.trusted_ca, "caCertificates")?),
+                validation
+                    .crl
+                    .as_ref()
+                    .map(|crl| data_source(crl).map_err(|e| format!("caCrl: {e}")))
+                    .transpose()?,
+                subject_alt_names(validation)?,
+            ),
+            None => (None, None, Vec::new()),
+            Some(_) => {
+                return Err(format!(
+                    "chain {:?}: a client validation this proxy does not support",
+                    chain.name
+                ));
             }
-            _ => None,
         };
         if mutual && client_ca.is_none() {
             return Err(format!(
@@ -263,11 +282,19 @@ fn gateway_port(listener: &Listener) -> Result<GatewayPort, String> {
                 chain.name
             ));
         }
-        let config = crate::tls::termination_config(
-            &chain_pem,
-            &key_pem,
-            client_ca.as_deref().filter(|_| mutual),
-        )?;
+        let params = common.tls_params.clone().unwrap_or_default();
+        let config = crate::tls::termination_config(&crate::tls::Termination {
+            chain: &chain_pem,
+            key: &key_pem,
+            client_ca: client_ca.as_deref().filter(|_| mutual),
+            crl: crl.as_deref(),
+            client_names,
+            versions: (
+                params.tls_minimum_protocol_version,
+                params.tls_maximum_protocol_version,
+            ),
+            cipher_suites: params.cipher_suites,
+        })?;
         port.tls.push(GatewayTls {
             server_names: chain
                 .filter_chain_match
@@ -275,6 +302,7 @@ fn gateway_port(listener: &Listener) -> Result<GatewayPort, String> {
                 .map(|m| m.server_names.clone())
                 .unwrap_or_default(),
             mutual,
+            route,
             config,
         });
     }

@@ -109,7 +109,9 @@ fn originate(
     deprecated,
     reason = "older control planes still send the untyped list"
 )]
-fn subject_alt_names(validation: &CertificateValidationContext) -> Result<Vec<ServerSan>, String> {
+pub(super) fn subject_alt_names(
+    validation: &CertificateValidationContext,
+) -> Result<Vec<ServerSan>, String> {
     use weft_xds::envoy::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
     let exact = |matcher: &Option<StringMatcher>| match matcher {
         Some(StringMatcher {
