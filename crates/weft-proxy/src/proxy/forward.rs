@@ -53,9 +53,12 @@ impl Proxy {
         authority: &str,
         client: Option<IpAddr>,
     ) -> Result<Response<Body>, ProxyError> {
-        allowed_upgrade(&parts.headers)?;
+        let upgrade = headers::upgrade(&parts.headers);
+        if upgrade == Upgrade::Other {
+            return Err(ProxyError::UpgradeRefused);
+        }
         let plan = self.plan(config, forward, route, &mut parts, authority, client)?;
-        if parts.headers.contains_key(UPGRADE) {
+        if upgrade == Upgrade::WebSocket {
             // Boxed: upgrades are rare, and their future would make every request's larger.
             return Box::pin(self.forward_upgrade(&plan, parts, body)).await;
         }
