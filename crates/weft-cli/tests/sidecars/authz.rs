@@ -454,8 +454,13 @@ spec:
         .unwrap();
     let address = format!("127.0.0.1:{port}");
     let get = |path: &str, forwarded_for: Option<&str>| {
-        let forwarded = forwarded_for
-            .map(|v| format!("X-Forwarded-For: {v}\r\n"))
+        // `|` separates header lines: proxies may append a line rather than to the line.
+        let forwarded: String = forwarded_for
+            .map(|v| {
+                v.split('|')
+                    .map(|line| format!("X-Forwarded-For: {line}\r\n"))
+                    .collect()
+            })
             .unwrap_or_default();
         let answer = raw(
             &address,
@@ -493,6 +498,11 @@ spec:
         get("/ok", Some("203.0.113.7, 198.51.100.1")),
         200,
         "an address before the trusted proxy's entry is the client's own claim"
+    );
+    assert_eq!(
+        get("/ok", Some("198.51.100.1|203.0.113.7")),
+        403,
+        "the trusted proxy's entry on a header line of its own counts too"
     );
     let _ = gateway.kill();
     let _ = gateway.wait();

@@ -249,10 +249,16 @@ fn prepare(
         "x-forwarded-proto",
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+    // Every earlier hop, whether proxies appended to one header or sent several, then the
+    // peer.
+    let mut hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let peer_ip = peer.ip().to_string();
+    hops.push(&peer_ip);
+    let forwarded_for = hops.join(", ");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
