@@ -23,6 +23,7 @@ use weft_xds::envoy::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 use crate::admin::Admin;
 use crate::drain::Drain;
+use crate::listener::serve::{self, ConnectionLimits};
 use crate::listener::{gateway, inbound, outbound};
 use crate::proxy::Proxy;
 use crate::proxy::tunnel::Listening;
@@ -76,6 +77,8 @@ pub struct Settings {
     pub certificate_files: Option<CertificateFiles>,
     /// How long a drain waits for connections to finish.
     pub drain_duration: Duration,
+    /// What bounds every listener's connections.
+    pub limits: ConnectionLimits,
     /// Whether responses carry the response-flags header.
     pub debug_headers: bool,
     /// An ingress gateway rather than a sidecar: it listens on the ports of the Gateway
@@ -143,6 +146,7 @@ pub enum StartError {
 /// Binds the listeners and starts everything; returns where it listens. The tasks run on
 /// the current runtime until the process ends.
 pub async fn start(settings: Settings) -> Result<Ports, StartError> {
+    serve::set_limits(settings.limits);
     let loopback = loopback_for(settings.bind);
     let bind = |ip: IpAddr, port: u16| async move {
         let addr = SocketAddr::new(ip, port);

@@ -49,6 +49,10 @@ const METHODS: [&[u8]; 9] = [
     b"TRACE ",
 ];
 
+/// How long a client may take to send enough bytes to decide; then its connection is
+/// opaque TCP (Istio's `protocolDetectionTimeout`), where the idle timeout still applies.
+const DETECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest prefix [`classify`] may need.
 const MAX_SNIFF: usize = 16;
 
@@ -79,13 +83,19 @@ pub struct Sniffed<T> {
 /// is opaque (its few bytes are passed on as they are).
 pub async fn detect<T: AsyncRead + Unpin>(mut stream: T) -> io::Result<(Detected, Sniffed<T>)> {
     let mut prefix = Vec::with_capacity(MAX_SNIFF);
+    let deadline = tokio::time::Instant::now() + DETECTION_TIMEOUT;
     let detected = loop {
         if let Some(detected) = classify(&prefix) {
             break detected;
         }
         let mut byte = [0u8; MAX_SNIFF];
         let wanted = MAX_SNIFF - prefix.len();
-        let n = stream.read(&mut byte[..wanted]).await?;
+        // A client that stops mid-way is not waited for forever: what it sent is opaque.
+        let Ok(read) = tokio::time::timeout_at(deadline, stream.read(&mut byte[..wanted])).await
+        else {
+            break Detected::Opaque;
+        };
+        let n = read?;
         if n == 0 {
             break Detected::Opaque;
         }

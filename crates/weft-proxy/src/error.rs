@@ -292,6 +292,9 @@ pub enum ConnectionError {
     /// The client sent nothing within the handshake timeout.
     #[error("no bytes in time")]
     Silent,
+    /// Nothing crossed the connection for the idle timeout.
+    #[error("idle for too long")]
+    Idle,
     /// Reading or writing the connection failed.
     #[error("{0}")]
     Io(io::Error),

@@ -47,3 +47,4 @@ pub mod upstream;
 pub mod xds;
 
 pub use app::{Ports, Readiness, Settings, StartError, start};
+pub use listener::serve::ConnectionLimits;

@@ -99,6 +99,14 @@ pub struct Args {
     /// (Istio's `terminationDrainDuration`).
     #[arg(long, default_value = "5s", value_parser = super::control::parse_duration)]
     drain_duration: std::time::Duration,
+    /// Connections each listener serves at once; more are closed as they arrive, so a
+    /// flood cannot take every file descriptor.
+    #[arg(long, default_value_t = 16_384)]
+    max_connections: usize,
+    /// How long an HTTP connection may carry nothing before it is closed (Envoy's
+    /// `idle_timeout`); an idle HTTP/2 connection or a stalled preface included.
+    #[arg(long, default_value = "1h", value_parser = super::control::parse_duration)]
+    idle_timeout: std::time::Duration,
     /// Put the Envoy response flags of errors the proxy answers itself (`NR`, `UH`, `UF`,
     /// …) in a `weft-response-flags` response header, for debugging. They are always in the
     /// access log and the metrics.
@@ -194,6 +202,10 @@ impl Args {
                 _ => None,
             },
             drain_duration: self.drain_duration,
+            limits: weft_proxy::ConnectionLimits {
+                max_per_listener: self.max_connections.max(1),
+                idle_timeout: self.idle_timeout,
+            },
             debug_headers: self.debug_headers,
             gateway: false,
         };

@@ -185,3 +185,145 @@ fn a_gigabyte_streams_through_in_constant_memory() {
         );
     }
 }
+
+/// A client sidecar of `mesh` started with `flags` (its own limits).
+fn client_with(mesh: &Mesh, flags: &[&str]) -> common::Proxy {
+    let token = common::join_token(&crate::mesh::config_dir(mesh.dir.path()), "test", "client");
+    let xds = mesh.control.as_ref().unwrap().xds.clone();
+    let mut args = vec![
+        "--control",
+        &xds,
+        "--name",
+        "limited",
+        "--namespace",
+        "test",
+        "--service-account",
+        "client",
+        "--token",
+        &token,
+    ];
+    args.extend_from_slice(flags);
+    let proxy = common::Proxy::start(&args);
+    proxy.until_ready();
+    proxy
+}
+
+/// Whether the server closes `stream` within `within`, having sent nothing more.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Every listener bounds its connections (`--max-connections`: past it, a new connection is
+/// closed at once, and served again once one closes), and an HTTP connection that carries
+/// nothing for `--idle-timeout` is closed: an idle HTTP/2 connection, a stalled HTTP/2
+/// preface, a keep-alive connection between requests.
+#[test]
+fn listeners_bound_their_connections_and_close_idle_ones() {
+    let mesh = Mesh::start("");
+    let capped = client_with(&mesh, &["--max-connections", "4"]);
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&capped.outbound).unwrap())
+        .collect();
+    // Each of the four is accepted before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(&capped.outbound).unwrap();
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(3)),
+        "a fifth connection is closed at once"
+    );
+    held.pop();
+    common::eventually(
+        "a connection is served once one closes",
+        Duration::from_secs(10),
+        || {
+            let answer = raw(
+                &capped.outbound,
+                b"GET http://nowhere.example/ HTTP/1.1\r\nHost: nowhere.example\r\nConnection: close\r\n\r\n",
+            );
+            answer
+                .starts_with("HTTP/1.1 404")
+                .then_some(())
+                .ok_or(answer)
+        },
+    );
+    drop(held);
+
+    let idle = client_with(&mesh, &["--idle-timeout", "1s"]);
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let outbound = idle.outbound.clone();
+    let closed = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&outbound).await.unwrap();
+        let (_client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .is_ok()
+    });
+    assert!(closed, "an idle HTTP/2 connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut preface = TcpStream::connect(&idle.outbound).unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    assert!(
+        closed_within(&mut preface, Duration::from_secs(5)),
+        "a stalled preface is closed"
+    );
+    let mut keep_alive = TcpStream::connect(&idle.outbound).unwrap();
+    keep_alive
+        .write_all(b"GET http://nowhere.example/ HTTP/1.1\r\nHost: nowhere.example\r\n\r\n")
+        .unwrap();
+    assert!(
+        closed_within(&mut keep_alive, Duration::from_secs(5)),
+        "a keep-alive connection idle after its request is closed"
+    );
+}
+
+/// Labels clients make up stay out of the metrics: a Host no route knows counts as
+/// `unknown`, and past a bound of services per proxy the rest count as `unknown` too.
+#[test]
+fn metric_labels_are_bounded() {
+    let mesh = Mesh::start("");
+    for i in 0..50 {
+        let host = format!("made-up-{i}.example");
+        via_proxy(&mesh.client.outbound, &format!("http://{host}/"));
+    }
+    let metrics = common::get(&mesh.client.metrics, "/stats/prometheus");
+    assert!(!metrics.contains("made-up-"), "{metrics}");
+    assert!(
+        metrics.contains("destination_service=\"unknown\""),
+        "{metrics}"
+    );
+    // At the inbound side the Host is whatever the caller wrote.
+    for i in 0..300 {
+        raw(
+            &mesh.servers[0].inbound,
+            format!("GET / HTTP/1.1\r\nHost: invented-{i}.example\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    let metrics = common::get(&mesh.servers[0].metrics, "/stats/prometheus");
+    let invented: std::collections::BTreeSet<&str> = metrics
+        .split("destination_service=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|service| service.starts_with("invented-"))
+        .collect();
+    assert!(
+        invented.len() <= 256,
+        "{} services labelled",
+        invented.len()
+    );
+    assert!(metrics.contains("destination_service=\"unknown\""));
+}

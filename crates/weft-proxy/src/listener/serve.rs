@@ -16,8 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::detect::{Carries, Detected};
 use crate::drain;
 use crate::error::ConnectionError;
-use crate::http::{Body, respond};
 use crate::http::framing::{FramingGuard, MAX_HEAD, MAX_HEADERS};
+use crate::http::{Body, respond};
 
 /// A connection's byte stream, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -30,14 +30,45 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What bounds every listener's connections, set once when the proxy starts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections one listener serves at once; more are closed as they arrive.
+    pub max_per_listener: usize,
+    /// How long an HTTP connection may carry nothing (Envoy's `idle_timeout`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_per_listener: 16_384,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+static LIMITS: std::sync::OnceLock<ConnectionLimits> = std::sync::OnceLock::new();
+
+/// Sets the limits of this process's listeners; the first call wins.
+pub fn set_limits(limits: ConnectionLimits) {
+    let _ = LIMITS.set(limits);
+}
+
+fn limits() -> ConnectionLimits {
+    *LIMITS.get_or_init(ConnectionLimits::default)
+}
+
 /// Accepts connections on `listener` until the drain starts, each served by `serve` on a
-/// task of its own, with a drain watch it holds while it is open. A failed accept (out of
-/// file descriptors) waits 50 ms before the next.
+/// task of its own, with a drain watch it holds while it is open. Past the listener's
+/// connection limit a new connection is closed at once; a failed accept (out of file
+/// descriptors) waits 50 ms before the next.
 pub async fn accept_loop<S, F>(listener: TcpListener, mut drain: drain::Watch, serve: S)
 where
     S: Fn(TcpStream, SocketAddr, drain::Watch) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits().max_per_listener));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -45,8 +76,16 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "connection refused: the listener is at its limit");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, drain.clone()));
+                let serving = serve(stream, peer, drain.clone());
+                tokio::spawn(async move {
+                    serving.await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -98,13 +137,107 @@ where
             })
         }
     });
-    drain
-        .serve(
-            http_server()
-                .serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(io)), service),
+    let (io, activity) = Idle::new(io);
+    let server = http_server();
+    let serving = drain
+        .serve(server.serve_connection_with_upgrades(TokioIo::new(FramingGuard::new(io)), service));
+    tokio::select! {
+        served = serving => served.map_err(ConnectionError::Http),
+        () = activity.expired(limits().idle_timeout) => Err(ConnectionError::Idle),
+    }
+}
+
+/// A byte stream that notes when bytes last crossed it, for the idle timeout.
+struct Idle<T> {
+    inner: T,
+    activity: Activity,
+}
+
+/// When bytes last crossed a connection, in milliseconds after its start.
+#[derive(Clone)]
+struct Activity {
+    start: tokio::time::Instant,
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns once nothing has crossed for `timeout`.
+    async fn expired(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            let deadline = self.start + last + timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+impl<T> Idle<T> {
+    fn new(inner: T) -> (Self, Activity) {
+        let activity = Activity {
+            start: tokio::time::Instant::now(),
+            last: std::sync::Arc::default(),
+        };
+        (
+            Self {
+                inner,
+                activity: activity.clone(),
+            },
+            activity,
         )
-        .await
-        .map_err(ConnectionError::Http)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, bytes);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Whether an HTTP/2 request carries a `host` header that disagrees with its `:authority`.
@@ -112,7 +245,10 @@ fn conflicting_authority<B>(request: &Request<B>) -> bool {
     if request.version() != hyper::Version::HTTP_2 {
         return false;
     }
-    match (request.uri().authority(), request.headers().get(hyper::header::HOST)) {
+    match (
+        request.uri().authority(),
+        request.headers().get(hyper::header::HOST),
+    ) {
         (Some(authority), Some(host)) => !host
             .as_bytes()
             .eq_ignore_ascii_case(authority.as_str().as_bytes()),

@@ -6,7 +6,10 @@
 //! caller's principal (its SPIFFE ID) is known at the inbound side from its certificate.
 //!
 //! Recording takes one uncontended lock and, once a label set has been seen, allocates
-//! nothing.
+//! nothing. Labels a client could make up are bounded: a request no route knew counts under
+//! the service `unknown` (its Host is the client's word), at most [`MAX_SERVICES`] services
+//! get a label of their own, and past [`MAX_SERIES`] label sets new ones are only counted in
+//! `weft_metric_series_dropped_total`, so no client grows the proxy's memory or its scrape.
 
 use foldhash::HashMap;
 use std::fmt::Write as _;
@@ -20,11 +23,22 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::error::ResponseFlag;
+
 /// Upper bounds of the duration histogram's buckets, in milliseconds (Istio's).
 const DURATION_BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
+
+/// Most destination services labelled by name; the rest count as `unknown`.
+pub const MAX_SERVICES: usize = 256;
+
+/// Most label sets kept; requests that would make more are counted as dropped.
+pub const MAX_SERIES: usize = 10_000;
+
+/// The service label of what is not a known service.
+const UNKNOWN: &str = "unknown";
 
 /// Which side of the call reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +92,15 @@ pub struct Metrics {
     workload: String,
     namespace: String,
     /// The series of each destination service.
-    services: Mutex<HashMap<String, Vec<Series>>>,
+    services: Mutex<Recorded>,
+}
+
+/// The series recorded, by destination service, and what the bounds left out.
+#[derive(Debug, Default)]
+struct Recorded {
+    by_service: HashMap<String, Vec<Series>>,
+    series: usize,
+    dropped: u64,
 }
 
 impl Metrics {
@@ -94,10 +116,19 @@ impl Metrics {
     /// Counts a finished request.
     pub fn record(&self, request: &Finished<'_>) {
         let duration_ms = request.duration.as_secs_f64() * 1000.0;
-        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let series = match services.get_mut(request.service) {
+        let mut recorded = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let Recorded {
+            by_service,
+            series: total,
+            dropped,
+        } = &mut *recorded;
+        // A Host no route knew is the client's word, not a service.
+        let known = request.flags != ResponseFlag::NoRoute.as_str()
+            && (by_service.contains_key(request.service) || by_service.len() < MAX_SERVICES);
+        let service = if known { request.service } else { UNKNOWN };
+        let series = match by_service.get_mut(service) {
             Some(series) => series,
-            None => services.entry(request.service.to_string()).or_default(),
+            None => by_service.entry(service.to_string()).or_default(),
         };
         let matches = |labels: &Labels| {
             labels.reporter == request.reporter
@@ -108,7 +139,12 @@ impl Metrics {
         };
         let index = match series.iter().position(|s| matches(&s.labels)) {
             Some(index) => index,
+            None if *total >= MAX_SERIES => {
+                *dropped += 1;
+                return;
+            }
             None => {
+                *total += 1;
                 series.push(Series {
                     labels: Labels {
                         reporter: request.reporter,
@@ -136,8 +172,9 @@ impl Metrics {
 
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
-        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<(String, &Series)> = services
+        let recorded = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(String, &Series)> = recorded
+            .by_service
             .iter()
             .flat_map(|(service, series)| {
                 series
@@ -173,6 +210,13 @@ impl Metrics {
                 series.count, series.sum_ms, series.count
             );
         }
+        let _ = write!(
+            out,
+            "# HELP weft_metric_series_dropped_total Requests not counted above: their labels would have made more than {MAX_SERIES} series.\n\
+             # TYPE weft_metric_series_dropped_total counter\n\
+             weft_metric_series_dropped_total {}\n",
+            recorded.dropped
+        );
         out
     }
 
