@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weft_api::mesh::MeshConfig;
-use weft_xds::server::{AdsServer, Ledger};
+use weft_xds::server::{AdsServer, Caller, Ledger};
 
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -371,8 +371,16 @@ impl ControlPlane {
             }
             None => None,
         };
+        // Plaintext xDS speaks for its callers only on loopback: processes of this host.
+        let local = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let plaintext = move |mut request: tonic::Request<()>| {
+            if local {
+                request.extensions_mut().insert(Caller::Local);
+            }
+            Ok(request)
+        };
         let result = builder()
-            .add_service(ads)
+            .add_service(InterceptedService::new(ads, plaintext))
             .add_service(ca)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
@@ -391,11 +399,18 @@ impl ControlPlane {
 /// served xDS over the TLS port.
 fn require_token(
     tokens: &JoinTokens,
-    request: tonic::Request<()>,
+    mut request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
     let token = crate::ca::token::bearer(request.metadata());
     match token.and_then(|t| tokens.verify(t)) {
-        Some(_) => Ok(request),
+        // The stream's workload may register as this identity only.
+        Some((namespace, service_account)) => {
+            request.extensions_mut().insert(Caller::Verified {
+                namespace,
+                service_account,
+            });
+            Ok(request)
+        }
         None => Err(tonic::Status::unauthenticated(
             "xDS over TLS needs `authorization: Bearer <join token>` (see `weft join-token`)",
         )),

@@ -12,6 +12,12 @@
 //!   interception (`weft proxy` without iptables): the target ports are then the proxy's, and
 //!   the application listens on loopback at this port.
 //!
+//! A workload registers only as what its stream proves: over the TLS port, the namespace
+//! and service account its join token binds; over a plaintext port on loopback (the
+//! operator's choice: processes of this host), as it says; over a plaintext port bound
+//! elsewhere, not at all. And it joins a service only under an identity the service's
+//! configured workloads already run as ([`crate::registry`]).
+//!
 //! A workload without an address or without services is only a client and is not registered.
 //! The grace period keeps a restarting proxy's endpoint in place, so a quick reconnect does
 //! not empty its services.
@@ -31,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use tokio::sync::watch;
 use weft_xds::envoy::envoy::config::core::v3::Node;
+use weft_xds::server::Caller;
 
 use crate::node;
 use crate::registry::Service;
@@ -188,10 +195,39 @@ impl Registrations {
     }
 
     /// Registers the workload behind stream `stream`, if its node describes one.
-    pub fn connected(&self, stream: u64, node: &Node) {
+    pub fn connected(&self, stream: u64, node: &Node, caller: &Caller) {
         let Some(workload) = RegisteredWorkload::from_node(node) else {
             return;
         };
+        // A workload registers only as what its stream proves it is.
+        let refused = match caller {
+            Caller::Local => None,
+            Caller::Unverified => Some(
+                "plaintext xDS off loopback proves nothing: register over the TLS port with a join token".to_string(),
+            ),
+            Caller::Verified {
+                namespace,
+                service_account,
+            } if *namespace != workload.namespace
+                || *service_account != workload.service_account =>
+            {
+                Some(format!(
+                    "its token is for {namespace}/{service_account}, not {}/{}",
+                    workload.namespace, workload.service_account
+                ))
+            }
+            Caller::Verified { .. } => None,
+        };
+        if let Some(reason) = refused {
+            tracing::warn!(
+                workload = workload.name,
+                namespace = workload.namespace,
+                service_account = workload.service_account,
+                reason,
+                "registration refused"
+            );
+            return;
+        }
         tracing::info!(
             workload = workload.name,
             namespace = workload.namespace,

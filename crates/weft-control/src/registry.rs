@@ -6,7 +6,7 @@
 //! Hosts are fully qualified the way Istio does it: a short name in a resource in namespace
 //! `ns` is `<name>.<ns>.svc.cluster.local`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use weft_api::Resource;
 use weft_api::meta::labels_match;
@@ -156,18 +156,35 @@ pub fn build(
         .map(|service| (service.host.clone(), service.clone()))
         .collect();
     let on_platform = |host: &str| platform.iter().any(|s| s.host == host);
+    // The identities each service's configured workloads (WorkloadEntries, the platform's
+    // pods) run as: a registering workload may join a service only as one of them, when it
+    // has any, so a token for another account cannot make itself an endpoint the service's
+    // clients would accept.
+    let mut configured: HashMap<String, Vec<(String, String)>> = platform
+        .iter()
+        .map(|service| (service.host.clone(), identities(&service.endpoints)))
+        .collect();
     for resource in resources {
         let Spec::ServiceEntry(se) = &resource.spec else {
             continue;
         };
         let namespace = resource.namespace();
         let mut endpoints = endpoints_of(se, namespace, &entries);
+        let own = identities(&endpoints);
+        for host in &se.hosts {
+            configured
+                .entry(fqdn(host, namespace))
+                .or_default()
+                .extend(own.iter().cloned());
+        }
         if let Some(selector) = &se.workload_selector {
             endpoints.extend(
                 registered
                     .iter()
                     .filter(|w| {
-                        w.namespace == namespace && labels_match(&selector.labels, &w.labels)
+                        w.namespace == namespace
+                            && labels_match(&selector.labels, &w.labels)
+                            && may_join(&own, w, se.hosts.first().map_or("", String::as_str))
                     })
                     .map(Endpoint::from_registered),
             );
@@ -196,6 +213,10 @@ pub fn build(
     for workload in registered {
         for served in &workload.serves {
             let host = fqdn(&served.service, &workload.namespace);
+            let own = configured.get(&host).map_or(&[][..], Vec::as_slice);
+            if !may_join(own, workload, &host) {
+                continue;
+            }
             let platform_service = on_platform(&host);
             let service = services.entry(host.clone()).or_insert_with(|| Service {
                 host,
@@ -245,6 +266,32 @@ pub fn build(
         }
     }
     services
+}
+
+/// The identities (namespace, service account) `endpoints` run as.
+fn identities(endpoints: &[Endpoint]) -> Vec<(String, String)> {
+    endpoints
+        .iter()
+        .map(|e| (e.namespace.clone(), e.service_account.clone()))
+        .collect()
+}
+
+/// Whether a registered workload may be an endpoint of `service`, whose configured
+/// workloads run as `identities`: as one of them, or as anyone when there are none.
+fn may_join(identities: &[(String, String)], workload: &RegisteredWorkload, service: &str) -> bool {
+    let joins = identities.is_empty()
+        || identities
+            .iter()
+            .any(|(ns, sa)| *ns == workload.namespace && *sa == workload.service_account);
+    if !joins {
+        tracing::warn!(
+            workload = workload.name,
+            service,
+            service_account = workload.service_account,
+            "a registered workload runs as an account the service's workloads do not; not an endpoint"
+        );
+    }
+    joins
 }
 
 fn endpoints_of(

@@ -38,6 +38,9 @@ use crate::xds::{self, Applied};
 pub struct Settings {
     /// The control plane's xDS address (`host:port`).
     pub control: String,
+    /// The PEM root the control plane's TLS certificate must chain to; plaintext xDS
+    /// without one.
+    pub control_root: Option<Vec<u8>>,
     /// Workload name.
     pub name: String,
     /// Namespace.
@@ -188,12 +191,7 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
     };
     let listening = listening(&settings, &ports);
 
-    let channel = Endpoint::from_shared(format!("http://{}", settings.control))
-        .map_err(|e| StartError::Control(settings.control.clone(), e))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channel = control_channel(&settings)?;
     let spiffe_id = identity::spiffe_id(
         &settings.trust_domain,
         &settings.namespace,
@@ -208,9 +206,16 @@ pub async fn start(settings: Settings) -> Result<Ports, StartError> {
             spiffe_id,
         )),
     };
+    // The token goes on the xDS stream too: the control plane registers the workload only
+    // as what it binds.
+    let ads_credential = match &settings.credential {
+        Credential::Token(token) if token.is_empty() => None,
+        credential => Some(credential.clone()),
+    };
     tokio::spawn(xds::client::run(
         channel,
         node(&settings, ports.inbound.port()),
+        ads_credential,
         config_tx,
     ));
 
@@ -292,6 +297,36 @@ fn listening(settings: &Settings, ports: &Ports) -> Listening {
         .map(|addr| addr.port())
         .collect();
     Listening { addresses, ports }
+}
+
+/// The channel to the control plane, for xDS and the CA: plaintext, or TLS whose server
+/// certificate must chain to `control_root` (the TLS xDS port, Istio's 15012) — the only way
+/// a proxy on another host can trust what it is sent, the mesh root included.
+fn control_channel(settings: &Settings) -> Result<tonic::transport::Channel, StartError> {
+    let bad = |e| StartError::Control(settings.control.clone(), e);
+    let endpoint = match &settings.control_root {
+        None => Endpoint::from_shared(format!("http://{}", settings.control)).map_err(bad)?,
+        Some(root) => {
+            let host = settings
+                .control
+                .rsplit_once(':')
+                .map_or(settings.control.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(root))
+                .domain_name(host);
+            Endpoint::from_shared(format!("https://{}", settings.control))
+                .map_err(bad)?
+                .tls_config(tls)
+                .map_err(bad)?
+        }
+    };
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 /// The node this sidecar presents: Istio's node id, and the metadata the control plane

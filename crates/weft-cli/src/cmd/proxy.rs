@@ -18,6 +18,11 @@ pub struct Args {
     /// The control plane's xDS address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     control: String,
+    /// The root (PEM) the control plane's certificate must chain to: xDS and the CA are then
+    /// spoken over TLS (the control plane's `--xds-tls-addr`, Istio's port 15012), with the
+    /// join token on both. Without it, xDS is plaintext, for a control plane on this host.
+    #[arg(long)]
+    control_root_cert: Option<PathBuf>,
     /// Workload name (for `weft run`, the command's file name when not given).
     #[arg(long)]
     name: Option<String>,
@@ -177,8 +182,17 @@ impl Args {
             ),
         };
         let [inbound, outbound, admin, metrics] = defaults.ports;
+        let control_root = self
+            .control_root_cert
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .with_context(|| format!("reading --control-root-cert {}", path.display()))
+            })
+            .transpose()?;
         let settings = Settings {
             control: self.control,
+            control_root,
             name,
             namespace: self.namespace,
             service_account: self.service_account,

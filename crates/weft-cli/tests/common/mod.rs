@@ -76,6 +76,10 @@ pub struct Control {
     pub debug: String,
     /// Where it serves xDS.
     pub xds: String,
+    /// Where it serves xDS over TLS, with `--xds-tls-addr`.
+    pub xds_tls: Option<String>,
+    /// Everything it has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Control {
@@ -122,22 +126,43 @@ impl Control {
             .expect("weft control starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for marker in ["serving debug pages on ", "serving xDS on "] {
+                if let Ok(mut kept) = keep.lock() {
+                    kept.push(line.clone());
+                }
+                for marker in [
+                    "serving debug pages on ",
+                    "serving xDS over TLS on ",
+                    "serving xDS on ",
+                ] {
                     if let Some(addr) = line.split(marker).nth(1) {
-                        let _ = tx.send(addr.trim().to_string());
+                        let _ = tx.send((marker, addr.trim().to_string()));
                     }
                 }
             }
         });
-        let wait = || {
-            rx.recv_timeout(Duration::from_secs(60))
-                .expect("weft control logs its addresses")
+        // Logged in this order; the plaintext xDS address last.
+        let (mut debug, mut xds_tls) = (String::new(), None);
+        let xds = loop {
+            let (marker, addr) = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("weft control logs its addresses");
+            match marker {
+                "serving debug pages on " => debug = addr,
+                "serving xDS over TLS on " => xds_tls = Some(addr),
+                _ => break addr,
+            }
         };
-        let debug = wait();
-        let xds = wait();
-        Self { child, debug, xds }
+        Self {
+            child,
+            debug,
+            xds,
+            xds_tls,
+            log,
+        }
     }
 }
 

@@ -16,6 +16,8 @@
 //!   apply, matcher case rules, one authority per request, unreadable policies refused).
 //! * [`hardening`]: listener binds, CONNECT targets, proxy-set headers against hostile
 //!   clients.
+//! * [`identity`]: registration only as what a stream proves; sidecars over the TLS xDS
+//!   port.
 //!
 //! and what they share: [`mesh`] (the harness, [`mesh::Mesh`], and the configuration it
 //! serves), [`apps`] (the fake applications behind the server sidecars) and [`clients`]
@@ -40,6 +42,7 @@ mod mesh;
 
 mod authz;
 mod hardening;
+mod identity;
 mod limits;
 mod protocols;
 mod resilience;

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use weft_xds::envoy::envoy::config::core::v3::Node;
-use weft_xds::server::{Generator, Resource, ResourceSet};
+use weft_xds::server::{Caller, Generator, Resource, ResourceSet};
 use weft_xds::types;
 
 pub use self::client::Client;
@@ -374,8 +374,8 @@ impl Generator for MeshGenerator {
         Arc::new(ResourceSet::new(resources))
     }
 
-    fn connected(&self, stream: u64, node: &Node) {
-        self.registrations.connected(stream, node);
+    fn connected(&self, stream: u64, node: &Node, caller: &Caller) {
+        self.registrations.connected(stream, node, caller);
     }
 
     fn disconnected(&self, stream: u64) {

@@ -17,6 +17,7 @@ use weft_xds::envoy::google::rpc::Status as RpcStatus;
 use weft_xds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 use super::applied::{Applied, is_warm};
+use crate::tls::identity::Credential;
 
 /// The first wait before reconnecting; it doubles up to [`MAX_BACKOFF`] while attempts fail.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,12 +27,17 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
 /// Runs forever: connects, subscribes, applies, reconnects. The first failure of an outage
 /// is logged as a warning, the attempts after it at debug level.
-pub async fn run(channel: Channel, node: Node, config: watch::Sender<Arc<Applied>>) {
+pub async fn run(
+    channel: Channel,
+    node: Node,
+    credential: Option<Credential>,
+    config: watch::Sender<Arc<Applied>>,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     loop {
         let started = tokio::time::Instant::now();
-        let result = session(channel.clone(), node.clone(), &config).await;
+        let result = session(channel.clone(), node.clone(), credential.as_ref(), &config).await;
         if started.elapsed() >= HEALTHY_SESSION {
             backoff = FIRST_BACKOFF;
             failures = 0;
@@ -85,6 +91,7 @@ impl Session {
 async fn session(
     channel: Channel,
     node: Node,
+    credential: Option<&Credential>,
     published: &watch::Sender<Arc<Applied>>,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(16);
@@ -101,8 +108,19 @@ async fn session(
     let mut versions = published.borrow().versions.clone();
     session.ask(CLUSTER, Vec::new(), None).await;
     session.ask(LISTENER, Vec::new(), None).await;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // The control plane lets a workload register only as what this token binds.
+    if let Some(credential) = credential {
+        let token = credential
+            .token()
+            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated("the token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .stream_aggregated_resources(request)
         .await?
         .into_inner();
     while let Some(response) = responses.message().await? {

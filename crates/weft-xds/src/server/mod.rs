@@ -42,12 +42,31 @@ pub trait Generator: Send + Sync + 'static {
     /// with what it sent last, so an unchanged set costs nothing to push.
     fn generate(&self, node: &Node, type_url: &str, names: Option<&[String]>) -> Arc<ResourceSet>;
 
-    /// A stream identified itself with `node` (its first request). The control plane uses
-    /// this to register the workload behind it.
-    fn connected(&self, _stream: u64, _node: &Node) {}
+    /// A stream identified itself with `node` (its first request), opened by `caller`. The
+    /// control plane uses this to register the workload behind it — as far as the caller
+    /// is proven to be it.
+    fn connected(&self, _stream: u64, _node: &Node, _caller: &Caller) {}
 
     /// A stream that had identified itself ended.
     fn disconnected(&self, _stream: u64) {}
+}
+
+/// Who opened a stream, as far as its transport proves it: the server's interceptors put
+/// this in the request's extensions; without one, a stream is [`Caller::Unverified`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Caller {
+    /// A credential (a join token) proved this identity.
+    Verified {
+        /// The namespace the credential binds.
+        namespace: String,
+        /// The service account it binds.
+        service_account: String,
+    },
+    /// A plaintext port the operator bound to loopback: a process of this host.
+    Local,
+    /// Nothing proves who it is.
+    #[default]
+    Unverified,
 }
 
 /// How many responses may wait for a slow proxy before its stream stops producing more.
@@ -119,6 +138,7 @@ impl AdsServer {
         &self,
         requests: Streaming<DiscoveryRequest>,
         peer: Option<SocketAddr>,
+        caller: Caller,
     ) -> mpsc::Receiver<Result<PreparedResponse, Status>> {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -129,6 +149,7 @@ impl AdsServer {
             self.metrics.clone(),
             self.identifier.clone(),
             tx,
+            caller,
         );
         let changes = self.changes.clone();
         tokio::spawn(async move {

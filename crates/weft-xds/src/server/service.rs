@@ -30,6 +30,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
 use super::AdsServer;
+use super::Caller;
 use super::codec::{AdsCodec, PreparedResponse};
 
 /// The only method served; the incremental (delta) one is answered UNIMPLEMENTED.
@@ -99,9 +100,14 @@ where
             .into_http()));
         }
         let peer = remote_addr(&request);
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_default();
         let requests =
             Streaming::new_request(AdsCodec, request.into_body(), None, Some(MAX_REQUEST_BYTES));
-        let responses = self.server.open_stream(requests, peer);
+        let responses = self.server.open_stream(requests, peer, caller);
         let mut response = http::Response::new(tonic::body::Body::new(ResponseBody {
             responses,
             budget: self.budget.clone(),

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::Caller;
 use super::{Generator, Ledger, NackRecord, PreparedResponse, ResourceSet, TypeStatus, XdsMetrics};
 use crate::types::{PUSH_ORDER, is_wildcard_type, short_name};
 
@@ -48,6 +49,7 @@ pub(super) struct AdsStream {
     identifier: Arc<str>,
     responses: mpsc::Sender<Result<PreparedResponse, Status>>,
     node: Option<Node>,
+    caller: Caller,
     subscriptions: BTreeMap<String, Subscription>,
     nonces: u64,
 }
@@ -60,6 +62,7 @@ impl AdsStream {
         metrics: XdsMetrics,
         identifier: Arc<str>,
         responses: mpsc::Sender<Result<PreparedResponse, Status>>,
+        caller: Caller,
     ) -> Self {
         Self {
             id,
@@ -69,6 +72,7 @@ impl AdsStream {
             identifier,
             responses,
             node: None,
+            caller,
             subscriptions: BTreeMap::new(),
             nonces: 0,
         }
@@ -130,7 +134,7 @@ impl AdsStream {
             };
             let node_id = node.id.clone();
             self.ledger.update(self.id, |s| s.node_id = node_id);
-            self.generator.connected(self.id, &node);
+            self.generator.connected(self.id, &node, &self.caller);
             self.node = Some(node);
         }
         let type_url = request.type_url.clone();
