@@ -383,6 +383,7 @@ mod tests {
             locality: String::new(),
             weight: 1,
             sidecar,
+            app_port: None,
         };
         let service = Service {
             host: host.clone(),

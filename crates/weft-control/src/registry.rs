@@ -55,6 +55,9 @@ pub struct Endpoint {
     /// its proxy registers. `None` elsewhere: then every endpoint of a mesh-internal service
     /// is taken to have one.
     pub sidecar: Option<bool>,
+    /// The application's own port behind a sidecar that fronts it on a port of its own
+    /// (`APP_PORT`): the port PeerAuthentication's `portLevelMtls` names.
+    pub app_port: Option<u32>,
 }
 
 /// The label that says whether a workload speaks mesh mTLS (`istio`) or not (`disabled`).
@@ -80,6 +83,7 @@ impl Endpoint {
                 Some(mode) => mode == "istio",
                 None => !entry.service_account.is_empty(),
             }),
+            app_port: None,
         }
     }
 
@@ -93,6 +97,7 @@ impl Endpoint {
             locality: String::new(),
             weight: 1,
             sidecar: None,
+            app_port: workload.app_port,
         }
     }
 

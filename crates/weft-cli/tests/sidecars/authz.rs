@@ -507,3 +507,45 @@ spec:
     let _ = gateway.kill();
     let _ = gateway.wait();
 }
+
+/// `ports`, `destination.port` and `portLevelMtls` name the workload's own port — the
+/// application's, behind a sidecar that fronts it on a port of its own (`--app-port`) —
+/// not the sidecar's listener.
+#[test]
+fn policies_name_the_applications_own_port() {
+    let app = echo_app("v1");
+    let extra = format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-blocked, namespace: test}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: ['{app}'], paths: [/blocked]}}}}]
+  - when: [{{key: destination.port, values: ['{app}']}}, {{key: 'request.headers[x-deny]', values: ['yes']}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: echo, namespace: test}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls: {{{app}: {{mode: DISABLE}}}}
+"
+    );
+    let mesh = Mesh::with_apps(&extra, &["v1"], move |_| app);
+    assert_eq!(call(&mesh, "/blocked").0, 403, "ports names the app's port");
+    let (status, _) = crate::clients::request(
+        &mesh.client.outbound,
+        "http://echo.test.svc.cluster.local:8080/headers",
+        "x-deny: yes\r\n",
+    );
+    assert_eq!(status, 403, "destination.port names the app's port");
+    assert_eq!(call(&mesh, "/open").0, 200);
+    let wire = String::from_utf8_lossy(&mesh.wire.lock().unwrap()).into_owned();
+    assert!(
+        wire.contains("GET /open"),
+        "portLevelMtls DISABLE on the app's port: plaintext: {wire:?}"
+    );
+}

@@ -250,6 +250,7 @@ fn service_of(
                     locality: String::new(),
                     weight: 1,
                     sidecar: Some(sidecar),
+                    app_port: None,
                 });
             }
         }

@@ -139,7 +139,7 @@ pub(crate) fn listener(
         namespace: &client.namespace,
         labels: &client.labels,
     };
-    let rbac = inbound_rbac(snapshot, &gateway, trust_domain, true);
+    let rbac = inbound_rbac(snapshot, &gateway, trust_domain, true, None);
     let manager = |route: &str| {
         let mut manager = http_manager(
             &format!("gateway_0.0.0.0_{port}"),

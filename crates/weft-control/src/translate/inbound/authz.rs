@@ -107,12 +107,23 @@ impl Rules {
     }
 }
 
-/// Builds the workload's RBAC for one port; `http` says whether HTTP attributes can apply.
+/// Where a chain's requests are for: the workload's own port (the application's, which
+/// `ports` and `destination.port` name) and the port the proxy sees them arrive on (its
+/// inbound listener's, where nothing intercepts).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChainPort {
+    pub workload: u32,
+    pub listener: u32,
+}
+
+/// Builds the workload's RBAC for one port (`port`; `None` where policies name the
+/// listener's own ports, at a gateway); `http` says whether HTTP attributes can apply.
 pub(crate) fn inbound_rbac(
     snapshot: &MeshSnapshot,
     workload: &Workload<'_>,
     trust_domain: &str,
     http: bool,
+    port: Option<ChainPort>,
 ) -> InboundRbac {
     let applies = |resource: &weft_api::Resource, ap: &AuthorizationPolicy| {
         let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
@@ -152,6 +163,7 @@ pub(crate) fn inbound_rbac(
             http,
             deny: deny_rule,
             trust_domain,
+            port,
         };
         for (index, rule) in ap.rules.iter().enumerate() {
             if let Some(policy) = context.rule(rule) {
@@ -179,6 +191,7 @@ struct Context<'a> {
     http: bool,
     deny: bool,
     trust_domain: &'a str,
+    port: Option<ChainPort>,
 }
 
 /// What to do with a field that cannot be enforced: in a DENY rule, ignore it (deny more);
@@ -326,11 +339,7 @@ impl Context<'_> {
             all.push(if negated { not_rule(any) } else { any });
             Some(())
         };
-        let port = |v: &str| {
-            v.parse::<u32>()
-                .ok()
-                .map(|p| rule(permission::Rule::DestinationPort(p)))
-        };
+        let port = |v: &str| self.destination_port(v);
         field(&operation.ports, false, &port)?;
         field(&operation.not_ports, true, &port)?;
         if self.http {
@@ -405,11 +414,7 @@ impl Context<'_> {
             "source.trustDomain" => {
                 principal_clause(&|v| authenticated(prefix(&format!("spiffe://{v}/"))))
             }
-            "destination.port" => permission_clause(&|v| {
-                v.parse()
-                    .ok()
-                    .map(|p| rule(permission::Rule::DestinationPort(p)))
-            })?,
+            "destination.port" => permission_clause(&|v| self.destination_port(v))?,
             "destination.ip" => {
                 permission_clause(&|v| Some(rule(permission::Rule::DestinationIp(cidr(v)))))?
             }
@@ -427,6 +432,17 @@ impl Context<'_> {
             }
         };
         Some(Some(clause))
+    }
+
+    /// A port condition: the workload's port as the listener the proxy sees the request on,
+    /// any other as written (which this chain's requests never arrive on).
+    fn destination_port(&self, value: &str) -> Option<Permission> {
+        let number: u32 = value.parse().ok()?;
+        let number = match self.port {
+            Some(port) if number == port.workload => port.listener,
+            _ => number,
+        };
+        Some(rule(permission::Rule::DestinationPort(number)))
     }
 
     /// Istio principals are written `<trust-domain>/ns/<ns>/sa/<sa>`; certificates carry them

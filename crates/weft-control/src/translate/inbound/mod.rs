@@ -49,7 +49,7 @@ use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::server::Resource;
 use weft_xds::types::{pack, proto_map};
 
-use self::authz::{InboundRbac, Workload, http_rbac_filters, inbound_rbac, mtls_mode};
+use self::authz::{ChainPort, InboundRbac, Workload, http_rbac_filters, inbound_rbac, mtls_mode};
 use super::envoy::{
     HTTP_PROTOCOL_OPTIONS, HTTP_PROTOCOLS, duration, http_inspector, http_manager_filter,
     normalize_paths, router, socket_address, tcp_proxy_filter,
@@ -219,7 +219,13 @@ pub(crate) fn listener(
     let mut detecting = false;
     let paths = snapshot.mesh.path_normalization();
     for (port, carries) in ports(snapshot, workload) {
-        let mode = mtls_mode(snapshot, &who, port);
+        // Policies name the workload's own port: the application's where the sidecar fronts
+        // it on a port of its own (`APP_PORT`).
+        let chain_port = ChainPort {
+            workload: workload.app_port.unwrap_or(port),
+            listener: port,
+        };
+        let mode = mtls_mode(snapshot, &who, chain_port.workload);
         // On a port of undeclared protocol, an HTTP chain for connections the HTTP inspector
         // recognises, in front of the TCP chain for the rest.
         let kinds: &[bool] = match carries {
@@ -229,7 +235,7 @@ pub(crate) fn listener(
         };
         detecting |= carries == Carries::Detect;
         for &http in kinds {
-            let rbac = inbound_rbac(snapshot, &who, trust_domain, http);
+            let rbac = inbound_rbac(snapshot, &who, trust_domain, http, Some(chain_port));
             let detected_http = (carries == Carries::Detect && http).then(|| {
                 HTTP_PROTOCOLS
                     .iter()
@@ -279,7 +285,7 @@ pub(crate) fn listener(
         // PERMISSIVE: TLS that is not mesh mTLS (no Istio ALPN) is the application's own,
         // passed through as opaque TCP under the port's TCP policies.
         if mode == MtlsMode::Permissive {
-            let rbac = inbound_rbac(snapshot, &who, trust_domain, false);
+            let rbac = inbound_rbac(snapshot, &who, trust_domain, false, Some(chain_port));
             filter_chains.push(FilterChain {
                 name: format!("{port}-tls-passthrough"),
                 filter_chain_match: Some(FilterChainMatch {

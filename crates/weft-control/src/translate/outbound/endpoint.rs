@@ -104,7 +104,11 @@ fn speaks_mesh_mtls(
         namespace: &endpoint.namespace,
         labels: &endpoint.labels,
     };
-    sidecar && mtls_mode(snapshot, &workload, endpoint.port_for(service_port)) != MtlsMode::Disable
+    // PeerAuthentication names the application's own port.
+    let port = endpoint
+        .app_port
+        .unwrap_or_else(|| endpoint.port_for(service_port));
+    sidecar && mtls_mode(snapshot, &workload, port) != MtlsMode::Disable
 }
 
 /// What a proxy needs to know about an endpoint beyond its address: whether it is a mesh

@@ -94,13 +94,19 @@ fn authorization_policies_become_deny_then_allow_rbac() {
         namespace: "shop",
         labels: &reviews,
     };
-    let none = inbound_rbac(&snapshot(""), &workload, "cluster.local", true);
+    let none = inbound_rbac(&snapshot(""), &workload, "cluster.local", true, None);
     assert_eq!(none.deny, None);
     assert_eq!(none.allow, None, "no ALLOW policy: everything is allowed");
 
     let allow_nothing =
         format!("{AP}metadata: {{name: allow-nothing, namespace: shop}}\nspec: {{}}\n");
-    let rbac = inbound_rbac(&snapshot(&allow_nothing), &workload, "cluster.local", true);
+    let rbac = inbound_rbac(
+        &snapshot(&allow_nothing),
+        &workload,
+        "cluster.local",
+        true,
+        None,
+    );
     let allow = rbac
         .allow
         .expect("an ALLOW policy without rules still installs the filter");
@@ -114,7 +120,7 @@ fn authorization_policies_become_deny_then_allow_rbac() {
         "{AP}metadata: {{name: frontend-only, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n  rules:\n  - from:\n    - source: {{principals: [cluster.local/ns/shop/sa/frontend]}}\n    to:\n    - operation: {{methods: [GET], paths: [/api/*]}}\n---\n{AP}metadata: {{name: no-admin, namespace: shop}}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: [/admin*]}}\n---\n{AP}metadata: {{name: other, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: ratings}}}}\n  rules: [{{}}]\n"
     );
     let snapshot = snapshot(&policies);
-    let rbac = inbound_rbac(&snapshot, &workload, "cluster.local", true);
+    let rbac = inbound_rbac(&snapshot, &workload, "cluster.local", true, None);
     let allow = rbac.allow.unwrap();
     assert_eq!(
         allow.policies.len(),
@@ -133,7 +139,7 @@ fn authorization_policies_become_deny_then_allow_rbac() {
 
     // On a TCP port the HTTP fields cannot apply: the ALLOW rule is dropped (allow less),
     // the DENY rule keeps everything else and denies more.
-    let tcp = inbound_rbac(&snapshot, &workload, "cluster.local", false);
+    let tcp = inbound_rbac(&snapshot, &workload, "cluster.local", false, None);
     assert!(tcp.allow.unwrap().policies.is_empty());
     let deny = tcp.deny.unwrap();
     assert_eq!(deny.policies.len(), 1);
