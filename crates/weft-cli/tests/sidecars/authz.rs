@@ -428,6 +428,8 @@ spec:
   rules:
   - to: [{{operation: {{paths: [/private*]}}}}]
   - from: [{{source: {{remoteIpBlocks: [203.0.113.0/24]}}}}]
+  - to: [{{operation: {{paths: [/loopback-only]}}}}]
+    when: [{{key: destination.ip, values: [127.0.0.1]}}]
 "
     );
     let mesh = Mesh::with_mesh_config(
@@ -440,18 +442,20 @@ spec:
     let config = crate::mesh::config_dir(mesh.dir.path());
     let xds = mesh.control.as_ref().unwrap().xds.clone();
     let token = crate::common::join_token(&config, "istio-system", "ingress");
-    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["gateway", "--control", &xds, "--name", "ingress"])
-        .args([
-            "--namespace",
-            "istio-system",
-            "--service-account",
-            "ingress",
-        ])
-        .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-        .args(["--metrics-port", "0", "--log", "warn", "--token", &token])
-        .spawn()
-        .unwrap();
+    let mut gateway = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["gateway", "--control", &xds, "--name", "ingress"])
+            .args([
+                "--namespace",
+                "istio-system",
+                "--service-account",
+                "ingress",
+            ])
+            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+            .args(["--metrics-port", "0", "--log", "warn", "--token", &token])
+            .spawn()
+            .unwrap(),
+    );
     let address = format!("127.0.0.1:{port}");
     let get = |path: &str, forwarded_for: Option<&str>| {
         // `|` separates header lines: proxies may append a line rather than to the line.
@@ -479,7 +483,7 @@ spec:
         "the gateway routes",
         std::time::Duration::from_secs(60),
         || {
-            if let Some(exit) = gateway.try_wait().unwrap() {
+            if let Some(exit) = gateway.0.try_wait().unwrap() {
                 panic!("weft gateway exited: {exit}");
             }
             match std::net::TcpStream::connect(&address) {
@@ -489,6 +493,11 @@ spec:
         },
     );
     assert_eq!(get("/private/x", None), 403, "the gateway's DENY on a path");
+    assert_eq!(
+        get("/loopback-only", None),
+        403,
+        "destination.ip is the address the gateway was reached at"
+    );
     assert_eq!(
         get("/ok", Some("203.0.113.7")),
         403,
@@ -504,8 +513,16 @@ spec:
         403,
         "the trusted proxy's entry on a header line of its own counts too"
     );
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+}
+
+/// A child process killed when dropped, a failed assertion included.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `ports`, `destination.port` and `portLevelMtls` name the workload's own port — the

@@ -23,7 +23,7 @@ use crate::drain;
 use crate::error::{ConnectionError, ProxyError};
 use crate::http::headers::address_to;
 use crate::http::{Body, respond};
-use crate::proxy::{GatewayRoute, Proxy};
+use crate::proxy::{GatewayAddress, GatewayRoute, Proxy};
 
 /// Keeps a listener open on every gateway port of the configuration, until the drain.
 pub async fn serve(proxy: Arc<Proxy>, bind: IpAddr, mut drain: drain::Watch) {
@@ -92,6 +92,7 @@ async fn connection(
     port: u16,
     drain: drain::Watch,
 ) -> Result<(), ConnectionError> {
+    let local = stream.local_addr().map_err(ConnectionError::Io)?.ip();
     let Some(first) = first_byte(&stream).await? else {
         return Ok(());
     };
@@ -125,6 +126,7 @@ async fn connection(
             .map_err(ConnectionError::Handshake)?;
         let served = Served {
             port,
+            local,
             tls: true,
             route: server.route.as_deref().map(Arc::from),
         };
@@ -132,6 +134,7 @@ async fn connection(
     } else if plaintext {
         let served = Served {
             port,
+            local,
             tls: false,
             route: plaintext_route.as_deref().map(Arc::from),
         };
@@ -145,6 +148,8 @@ async fn connection(
 #[derive(Debug, Clone)]
 struct Served {
     port: u16,
+    /// The address the connection arrived at (`destination.ip` of the gateway's policies).
+    local: IpAddr,
     /// Whether it terminated TLS.
     tls: bool,
     /// Its route table: a TLS server's own, or the port's plaintext one.
@@ -180,6 +185,9 @@ async fn handle(
     if let Some(route) = &served.route {
         request.extensions_mut().insert(GatewayRoute(route.clone()));
     }
+    request
+        .extensions_mut()
+        .insert(GatewayAddress(served.local));
     if !served.tls
         && let Some(redirect) = https_redirect(proxy, &request, served)
     {

@@ -35,6 +35,10 @@ pub struct Proxy {
 #[derive(Debug, Clone)]
 pub struct GatewayRoute(pub Arc<str>);
 
+/// Marks a request that arrived at a gateway with the address its connection arrived at.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddress(pub std::net::IpAddr);
+
 /// Marks a request that arrived on a redirected connection, with where it was going.
 #[derive(Debug, Clone, Copy)]
 pub struct Redirected(pub SocketAddr);

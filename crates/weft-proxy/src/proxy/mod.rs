@@ -25,7 +25,7 @@ pub mod rewrite;
 pub mod tunnel;
 
 pub use forward::downstream_response;
-pub use inputs::{GatewayRoute, Proxy, Redirected};
+pub use inputs::{GatewayAddress, GatewayRoute, Proxy, Redirected};
 
 use std::net::IpAddr;
 
@@ -163,7 +163,13 @@ fn authorize(
         peer: None,
         source,
         remote,
-        destination: (IpAddr::from([0, 0, 0, 0]), port),
+        destination: (
+            parts
+                .extensions
+                .get::<GatewayAddress>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |GatewayAddress(local)| *local),
+            port,
+        ),
         http: Some(parts),
     };
     let decision = rbac.check(&request);
