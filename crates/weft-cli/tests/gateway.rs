@@ -16,17 +16,6 @@ use std::time::Duration;
 
 use common::eventually;
 
-/// A `weft gateway` process, killed when dropped (a failed assertion included, so that no
-/// gateway outlives its test).
-struct Gateway(std::process::Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An application that answers every request with the request's head.
 fn head_echo_app() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -186,24 +175,7 @@ spec:
         &common::join_token(&config, "test", "echo"),
     ]);
     server.until_ready();
-    let mut gateway = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["gateway", "--control", &control.xds, "--name", "ingress"])
-            .args([
-                "--namespace",
-                "istio-system",
-                "--service-account",
-                "ingress",
-            ])
-            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-            .args(["--metrics-port", "0", "--log", "warn"])
-            .args([
-                "--token",
-                &common::join_token(&config, "istio-system", "ingress"),
-            ])
-            .spawn()
-            .unwrap(),
-    );
+    let mut gateway = common::Gateway::start(&control.xds, &config);
     let plain = format!("http://127.0.0.1:{http}/echo");
     let (status, body) = eventually("the gateway routes", Duration::from_secs(60), || {
         let (status, body) = curl(&["-H", "host: shop.example.com", &plain]);
@@ -392,20 +364,10 @@ fn a_gateway_opens_no_forward_proxy_unless_asked() {
     let config = dir.path().join("config");
     std::fs::create_dir(&config).unwrap();
     let control = common::Control::start(&config);
-    let token = common::join_token(&config, "istio-system", "ingress");
     for (flags, outbound) in [(&[][..], "off"), (&["--forward-proxy"][..], "127.0.0.1:")] {
-        let mut gateway = Gateway(
-            Command::new(env!("CARGO_BIN_EXE_weft"))
-                .args(["gateway", "--control", &control.xds, "--name", "ingress"])
-                .args([
-                    "--namespace",
-                    "istio-system",
-                    "--service-account",
-                    "ingress",
-                ])
-                .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-                .args(["--metrics-port", "0", "--bind", "0.0.0.0", "--log", "info"])
-                .args(["--token", &token])
+        let mut gateway = common::Gateway(
+            common::Gateway::command(&control.xds, &config)
+                .args(["--bind", "0.0.0.0", "--log", "info"])
                 .args(flags)
                 .stderr(Stdio::piped())
                 .spawn()
@@ -536,24 +498,7 @@ spec:
         &common::join_token(&config, "test", "echo"),
     ]);
     server.until_ready();
-    let _gateway = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["gateway", "--control", &control.xds, "--name", "ingress"])
-            .args([
-                "--namespace",
-                "istio-system",
-                "--service-account",
-                "ingress",
-            ])
-            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-            .args(["--metrics-port", "0", "--log", "warn"])
-            .args([
-                "--token",
-                &common::join_token(&config, "istio-system", "ingress"),
-            ])
-            .spawn()
-            .unwrap(),
-    );
+    let _gateway = common::Gateway::start(&control.xds, &config);
     let resolve = |host: &str| format!("{host}:{port}:127.0.0.1");
     let shop_ca = file("shop-ca.pem");
     let shop = |host_header: &str| {

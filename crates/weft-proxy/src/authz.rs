@@ -74,6 +74,28 @@ pub enum DryRun {
 }
 
 impl Rbac {
+    /// The enforced decision on `request`, with what the dry-run policies would have decided
+    /// logged beside it (`dry-run authorization`): the one entry point of the listeners.
+    pub fn decide(&self, request: &Request<'_>) -> Result<(), Denial> {
+        let decision = self.check(request);
+        if let Some(dry_run) = self.dry_run(request) {
+            let enforced = match &decision {
+                Ok(()) => "allowed".to_string(),
+                Err(denial) => denial.to_string(),
+            };
+            let path = request.http.map(|parts| parts.uri.path());
+            tracing::info!(
+                ?dry_run,
+                %enforced,
+                ?path,
+                peer = ?request.peer,
+                remote = %request.remote,
+                "dry-run authorization"
+            );
+        }
+        decision
+    }
+
     /// What the port's dry-run policies say about `request`; `None` without any.
     pub fn dry_run(&self, request: &Request<'_>) -> Option<DryRun> {
         if self.dry_run_deny.is_none() && self.dry_run_allow.is_none() {

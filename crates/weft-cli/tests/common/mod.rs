@@ -224,6 +224,48 @@ pub struct Proxy {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// A `weft gateway` process with the ingress gateway's identity and labels (namespace
+/// `istio-system`, account `ingress`, `istio=ingressgateway`), killed when dropped — a
+/// failed assertion included, so that no gateway outlives its test.
+pub struct Gateway(pub Child);
+
+impl Gateway {
+    /// The command, on ephemeral admin and metrics ports, for tests that add flags (a
+    /// `--log`, a `--bind`) or read its output.
+    pub fn command(xds: &str, config_dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["gateway", "--control", xds, "--name", "ingress"])
+            .args([
+                "--namespace",
+                "istio-system",
+                "--service-account",
+                "ingress",
+            ])
+            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
+            .args(["--metrics-port", "0", "--token"])
+            .arg(join_token(config_dir, "istio-system", "ingress"));
+        command
+    }
+
+    /// Starts it, logging warnings only.
+    pub fn start(xds: &str, config_dir: &Path) -> Self {
+        Self(
+            Self::command(xds, config_dir)
+                .args(["--log", "warn"])
+                .spawn()
+                .expect("weft gateway starts"),
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Proxy {
     /// Starts `weft proxy` with `args` (ports default to ephemeral ones) and waits for the
     /// addresses it logs.

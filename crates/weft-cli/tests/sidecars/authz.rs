@@ -441,21 +441,7 @@ spec:
     );
     let config = crate::mesh::config_dir(mesh.dir.path());
     let xds = mesh.control.as_ref().unwrap().xds.clone();
-    let token = crate::common::join_token(&config, "istio-system", "ingress");
-    let mut gateway = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["gateway", "--control", &xds, "--name", "ingress"])
-            .args([
-                "--namespace",
-                "istio-system",
-                "--service-account",
-                "ingress",
-            ])
-            .args(["--labels", "istio=ingressgateway", "--admin-port", "0"])
-            .args(["--metrics-port", "0", "--log", "warn", "--token", &token])
-            .spawn()
-            .unwrap(),
-    );
+    let mut gateway = crate::common::Gateway::start(&xds, &config);
     let address = format!("127.0.0.1:{port}");
     let get = |path: &str, forwarded_for: Option<&str>| {
         // `|` separates header lines: proxies may append a line rather than to the line.
@@ -513,16 +499,6 @@ spec:
         403,
         "the trusted proxy's entry on a header line of its own counts too"
     );
-}
-
-/// A child process killed when dropped, a failed assertion included.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `ports`, `destination.port` and `portLevelMtls` name the workload's own port — the

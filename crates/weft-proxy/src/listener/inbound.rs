@@ -174,16 +174,7 @@ impl Inbound {
             destination: (caller.local.ip(), self.port),
             http,
         };
-        let decision = rbac.check(&request);
-        if let Some(dry_run) = rbac.dry_run(&request) {
-            let path = http.map(|parts| parts.uri.path());
-            let enforced = match &decision {
-                Ok(()) => "allowed".to_string(),
-                Err(denial) => denial.to_string(),
-            };
-            tracing::info!(?dry_run, %enforced, ?path, peer = ?request.peer, "dry-run authorization");
-        }
-        decision
+        rbac.decide(&request)
     }
 
     /// Accepts or refuses a connection by the port's mode, verifies an mTLS caller, and

@@ -172,11 +172,7 @@ fn authorize(
         ),
         http: Some(parts),
     };
-    let decision = rbac.check(&request);
-    if let Some(dry_run) = rbac.dry_run(&request) {
-        tracing::info!(?dry_run, path = parts.uri.path(), %remote, "dry-run authorization");
-    }
-    decision.map_err(|denial| {
+    rbac.decide(&request).map_err(|denial| {
         tracing::debug!(%denial, "request refused by the gateway's authorization policy");
         ProxyError::Denied
     })
