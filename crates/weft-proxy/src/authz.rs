@@ -168,6 +168,9 @@ impl Principal {
             Self::Authenticated(Some(name)) => name.matches(request.peer),
             Self::SourceIp(cidr) => cidr.contains(request.source),
             Self::RemoteIp(cidr) => cidr.contains(request.remote),
+            Self::RequestAuth(condition) => {
+                condition.matches(request.http.and_then(crate::authn::identity))
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! As Envoy answers them: no route `404 NR`, no cluster `503 NC`, circuit breaker full
 //! `503 UO`, no healthy endpoint `503 UH`, connect failure `503 UF`, reset `503 UR`,
-//! timeout `504 UT`, retries used up `503 URX`, denied by policy `403 RBAC`, injected abort
+//! timeout `504 UT`, retries used up `503 URX`, denied by policy `403 RBAC`, a token that
+//! does not verify `401` (with `www-authenticate`, Envoy's body), injected abort
 //! with its status and `FI`. Where Envoy raises no flag, the access log and the metrics
 //! carry a word saying why in its place: an upgrade other than WebSocket `403
 //! upgrade_failed` (Envoy's response code detail for it), a `CONNECT` to where tunnels may
@@ -67,6 +68,9 @@ pub enum ProxyError {
     /// An authorization policy refuses the request.
     #[error("RBAC: access denied")]
     Denied,
+    /// The request's token does not verify (RequestAuthentication).
+    #[error("{0}")]
+    Unauthenticated(crate::authn::JwtError),
     /// The route's fault injection aborted the request.
     #[error("fault filter abort")]
     Fault(Abort),
@@ -106,6 +110,9 @@ pub enum ResponseFlag {
     Denied,
     /// `FI`: injected fault.
     Fault,
+    /// `jwt_authn_access_denied`: the request's token does not verify. Envoy has no flag
+    /// for it; this is its response code detail.
+    Unauthenticated,
     /// `upgrade_failed`: an upgrade the route does not allow. Envoy has no flag for it;
     /// this is its response code detail.
     UpgradeFailed,
@@ -128,6 +135,7 @@ impl ResponseFlag {
             Self::RetriesExhausted => "URX",
             Self::Denied => "RBAC",
             Self::Fault => "FI",
+            Self::Unauthenticated => "jwt_authn_access_denied",
             Self::UpgradeFailed => "upgrade_failed",
             Self::ConnectDenied => "connect_denied",
         }
@@ -150,6 +158,7 @@ impl ProxyError {
             | Self::Upstream(_)
             | Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Denied | Self::UpgradeRefused | Self::TunnelDenied { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -172,6 +181,7 @@ impl ProxyError {
             Self::Timeout => Some(ResponseFlag::Timeout),
             Self::RetriesExhausted => Some(ResponseFlag::RetriesExhausted),
             Self::Denied => Some(ResponseFlag::Denied),
+            Self::Unauthenticated(_) => Some(ResponseFlag::Unauthenticated),
             Self::Fault(_) => Some(ResponseFlag::Fault),
             Self::UpgradeRefused => Some(ResponseFlag::UpgradeFailed),
             Self::TunnelDenied { .. } => Some(ResponseFlag::ConnectDenied),
@@ -199,6 +209,14 @@ impl ProxyError {
                 Response::new(full(Bytes::from(self.to_string())))
             }
             Self::UpgradeRefused => Response::new(full(Bytes::new())),
+            Self::Unauthenticated(_) => {
+                let mut response = Response::new(full(Bytes::from(self.to_string())));
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"weft\", error=\"invalid_token\""),
+                );
+                response
+            }
             _ => Response::new(full(Bytes::from(format!("{self}\n")))),
         };
         *response.status_mut() = status;

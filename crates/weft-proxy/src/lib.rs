@@ -19,7 +19,7 @@
 //!
 //! On the server's side, [`listener::inbound`] terminates mTLS (or takes plaintext, as
 //! PeerAuthentication says), puts the caller's identity in `x-forwarded-client-cert`,
-//! authorizes the request ([`authz`]) and sends it to the application through
+//! verifies its token ([`authn`]), authorizes the request ([`authz`]) and sends it to the application through
 //! [`upstream`].
 //!
 //! Configuration arrives over ADS ([`xds`]), is turned into the proxy's own [`model`] by
@@ -27,11 +27,12 @@
 //! whole; [`admin`] shows it. [`drain`] ends it all gracefully. [`http`] holds the HTTP
 //! basics every part shares.
 //!
-//! Dependencies point one way: `app` → `listener` → `proxy` → {`route`, `authz`,
+//! Dependencies point one way: `app` → `listener` → `proxy` → {`route`, `authn`, `authz`,
 //! `upstream`, `telemetry`} → {`model`, `http`, `error`}; `xds` builds the `model`.
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod detect;
 pub mod drain;

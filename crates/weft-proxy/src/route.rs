@@ -42,6 +42,10 @@ fn matches(m: &RouteMatch, request: &Parts, authority: &str) -> bool {
     if !headers_ok {
         return false;
     }
+    let identity = crate::authn::identity(request);
+    if !m.claims.iter().all(|claim| claim.matches(identity)) {
+        return false;
+    }
     m.query.iter().all(|q| {
         let value = request.uri.query().and_then(|query| {
             query.split('&').find_map(|pair| {

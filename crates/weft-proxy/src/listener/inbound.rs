@@ -131,6 +131,21 @@ impl Inbound {
             .unwrap_or_default()
     }
 
+    /// Verifies the request's token, if the port authenticates them (RequestAuthentication).
+    fn authenticate(&self, parts: &mut Parts) -> Result<(), ProxyError> {
+        let jwt = self
+            .config
+            .borrow()
+            .model
+            .inbound
+            .get(&self.port)
+            .and_then(|port| port.jwt.clone());
+        match jwt {
+            Some(jwt) => jwt.authenticate(parts).map_err(ProxyError::Unauthenticated),
+            None => Ok(()),
+        }
+    }
+
     /// Applies the port's authorization policies: its HTTP ones to a request, its TCP ones
     /// to an opaque connection.
     fn authorize(&self, caller: &Caller, http: Option<&Parts>) -> Result<(), Denial> {
@@ -324,6 +339,7 @@ impl Inbound {
         self.paths()
             .normalize_uri(&mut parts.uri)
             .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
+        self.authenticate(&mut parts)?;
         if let Err(denial) = self.authorize(caller, Some(&parts)) {
             tracing::debug!(%denial, "request refused by authorization policy");
             return Err(ProxyError::Denied);

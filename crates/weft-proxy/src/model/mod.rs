@@ -4,10 +4,11 @@
 //! path: statuses, header names and values, regexes and hash tables are ready to use.
 //!
 //! [`route`] holds the routing tables, [`cluster`] the clusters and their endpoints,
-//! [`policy`] the authorization policies, [`matcher`] the string and header conditions
+//! [`policy`] the authorization policies, [`authn`] the token issuers a port accepts, [`matcher`] the string and header conditions
 //! the routes and the policies share, and [`path`] how a listener normalizes request paths
 //! before any of them reads one. This module depends on no other module of the crate.
 
+pub mod authn;
 pub mod cluster;
 mod dump;
 pub mod matcher;
@@ -78,6 +79,8 @@ pub struct HttpPort {
     /// `x-forwarded-for` (`xff_num_trusted_hops`): the client's address is that many entries
     /// back from the last. `None`: the connection's peer is the client.
     pub trusted_hops: Option<u32>,
+    /// The tokens it verifies (a gateway's RequestAuthentication), before its policies.
+    pub jwt: Option<Arc<authn::JwtAuthn>>,
 }
 
 /// What an inbound port accepts (from PeerAuthentication, through the inbound listener),
@@ -92,6 +95,9 @@ pub struct InboundPort {
     pub paths: PathNormalization,
     /// HTTP to the application, authorized by these policies.
     pub http: Option<Arc<Rbac>>,
+    /// The tokens its HTTP requests are authenticated with (RequestAuthentication), before
+    /// the policies read them.
+    pub jwt: Option<Arc<authn::JwtAuthn>>,
     /// Opaque TCP to the application, authorized by these policies. A port with both takes
     /// each connection as what its first bytes say (protocol detection).
     pub tcp: Option<Arc<Rbac>>,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::authn::AuthMatch;
 use super::matcher::{HeaderMatch, StringMatch};
 
 /// The RBAC of one inbound port.
@@ -95,6 +96,8 @@ pub enum Principal {
     /// The original client's address (`x-forwarded-for`, as far back as the gateway trusts
     /// the proxies in front of it; the source where it trusts none).
     RemoteIp(Cidr),
+    /// The request's verified token (`requestPrincipals`, `request.auth.*`).
+    RequestAuth(AuthMatch),
 }
 
 /// An address range.

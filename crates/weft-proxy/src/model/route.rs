@@ -201,6 +201,9 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
     /// Query parameter conditions.
     pub query: Vec<QueryMatch>,
+    /// Conditions on the request's verified token (`@request.auth.claims`, at a gateway
+    /// that authenticates them).
+    pub claims: Vec<super::authn::AuthMatch>,
 }
 
 /// How a path is compared.

@@ -6,7 +6,8 @@
 //!    whatever went wrong into its response ([`crate::error`]);
 //! 2. [`Proxy::dispatch`] finds what the request asks for: a tunnel (`CONNECT`,
 //!    [`tunnel`]), or, once its path is normalized ([`crate::model::path`]) and, at a
-//!    gateway, the gateway's policies allow it ([`crate::authz`]), the route its host and
+//!    gateway, its token verified ([`crate::authn`]) and the gateway's policies allow it
+//!    ([`crate::authz`]), the route its host and
 //!    path take ([`crate::route`]) — answered
 //!    directly, redirected ([`rewrite`]), aborted or delayed by a fault ([`fault`]), or
 //!    forwarded;
@@ -85,10 +86,15 @@ impl Proxy {
             .outbound_paths(port)
             .normalize_uri(&mut parts.uri)
             .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
-        if let Some(http_port) = config.model.outbound_ports.get(&port)
-            && let Some(rbac) = &http_port.rbac
-        {
-            authorize(rbac, http_port.trusted_hops, &parts, client, port)?;
+        if let Some(http_port) = config.model.outbound_ports.get(&port) {
+            // A gateway's RequestAuthentication, then its policies, before any route.
+            if let Some(jwt) = &http_port.jwt {
+                jwt.authenticate(&mut parts)
+                    .map_err(ProxyError::Unauthenticated)?;
+            }
+            if let Some(rbac) = &http_port.rbac {
+                authorize(rbac, http_port.trusted_hops, &parts, client, port)?;
+            }
         }
         // At a gateway, the table of the server the connection reached; else the port's.
         let served_by = parts.extensions.get::<GatewayRoute>().cloned();

@@ -13,9 +13,11 @@ use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 
+use super::jwt::{JWT_FILTER, manager_jwt};
 use super::proto::decode_any;
 use super::rbac::chain_rbac;
 use super::tls::{data_source, subject_alt_names};
+use crate::model::authn::JwtAuthn;
 use crate::model::path::{EscapedSlashes, PathNormalization};
 use crate::model::policy::Rbac;
 use crate::model::{GatewayPort, GatewayTls};
@@ -48,6 +50,8 @@ pub enum ListenerKind {
         rbac: Option<Arc<Rbac>>,
         /// `xff_num_trusted_hops`, with `use_remote_address`.
         trusted_hops: Option<u32>,
+        /// The tokens it verifies, when its connection managers have a JWT filter.
+        jwt: Option<Arc<JwtAuthn>>,
         /// What the gateway accepts on it, when it is bound.
         gateway: Option<GatewayPort>,
     },
@@ -70,12 +74,17 @@ pub struct InboundChain {
     pub terminates: bool,
     /// Its authorization policies.
     pub rbac: Arc<Rbac>,
+    /// The tokens its HTTP requests are authenticated with.
+    pub jwt: Option<Arc<JwtAuthn>>,
     /// How its HTTP requests' paths are normalized.
     pub paths: PathNormalization,
 }
 
 /// What `listener`, named `name`, contributes.
 pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerPart, String> {
+    for manager in managers(&listener.filter_chains) {
+        known_http_filters(&manager)?;
+    }
     let routes = rds_names(listener);
     let kind = if let Some(port) = name.strip_prefix("0.0.0.0_").and_then(|p| p.parse().ok()) {
         ListenerKind::Port {
@@ -90,6 +99,7 @@ pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerP
                 .transpose()?
                 .unwrap_or_default(),
             rbac: port_rbac(listener)?,
+            jwt: port_jwt(listener)?,
             trusted_hops: managers(&listener.filter_chains)
                 .next()
                 .and_then(|manager| {
@@ -113,6 +123,49 @@ pub(super) fn listener_part(name: &str, listener: &Listener) -> Result<ListenerP
         ListenerKind::Other
     };
     Ok(ListenerPart { routes, kind })
+}
+
+/// The HTTP filters this proxy applies. A filter it does not know could be one that
+/// refuses requests (an authorization or authentication it would skip), so any other
+/// rejects the listener.
+const HTTP_FILTERS: [&str; 4] = [
+    "envoy.filters.http.rbac",
+    "envoy.filters.http.fault",
+    "envoy.filters.http.router",
+    JWT_FILTER,
+];
+
+fn known_http_filters(manager: &HttpConnectionManager) -> Result<(), String> {
+    match manager
+        .http_filters
+        .iter()
+        .find(|f| !HTTP_FILTERS.contains(&f.name.as_str()) && !f.is_optional)
+    {
+        Some(filter) => Err(format!("HTTP filter {:?} is not supported", filter.name)),
+        None => Ok(()),
+    }
+}
+
+/// The JWT authentication of a port listener's connection managers (a gateway's); like its
+/// policies, every chain must have the same.
+fn port_jwt(listener: &Listener) -> Result<Option<Arc<JwtAuthn>>, String> {
+    let mut found: Option<(Vec<String>, Option<JwtAuthn>)> = None;
+    for manager in managers(&listener.filter_chains) {
+        let jwt = manager_jwt(&manager)?;
+        let issuers = jwt
+            .iter()
+            .flat_map(|j| &j.providers)
+            .map(|p| format!("{}={}", p.name, p.issuer))
+            .collect();
+        match &found {
+            None => found = Some((issuers, jwt)),
+            Some((first, _)) if *first != issuers => {
+                return Err("chains of the listener authenticate different issuers".to_string());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found.and_then(|(_, jwt)| jwt).map(Arc::new))
 }
 
 /// The HTTP connection managers of `chains`.
@@ -212,6 +265,12 @@ fn inbound_chains(listener: &Listener) -> Result<Vec<InboundChain>, String> {
                 .iter()
                 .any(|f| f.name == "envoy.filters.network.tcp_proxy"),
             rbac: Arc::new(chain_rbac(&chain.filters)?),
+            jwt: managers(std::slice::from_ref(chain))
+                .next()
+                .map(|manager| manager_jwt(&manager))
+                .transpose()?
+                .flatten()
+                .map(Arc::new),
             paths: managers(std::slice::from_ref(chain))
                 .next()
                 .map(|manager| path_normalization(&manager))

@@ -12,6 +12,7 @@
 //! (clusters and endpoints, with their [`tls`]).
 
 pub mod cluster;
+mod jwt;
 pub mod listener;
 pub mod matcher;
 mod proto;
@@ -255,6 +256,7 @@ impl Received {
                     paths,
                     rbac,
                     trusted_hops,
+                    jwt,
                     gateway,
                 } => {
                     if let Some(route) = part.value.routes.first() {
@@ -263,6 +265,7 @@ impl Received {
                             paths: *paths,
                             rbac: rbac.clone(),
                             trusted_hops: *trusted_hops,
+                            jwt: jwt.clone(),
                         };
                         model.outbound_ports.insert(*port, port_settings);
                     }
@@ -287,6 +290,9 @@ impl Received {
                         };
                         if serves.is_none() {
                             *serves = Some(chain.rbac.clone());
+                            if !chain.tcp {
+                                entry.jwt = chain.jwt.clone();
+                            }
                         }
                         if !chain.tcp {
                             entry.paths = chain.paths;

@@ -8,6 +8,7 @@ use weft_xds::envoy::envoy::config::listener::v3::{Filter, filter};
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use weft_xds::envoy::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 
+use super::jwt::auth_match;
 use super::matcher::{header_match, regex, string_match};
 use super::proto::decode_any;
 use crate::model::StringMatch;
@@ -139,6 +140,7 @@ fn permission(
 
 fn principal(p: &weft_xds::envoy::envoy::config::rbac::v3::Principal) -> Result<Principal, String> {
     use Principal as P;
+    use weft_xds::envoy::envoy::config::rbac::v3::MetadataSource;
     use weft_xds::envoy::envoy::config::rbac::v3::principal::Identifier;
     Ok(match &p.identifier {
         Some(Identifier::Any(true)) => P::Any,
@@ -154,6 +156,18 @@ fn principal(p: &weft_xds::envoy::envoy::config::rbac::v3::Principal) -> Result<
         }
         Some(Identifier::DirectRemoteIp(range)) => P::SourceIp(cidr(range)?),
         Some(Identifier::RemoteIp(range)) => P::RemoteIp(cidr(range)?),
+        // The request's dynamic metadata: what its verified token says (Istio's keys).
+        Some(Identifier::SourcedMetadata(sourced))
+            if sourced.metadata_source == MetadataSource::Dynamic as i32 =>
+        {
+            let matcher = sourced
+                .metadata_matcher
+                .as_ref()
+                .ok_or("a metadata principal without a matcher")?;
+            P::RequestAuth(auth_match(matcher)?)
+        }
+        #[allow(deprecated, reason = "Istio still sends the older field")]
+        Some(Identifier::Metadata(matcher)) => P::RequestAuth(auth_match(matcher)?),
         _ => {
             return Err("an RBAC principal this proxy cannot evaluate".to_string());
         }

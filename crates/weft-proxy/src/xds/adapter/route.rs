@@ -266,11 +266,20 @@ fn route_match(m: xds::RouteMatch) -> Result<RouteMatch, String> {
             })
         })
         .collect::<Result<_, String>>()?;
+    if !m.cookies.is_empty() || !m.filter_state.is_empty() {
+        return Err("route matches on cookies or filter state are not supported".to_string());
+    }
+    let claims = m
+        .dynamic_metadata
+        .iter()
+        .map(super::jwt::auth_match)
+        .collect::<Result<_, _>>()?;
     Ok(RouteMatch {
         path,
         ignore_case: m.case_sensitive.is_some_and(|c| !c.value),
         headers,
         query,
+        claims,
     })
 }
 

@@ -1,0 +1,348 @@
+//! Request authentication (RequestAuthentication): the JSON Web Tokens of a request, found
+//! where the port's issuers say, verified against their keys, as Envoy's JWT filter does
+//! with Istio's settings. A request without a token passes with no identity; a token that
+//! does not verify gets `401`. A verified token becomes the request's [`RequestIdentity`],
+//! in its extensions, which authorization (`requestPrincipals`, `request.auth.*`) and the
+//! routes (`@request.auth.claims`) read. The issuers and keys are
+//! [`crate::model::authn`].
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hyper::header::{COOKIE, HeaderValue};
+use hyper::http::request::Parts;
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use serde_json::{Map, Value};
+
+use crate::model::authn::{AuthAttribute, AuthMatch, JwtAuthn, JwtProvider, PublicKey};
+
+/// Who a verified token says the caller is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestIdentity {
+    /// `<iss>/<sub>`, Istio's request principal.
+    pub principal: String,
+    /// `aud`, as a list.
+    pub audiences: Vec<String>,
+    /// `azp`, the party the token was issued to.
+    pub presenter: Option<String>,
+    /// Every claim of the payload.
+    pub claims: Map<String, Value>,
+    /// Claims whose string value is a space-separated list.
+    pub space_delimited: Vec<String>,
+}
+
+impl RequestIdentity {
+    /// The claim at `path` (`[a, b]` is claim `b` inside claim `a`), as strings: a string
+    /// claim is one, a list claim each of its strings; `None` when it is absent.
+    pub fn claim(&self, path: &[String]) -> Option<Vec<&str>> {
+        let (first, rest) = path.split_first()?;
+        let mut value = self.claims.get(first)?;
+        for key in rest {
+            value = value.as_object()?.get(key)?;
+        }
+        match value {
+            Value::String(s) if rest.is_empty() && self.space_delimited.contains(first) => {
+                Some(s.split(' ').filter(|item| !item.is_empty()).collect())
+            }
+            Value::String(s) => Some(vec![s.as_str()]),
+            Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect()),
+            _ => None,
+        }
+    }
+}
+
+impl AuthMatch {
+    /// Whether the request's verified token (`None`: it has none) satisfies the condition.
+    pub fn matches(&self, identity: Option<&RequestIdentity>) -> bool {
+        let Some(identity) = identity else {
+            return self.invert;
+        };
+        let values: Vec<&str> = match &self.attribute {
+            AuthAttribute::Principal => vec![identity.principal.as_str()],
+            AuthAttribute::Audiences => identity.audiences.iter().map(String::as_str).collect(),
+            AuthAttribute::Presenter => identity.presenter.iter().map(String::as_str).collect(),
+            AuthAttribute::Claim(path) => identity.claim(path).unwrap_or_default(),
+        };
+        values.into_iter().any(|v| self.condition.matches(Some(v))) != self.invert
+    }
+}
+
+/// The verified identity of a request, if it has one.
+pub fn identity(parts: &Parts) -> Option<&RequestIdentity> {
+    parts.extensions.get::<Arc<RequestIdentity>>().map(Arc::as_ref)
+}
+
+/// Why a token was refused (the body of the `401`, in Envoy's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// There is no token and one is required.
+    #[error("Jwt is missing")]
+    Missing,
+    /// The token is not a signed JWT (three base64url parts, JSON header and payload).
+    #[error("Jwt is not in the form of Header.Payload.Signature")]
+    Malformed,
+    /// `alg` is one this proxy does not verify (`none` included).
+    #[error("Jwt algorithm is not supported")]
+    UnsupportedAlgorithm,
+    /// No provider accepts the token's `iss`.
+    #[error("Jwt issuer is not configured")]
+    UnknownIssuer,
+    /// The token names none of the accepted audiences.
+    #[error("Audiences in Jwt are not allowed")]
+    Audience,
+    /// `exp` has passed.
+    #[error("Jwt is expired")]
+    Expired,
+    /// `nbf` has not come yet.
+    #[error("Jwt not yet valid")]
+    NotYetValid,
+    /// No key of the issuer verifies the signature.
+    #[error("Jwt verification fails")]
+    Signature,
+}
+
+impl JwtAuthn {
+    /// Authenticates a request: removes the headers only a verified token may set, looks
+    /// for each issuer's tokens, and verifies them. With one verified, the request gets its
+    /// identity and the issuer's output headers, and loses the token unless it is
+    /// forwarded; with none present it passes as it is (if missing tokens are allowed).
+    pub fn authenticate(&self, parts: &mut Parts) -> Result<(), JwtError> {
+        parts.extensions.remove::<Arc<RequestIdentity>>();
+        for header in self.providers.iter().flat_map(JwtProvider::output_headers) {
+            parts.headers.remove(header);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut failure = None;
+        for provider in &self.providers {
+            for (token, header) in provider.tokens(parts) {
+                match provider.verify(&token, now) {
+                    Ok((identity, payload)) => {
+                        provider.apply(parts, &identity, &payload, header.as_ref());
+                        parts.extensions.insert(Arc::new(identity));
+                        return Ok(());
+                    }
+                    Err(error) => failure = Some(error),
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None if self.allow_missing => Ok(()),
+            None => Err(JwtError::Missing),
+        }
+    }
+}
+
+impl JwtProvider {
+    /// The provider's tokens in the request, each with the header it came in (if any).
+    fn tokens(&self, parts: &Parts) -> Vec<(String, Option<hyper::header::HeaderName>)> {
+        let mut tokens = Vec::new();
+        for (name, prefix) in &self.locations.headers {
+            for value in parts.headers.get_all(name) {
+                let Ok(value) = value.to_str() else { continue };
+                let value = value.trim();
+                if value.len() >= prefix.len()
+                    && value.is_char_boundary(prefix.len())
+                    && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+                {
+                    tokens.push((value[prefix.len()..].trim().to_string(), Some(name.clone())));
+                }
+            }
+        }
+        if let Some(query) = parts.uri.query() {
+            for pair in query.split('&') {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if self.locations.params.iter().any(|p| p == name) {
+                    tokens.push((value.to_string(), None));
+                }
+            }
+        }
+        for cookies in parts.headers.get_all(COOKIE) {
+            let Ok(cookies) = cookies.to_str() else { continue };
+            for cookie in cookies.split(';') {
+                let (name, value) = cookie.trim().split_once('=').unwrap_or((cookie, ""));
+                if self.locations.cookies.iter().any(|c| c == name) {
+                    tokens.push((value.trim_matches('"').to_string(), None));
+                }
+            }
+        }
+        tokens.retain(|(token, _)| !token.is_empty());
+        tokens
+    }
+
+    /// Verifies `token` at `now` (seconds since the epoch): its issuer, signature, times
+    /// and audience. Gives the identity and the payload part, as sent.
+    fn verify<'t>(
+        &self,
+        token: &'t str,
+        now: u64,
+    ) -> Result<(RequestIdentity, &'t str), JwtError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed);
+        };
+        let json = |part: &str| -> Result<Map<String, Value>, JwtError> {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| JwtError::Malformed)?;
+            match serde_json::from_slice(&bytes) {
+                Ok(Value::Object(map)) => Ok(map),
+                _ => Err(JwtError::Malformed),
+            }
+        };
+        let (header_json, claims) = (json(header)?, json(payload)?);
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| JwtError::Malformed)?;
+        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(JwtError::UnknownIssuer);
+        }
+        let alg = header_json
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(JwtError::Malformed)?;
+        let kid = header_json.get("kid").and_then(Value::as_str);
+        let signed = &token[..header.len() + 1 + payload.len()];
+        self.verify_signature(alg, kid, signed.as_bytes(), &signature)?;
+        let time = |name: &str| -> Result<Option<u64>, JwtError> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(value) => value
+                    .as_u64()
+                    .or_else(|| value.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .map(Some)
+                    .ok_or(JwtError::Malformed),
+            }
+        };
+        if time("exp")?.is_some_and(|exp| now > exp.saturating_add(self.clock_skew)) {
+            return Err(JwtError::Expired);
+        }
+        if time("nbf")?.is_some_and(|nbf| now.saturating_add(self.clock_skew) < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        let audiences: Vec<String> = match claims.get("aud") {
+            Some(Value::String(aud)) => vec![aud.clone()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !self.audiences.is_empty() && !audiences.iter().any(|a| self.audiences.contains(a)) {
+            return Err(JwtError::Audience);
+        }
+        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let identity = RequestIdentity {
+            principal: format!("{}/{subject}", self.issuer),
+            audiences,
+            presenter: claims
+                .get("azp")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            claims,
+            space_delimited: self.space_delimited.clone(),
+        };
+        Ok((identity, payload))
+    }
+
+    /// Whether one of the keys that may have signed it (its `kid`, a type fit for `alg`)
+    /// verifies `signature` over `signed`.
+    fn verify_signature(
+        &self,
+        alg: &str,
+        kid: Option<&str>,
+        signed: &[u8],
+        signature: &[u8],
+    ) -> Result<(), JwtError> {
+        let rsa: Option<&'static signature::RsaParameters> = match alg {
+            "RS256" => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
+            "RS384" => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
+            "RS512" => Some(&signature::RSA_PKCS1_2048_8192_SHA512),
+            "PS256" => Some(&signature::RSA_PSS_2048_8192_SHA256),
+            "PS384" => Some(&signature::RSA_PSS_2048_8192_SHA384),
+            "PS512" => Some(&signature::RSA_PSS_2048_8192_SHA512),
+            _ => None,
+        };
+        let other: Option<(&'static dyn VerificationAlgorithm, Option<&str>)> = match alg {
+            "ES256" => Some((&signature::ECDSA_P256_SHA256_FIXED, Some("P-256"))),
+            "ES384" => Some((&signature::ECDSA_P384_SHA384_FIXED, Some("P-384"))),
+            "EdDSA" => Some((&signature::ED25519, None)),
+            _ => None,
+        };
+        if rsa.is_none() && other.is_none() {
+            return Err(JwtError::UnsupportedAlgorithm);
+        }
+        let candidates = self.keys.iter().filter(|key| {
+            kid.is_none_or(|kid| key.kid.as_deref().is_none_or(|k| k == kid))
+                && key.alg.as_deref().is_none_or(|a| a == alg)
+        });
+        for key in candidates {
+            let verified = match (&key.key, rsa, other) {
+                (PublicKey::Rsa { modulus, exponent }, Some(parameters), _) => {
+                    signature::RsaPublicKeyComponents {
+                        n: modulus,
+                        e: exponent,
+                    }
+                    .verify(parameters, signed, signature)
+                    .is_ok()
+                }
+                (PublicKey::Ec { curve, point }, _, Some((algorithm, Some(wanted))))
+                    if curve == wanted =>
+                {
+                    UnparsedPublicKey::new(algorithm, point)
+                        .verify(signed, signature)
+                        .is_ok()
+                }
+                (PublicKey::Ed25519(point), _, Some((algorithm, None))) => {
+                    UnparsedPublicKey::new(algorithm, point)
+                        .verify(signed, signature)
+                        .is_ok()
+                }
+                _ => false,
+            };
+            if verified {
+                return Ok(());
+            }
+        }
+        Err(JwtError::Signature)
+    }
+
+    /// What a verified token does to the request: the payload and claim headers, and the
+    /// token removed from `header` unless it is forwarded.
+    fn apply(
+        &self,
+        parts: &mut Parts,
+        identity: &RequestIdentity,
+        payload: &str,
+        header: Option<&hyper::header::HeaderName>,
+    ) {
+        if !self.forward
+            && let Some(header) = header
+        {
+            parts.headers.remove(header);
+        }
+        if let Some(name) = &self.payload_header
+            && let Ok(value) = HeaderValue::from_str(payload)
+        {
+            parts.headers.insert(name.clone(), value);
+        }
+        for (name, claim) in &self.claim_headers {
+            let value = match identity.claims.get(claim) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                _ => continue,
+            };
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                parts.headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
