@@ -24,12 +24,16 @@ apt_install() {
   apt-get install -y -qq "$@" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; }
 }
 
-# Python with grpcio: a real, unmodified xDS client (gRPC C-core) for the control-plane tests.
+# Python with grpcio, a real, unmodified xDS client (gRPC C-core) for the control-plane
+# tests, and jwcrypto, a real JOSE library that signs the tokens of the JWT tests.
 GRPCIO_VERSION=1.85.3
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
+JWCRYPTO_VERSION=1.6.1
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "
+import sys, grpc, importlib.metadata as m
+sys.exit(grpc.__version__ != '$GRPCIO_VERSION' or m.version('jwcrypto') != '$JWCRYPTO_VERSION')" 2>/dev/null; then
   echo "== installing Python test clients into .venv"
-  python3 -m venv .venv || { apt_install python3-venv && python3 -m venv .venv; }
-  .venv/bin/pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
+  [ -x .venv/bin/python ] || python3 -m venv .venv || { apt_install python3-venv && python3 -m venv .venv; }
+  .venv/bin/pip install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION" "jwcrypto==$JWCRYPTO_VERSION"
 fi
 export WEFT_TEST_PYTHON="$PWD/.venv/bin/python"
 

@@ -71,6 +71,8 @@ pub struct Config {
     pub tls_names: Vec<String>,
     /// The mesh-wide settings (Istio's MeshConfig).
     pub mesh: Arc<MeshConfig>,
+    /// How often the key sets RequestAuthentications name by `jwksUri` are fetched again.
+    pub jwks_refresh: std::time::Duration,
 }
 
 /// Errors starting the control plane.
@@ -233,13 +235,15 @@ impl ControlPlane {
                 addr: config.debug_addr,
                 source,
             })?;
+        let (mut key_sets, jwks_task) = crate::jwks::start(state.clone(), config.jwks_refresh);
+        tasks.push(jwks_task);
         let mut updates = state.clone();
         let mut registered = registrations.subscribe();
         let serving = generator.clone();
         let mesh = config.mesh.clone();
         tokio::spawn(async move {
-            // A new snapshot whenever the configuration, the registered workloads or the
-            // platform's services change.
+            // A new snapshot whenever the configuration, the registered workloads, the
+            // platform's services or a fetched key set change.
             for version in 1.. {
                 let workloads_changed = tokio::select! {
                     changed = updates.changed() => {
@@ -248,6 +252,10 @@ impl ControlPlane {
                     }
                     changed = registered.changed() => if changed.is_err() { break } else { true },
                     changed = platform.changed(), if platform.has_changed().is_ok() => {
+                        if changed.is_err() { continue }
+                        registered.has_changed().unwrap_or(false)
+                    }
+                    changed = key_sets.changed(), if key_sets.has_changed().is_ok() => {
                         if changed.is_err() { continue }
                         registered.has_changed().unwrap_or(false)
                     }
@@ -264,7 +272,8 @@ impl ControlPlane {
                 metrics.reloaded(&state);
                 let services = platform.borrow_and_update().clone();
                 let snapshot = MeshSnapshot::build(version, &state, &workloads, &services)
-                    .with_mesh(mesh.clone());
+                    .with_mesh(mesh.clone())
+                    .with_key_sets(key_sets.borrow_and_update().clone());
                 serving.set(Arc::new(snapshot));
                 if changes.send(version).is_err() {
                     break;

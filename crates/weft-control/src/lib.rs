@@ -10,7 +10,8 @@
 //!   version of every resource when an edit breaks it;
 //! * [`registry`] turns ServiceEntries, WorkloadEntries and workloads that registered
 //!   themselves over xDS ([`registration`]) into services and endpoints;
-//! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed;
+//! * [`model`] is one immutable snapshot of the mesh: the valid resources, indexed, with
+//!   the key sets RequestAuthentications name by URI, which [`jwks`] fetches;
 //! * [`translate`] turns a snapshot into the listeners, routes, clusters and endpoints one
 //!   proxy needs — an Envoy, a Weft proxy, or a proxyless gRPC client;
 //! * [`kube`] is the config store and registry on Kubernetes: Istio's custom resources,
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod app;
 pub mod ca;
+pub mod jwks;
 pub mod kube;
 pub mod metrics;
 pub mod model;

@@ -14,7 +14,9 @@ use weft_api::networking::virtual_service::VirtualService;
 use weft_api::resource::Spec;
 use weft_api::security::authorization_policy::AuthorizationPolicy;
 use weft_api::security::peer_authentication::PeerAuthentication;
+use weft_api::security::request_authentication::RequestAuthentication;
 
+use crate::jwks::KeySets;
 use crate::registration::RegisteredWorkload;
 use crate::registry::{self, Service, fqdn};
 use crate::store::ConfigState;
@@ -37,6 +39,10 @@ pub struct MeshSnapshot {
     pub peer_authentications: Vec<(Resource, PeerAuthentication)>,
     /// AuthorizationPolicies, in load order.
     pub authorization_policies: Vec<(Resource, AuthorizationPolicy)>,
+    /// RequestAuthentications, in load order.
+    pub request_authentications: Vec<(Resource, RequestAuthentication)>,
+    /// The key sets their `jwksUri`s name, as last fetched.
+    pub key_sets: Arc<KeySets>,
     /// Sidecars, in load order.
     pub sidecars: Vec<(Resource, Sidecar)>,
     /// Gateways, in load order.
@@ -65,6 +71,7 @@ impl MeshSnapshot {
             BTreeMap::new();
         let mut peer_authentications = Vec::new();
         let mut authorization_policies = Vec::new();
+        let mut request_authentications = Vec::new();
         let mut sidecars = Vec::new();
         let mut gateways = Vec::new();
         let mut gateway_virtual_services = Vec::new();
@@ -95,6 +102,9 @@ impl MeshSnapshot {
                 Spec::AuthorizationPolicy(ap) => {
                     authorization_policies.push((resource.clone(), ap.clone()))
                 }
+                Spec::RequestAuthentication(ra) => {
+                    request_authentications.push((resource.clone(), ra.clone()))
+                }
                 Spec::Sidecar(sidecar) => sidecars.push((resource.clone(), (**sidecar).clone())),
                 _ => {}
             }
@@ -107,6 +117,8 @@ impl MeshSnapshot {
             destination_rules,
             peer_authentications,
             authorization_policies,
+            request_authentications,
+            key_sets: Arc::default(),
             sidecars,
             gateways,
             gateway_virtual_services,
@@ -117,6 +129,12 @@ impl MeshSnapshot {
     /// The snapshot with the mesh-wide settings `mesh`.
     pub fn with_mesh(mut self, mesh: Arc<MeshConfig>) -> Self {
         self.mesh = mesh;
+        self
+    }
+
+    /// The snapshot with the fetched key sets `key_sets`.
+    pub fn with_key_sets(mut self, key_sets: Arc<KeySets>) -> Self {
+        self.key_sets = key_sets;
         self
     }
 

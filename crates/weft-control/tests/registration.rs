@@ -228,6 +228,7 @@ async fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::one
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
         registration_grace: Duration::from_millis(300),
+        jwks_refresh: Duration::from_secs(1200),
         xds_tls_addr: None,
         mesh: Default::default(),
         tls_names: vec![],

@@ -65,6 +65,7 @@ async fn tls_port_needs_the_mesh_root_and_a_join_token() {
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
         registration_grace: Duration::from_secs(1),
+        jwks_refresh: Duration::from_secs(1200),
         xds_tls_addr: Some("127.0.0.1:0".parse().unwrap()),
         mesh: Default::default(),
         tls_names: vec!["localhost".into(), "127.0.0.1".into()],

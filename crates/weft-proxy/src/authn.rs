@@ -71,7 +71,10 @@ impl AuthMatch {
 
 /// The verified identity of a request, if it has one.
 pub fn identity(parts: &Parts) -> Option<&RequestIdentity> {
-    parts.extensions.get::<Arc<RequestIdentity>>().map(Arc::as_ref)
+    parts
+        .extensions
+        .get::<Arc<RequestIdentity>>()
+        .map(Arc::as_ref)
 }
 
 /// Why a token was refused (the body of the `401`, in Envoy's words).
@@ -121,7 +124,7 @@ impl JwtAuthn {
             for (token, header) in provider.tokens(parts) {
                 match provider.verify(&token, now) {
                     Ok((identity, payload)) => {
-                        provider.apply(parts, &identity, &payload, header.as_ref());
+                        provider.apply(parts, &identity, payload, header.as_ref());
                         parts.extensions.insert(Arc::new(identity));
                         return Ok(());
                     }
@@ -162,7 +165,9 @@ impl JwtProvider {
             }
         }
         for cookies in parts.headers.get_all(COOKIE) {
-            let Ok(cookies) = cookies.to_str() else { continue };
+            let Ok(cookies) = cookies.to_str() else {
+                continue;
+            };
             for cookie in cookies.split(';') {
                 let (name, value) = cookie.trim().split_once('=').unwrap_or((cookie, ""));
                 if self.locations.cookies.iter().any(|c| c == name) {
@@ -176,11 +181,7 @@ impl JwtProvider {
 
     /// Verifies `token` at `now` (seconds since the epoch): its issuer, signature, times
     /// and audience. Gives the identity and the payload part, as sent.
-    fn verify<'t>(
-        &self,
-        token: &'t str,
-        now: u64,
-    ) -> Result<(RequestIdentity, &'t str), JwtError> {
+    fn verify<'t>(&self, token: &'t str, now: u64) -> Result<(RequestIdentity, &'t str), JwtError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -238,7 +239,10 @@ impl JwtProvider {
         if !self.audiences.is_empty() && !audiences.iter().any(|a| self.audiences.contains(a)) {
             return Err(JwtError::Audience);
         }
-        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let identity = RequestIdentity {
             principal: format!("{}/{subject}", self.issuer),
             audiences,

@@ -81,6 +81,10 @@ pub struct Args {
     /// of `extensionProviders`, and logs the fields it ignores.
     #[arg(long)]
     mesh_config: Option<PathBuf>,
+    /// How often the key sets that RequestAuthentications name by `jwksUri` are fetched
+    /// again (istiod's default is 20 minutes); a set that changes is pushed at once.
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    jwks_refresh_interval: std::time::Duration,
     /// Log filter, as RUST_LOG would take it (`info`, `weft_control=debug`, …).
     #[arg(long, default_value = "info")]
     log: String,
@@ -125,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             xds_tls_addr: args.xds_tls_addr,
             tls_names: args.tls_names.clone(),
             mesh: Arc::new(mesh_config(args.mesh_config.as_deref())?),
+            jwks_refresh: args.jwks_refresh_interval,
         };
         let control = ControlPlane::start(config)
             .await

@@ -43,6 +43,7 @@ mod mesh;
 mod authz;
 mod hardening;
 mod identity;
+mod jwt;
 mod limits;
 mod protocols;
 mod resilience;

@@ -90,12 +90,24 @@ impl Mesh {
         versions: &[&'static str],
         app: impl Fn(&'static str) -> u16,
     ) -> Self {
+        Self::with_control_flags(service, extra, mesh_config, &[], versions, app)
+    }
+
+    /// As [`Mesh::with_mesh_config`], with `control_flags` added to `weft control`'s.
+    pub fn with_control_flags(
+        service: &str,
+        extra: &str,
+        mesh_config: Option<&str>,
+        control_flags: &[&str],
+        versions: &[&'static str],
+        app: impl Fn(&'static str) -> u16,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(config_dir(dir.path())).unwrap();
         std::fs::write(config_dir(dir.path()).join("echo.yaml"), service).unwrap();
         std::fs::write(config_dir(dir.path()).join("extra.yaml"), extra).unwrap();
         let mesh_file = dir.path().join("mesh.yaml");
-        let mut flags = Vec::new();
+        let mut flags = control_flags.to_vec();
         if let Some(mesh_config) = mesh_config {
             std::fs::write(&mesh_file, mesh_config).unwrap();
             flags.extend(["--mesh-config", mesh_file.to_str().unwrap()]);

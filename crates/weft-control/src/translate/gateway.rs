@@ -34,6 +34,7 @@ use weft_xds::types::pack;
 use super::client::Client;
 use super::envoy::{file, http_manager, http_manager_filter, socket, tls_socket};
 use super::inbound::authz::{Workload, http_rbac_filters, inbound_rbac};
+use super::inbound::jwt::jwt_filter;
 use super::names::port_listener_name;
 use super::outbound::route::{Place, virtual_service_routes};
 use crate::model::MeshSnapshot;
@@ -140,13 +141,16 @@ pub(crate) fn listener(
         labels: &client.labels,
     };
     let rbac = inbound_rbac(snapshot, &gateway, trust_domain, true, None);
+    // Its RequestAuthentications' JWT filter goes before the policies that read tokens.
+    let mut front: Vec<_> = jwt_filter(snapshot, &gateway).into_iter().collect();
+    front.extend(http_rbac_filters(&rbac));
     let manager = |route: &str| {
         let mut manager = http_manager(
             &format!("gateway_0.0.0.0_{port}"),
             route,
             snapshot.mesh.path_normalization(),
         );
-        manager.http_filters.splice(0..0, http_rbac_filters(&rbac));
+        manager.http_filters.splice(0..0, front.iter().cloned());
         manager.use_remote_address = Some(BoolValue { value: true });
         manager.xff_num_trusted_hops = snapshot.mesh.num_trusted_proxies();
         vec![http_manager_filter(&manager)]

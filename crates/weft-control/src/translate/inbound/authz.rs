@@ -15,9 +15,12 @@
 //!   go to the filters' shadow rules: evaluated and logged, never enforced.
 //! * **paths**: `{*}` (one segment) and `{**}` (any number, last) make a path a URI
 //!   template, sent as Envoy's `*` and `**`; other paths are exact, `prefix*`, `*suffix`.
-//! * **fields that cannot apply** (HTTP attributes on a TCP port, JWT request principals Weft
-//!   does not verify yet): in an ALLOW rule the rule is dropped (it allows less), in a DENY rule
-//!   the field is ignored (it denies more) — never the other way round.
+//! * **tokens**: `requestPrincipals` and the `request.auth.*` conditions read what the JWT
+//!   filter verified ([`super::jwt`]), as Istio's `istio_authn` metadata; a request without a
+//!   token has none of them.
+//! * **fields that cannot apply** (HTTP attributes and tokens on a TCP port, unknown
+//!   attributes): in an ALLOW rule the rule is dropped (it allows less), in a DENY rule the
+//!   field is ignored (it denies more) — never the other way round.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,8 @@ use weft_api::security::authorization_policy::{
 };
 use weft_xds::envoy::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use weft_xds::envoy::envoy::config::rbac::v3::{
-    Permission, Policy, Principal, Rbac, permission, principal, rbac::Action as RbacAction,
+    MetadataSource, Permission, Policy, Principal, Rbac, SourcedMetadata, permission, principal,
+    rbac::Action as RbacAction,
 };
 use weft_xds::envoy::envoy::config::route::v3::{
     HeaderMatcher, header_matcher::HeaderMatchSpecifier,
@@ -43,6 +47,7 @@ use weft_xds::envoy::envoy::r#type::matcher::v3::{
 use weft_xds::envoy::google::protobuf::UInt32Value;
 use weft_xds::types::{pack, proto_map};
 
+use super::jwt::{auth_metadata, bracketed};
 use crate::model::MeshSnapshot;
 pub(crate) use crate::translate::policy::{Workload, mtls_mode};
 use weft_api::analyze::ROOT_NAMESPACE;
@@ -301,8 +306,14 @@ impl Context<'_> {
         field(&source.not_remote_ip_blocks, true, &|v| Principal {
             identifier: Some(remote(v)),
         });
-        if !source.request_principals.is_empty() || !source.not_request_principals.is_empty() {
-            // JWT identities are not verified by Weft yet.
+        let has_request_principals =
+            !source.request_principals.is_empty() || !source.not_request_principals.is_empty();
+        if self.http {
+            let request_principal = |v: &str| auth_principal(&["request.auth.principal"], v);
+            field(&source.request_principals, false, &request_principal);
+            field(&source.not_request_principals, true, &request_principal);
+        } else if has_request_principals {
+            // A TCP connection carries no token.
             match self.unenforceable() {
                 Unenforceable::Ignore => {}
                 Unenforceable::NeverMatch => return None,
@@ -418,6 +429,22 @@ impl Context<'_> {
             "destination.ip" => {
                 permission_clause(&|v| Some(rule(permission::Rule::DestinationIp(cidr(v)))))?
             }
+            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter"
+                if self.http =>
+            {
+                principal_clause(&|v| auth_principal(&[key], v))
+            }
+            _ if self.http && key.starts_with("request.auth.claims[") => {
+                let Some(path) = bracketed(&key["request.auth.claims".len()..]) else {
+                    return match self.unenforceable() {
+                        Unenforceable::Ignore => Some(None),
+                        Unenforceable::NeverMatch => None,
+                    };
+                };
+                let mut full = vec!["request.auth.claims"];
+                full.extend(path.iter().map(String::as_str));
+                principal_clause(&|v| auth_principal(&full, v))
+            }
             _ if self.http && key.starts_with("request.headers[") && key.ends_with(']') => {
                 let name = key["request.headers[".len()..key.len() - 1].to_ascii_lowercase();
                 permission_clause(&|v| {
@@ -487,6 +514,17 @@ fn path_permission(value: &str) -> Permission {
     rule(permission::Rule::UrlPath(PathMatcher {
         rule: Some(path_matcher::Rule::Path(value_matcher(value))),
     }))
+}
+
+/// A condition on the request's verified token (Istio's `istio_authn` metadata at `path`),
+/// in Istio's string forms.
+fn auth_principal(path: &[&str], value: &str) -> Principal {
+    Principal {
+        identifier: Some(principal::Identifier::SourcedMetadata(SourcedMetadata {
+            metadata_matcher: Some(auth_metadata(path, value_matcher(value), false)),
+            metadata_source: MetadataSource::Dynamic as i32,
+        })),
+    }
 }
 
 /// A condition's contribution: to who the caller is, or to what it asks.

@@ -11,6 +11,7 @@
 //! for HTTP ports, as network filters for TCP ports.
 
 pub(super) mod authz;
+pub(super) mod jwt;
 
 use std::collections::BTreeMap;
 
@@ -36,7 +37,7 @@ use weft_xds::envoy::envoy::config::route::v3::{
 };
 use weft_xds::envoy::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use weft_xds::envoy::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier,
 };
 use weft_xds::envoy::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use weft_xds::envoy::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -218,6 +219,7 @@ pub(crate) fn listener(
     let mut filter_chains = Vec::new();
     let mut detecting = false;
     let paths = snapshot.mesh.path_normalization();
+    let jwt = jwt::jwt_filter(snapshot, &who);
     for (port, carries) in ports(snapshot, workload) {
         // Policies name the workload's own port: the application's where the sidecar fronts
         // it on a port of its own (`APP_PORT`).
@@ -263,7 +265,7 @@ pub(crate) fn listener(
                         },
                         ..FilterChainMatch::default()
                     }),
-                    filters: network_filters(port, http, &rbac, paths),
+                    filters: network_filters(port, http, &rbac, jwt.as_ref(), paths),
                     transport_socket: Some(mesh_tls_server()),
                     ..FilterChain::default()
                 });
@@ -277,7 +279,7 @@ pub(crate) fn listener(
                         application_protocols: detected_http.clone().unwrap_or_default(),
                         ..FilterChainMatch::default()
                     }),
-                    filters: network_filters(port, http, &rbac, paths),
+                    filters: network_filters(port, http, &rbac, jwt.as_ref(), paths),
                     ..FilterChain::default()
                 });
             }
@@ -293,7 +295,7 @@ pub(crate) fn listener(
                     transport_protocol: "tls".to_string(),
                     ..FilterChainMatch::default()
                 }),
-                filters: network_filters(port, false, &rbac, paths),
+                filters: network_filters(port, false, &rbac, None, paths),
                 ..FilterChain::default()
             });
         }
@@ -319,16 +321,21 @@ pub(crate) fn listener(
     Resource::new(INBOUND_LISTENER, pack(&listener))
 }
 
+/// The filters of an inbound chain: for HTTP, a connection manager with the JWT filter (if a
+/// RequestAuthentication applies), the RBAC filters and the router; for TCP, the RBAC
+/// filters and the TCP proxy.
 fn network_filters(
     port: u32,
     http: bool,
     rbac: &InboundRbac,
+    jwt: Option<&HttpFilter>,
     paths: PathNormalization,
 ) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     let stat_prefix = format!("inbound_{port}");
     if http {
-        let mut http_filters = http_rbac_filters(rbac);
+        let mut http_filters: Vec<HttpFilter> = jwt.into_iter().cloned().collect();
+        http_filters.extend(http_rbac_filters(rbac));
         http_filters.push(router());
         let route = Route {
             r#match: Some(RouteMatch {

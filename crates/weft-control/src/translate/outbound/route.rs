@@ -45,6 +45,7 @@ use crate::model::MeshSnapshot;
 use crate::registry::Service;
 use crate::translate::client::Client;
 use crate::translate::envoy::{FAULT_FILTER, duration};
+use crate::translate::inbound::jwt::{auth_metadata, claim_path};
 use crate::translate::names::{cluster_name, parse_cluster_name};
 use crate::translate::policy::{effective_policy, resolve_target};
 
@@ -299,11 +300,24 @@ fn route_match(m: &HttpMatchRequest, client: &Client, port: u32) -> Option<Route
             headers.push(header_matcher(name, value, false));
         }
     }
-    for (name, value) in &m.headers {
-        headers.push(header_matcher(name, value, false));
-    }
-    for (name, value) in &m.without_headers {
-        headers.push(header_matcher(name, value, true));
+    // `@request.auth.claims.<name>` keys match a verified token's claim, where a JWT filter
+    // runs before routing (at a gateway); the others are headers.
+    let mut dynamic_metadata = Vec::new();
+    for (invert, conditions) in [(false, &m.headers), (true, &m.without_headers)] {
+        for (name, value) in conditions {
+            match claim_path(name) {
+                Some(path) => {
+                    let mut full = vec!["request.auth.claims"];
+                    full.extend(path.iter().map(String::as_str));
+                    let matcher = string_matcher(value).unwrap_or_else(|| StringMatcher {
+                        match_pattern: Some(MatchPattern::SafeRegex(regex_matcher(".+"))),
+                        ..StringMatcher::default()
+                    });
+                    dynamic_metadata.push(auth_metadata(&full, matcher, invert));
+                }
+                None => headers.push(header_matcher(name, value, invert)),
+            }
+        }
     }
     let query_parameters = m
         .query_params
@@ -321,6 +335,7 @@ fn route_match(m: &HttpMatchRequest, client: &Client, port: u32) -> Option<Route
         case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
         headers,
         query_parameters,
+        dynamic_metadata,
         ..RouteMatch::default()
     })
 }

@@ -143,8 +143,7 @@ fn provider_model(name: &str, provider: &ProtoProvider) -> Result<JwtProvider, S
             .map(|h| Ok((header(&h.name)?, h.value_prefix.clone())))
             .collect::<Result<_, String>>()?,
     };
-    if locations.headers.is_empty() && locations.params.is_empty() && locations.cookies.is_empty()
-    {
+    if locations.headers.is_empty() && locations.params.is_empty() && locations.cookies.is_empty() {
         // Envoy's defaults.
         locations.headers = vec![(hyper::header::AUTHORIZATION, "Bearer ".to_string())];
         locations.params = vec!["access_token".to_string()];
