@@ -350,3 +350,146 @@ impl JwtProvider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "a test fails loudly when its own setup fails"
+    )]
+
+    use hyper::header::HeaderName;
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::authn::{Jwk, TokenLocations};
+
+    struct Signer(EcdsaKeyPair);
+
+    impl Signer {
+        fn new() -> Self {
+            let rng = SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            Signer(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap(),
+            )
+        }
+
+        fn token(&self, header: Value, claims: Value) -> String {
+            let signed = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let signature = self
+                .0
+                .sign(&SystemRandom::new(), signed.as_bytes())
+                .unwrap();
+            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+        }
+
+        fn provider(&self, kid: &str) -> JwtProvider {
+            JwtProvider {
+                name: "origins-0".to_string(),
+                issuer: "iss".to_string(),
+                audiences: vec!["a".to_string()],
+                keys: vec![Jwk {
+                    kid: Some(kid.to_string()),
+                    alg: None,
+                    key: PublicKey::Ec {
+                        curve: "P-256".to_string(),
+                        point: self.0.public_key().as_ref().to_vec(),
+                    },
+                }],
+                locations: TokenLocations {
+                    headers: vec![(hyper::header::AUTHORIZATION, "Bearer ".to_string())],
+                    ..TokenLocations::default()
+                },
+                forward: false,
+                payload_header: None,
+                claim_headers: vec![(HeaderName::from_static("x-sub"), "sub".to_string())],
+                space_delimited: vec!["scope".to_string()],
+                clock_skew: 60,
+            }
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims(exp: u64) -> Value {
+        json!({"iss": "iss", "sub": "s", "aud": ["x", "a"], "exp": exp, "scope": "read write"})
+    }
+
+    #[test]
+    fn keys_are_chosen_by_kid_and_algorithm() {
+        let signer = Signer::new();
+        let provider = signer.provider("k1");
+        let es256 = json!({"alg": "ES256", "kid": "k1"});
+        let token = signer.token(es256, claims(NOW + 10));
+        let (identity, _) = provider.verify(&token, NOW).unwrap();
+        assert_eq!(identity.principal, "iss/s");
+        assert_eq!(identity.audiences, ["x", "a"]);
+        assert_eq!(
+            identity.claim(&["scope".to_string()]).unwrap(),
+            ["read", "write"]
+        );
+        let other_kid = signer.token(json!({"alg": "ES256", "kid": "k2"}), claims(NOW + 10));
+        assert_eq!(provider.verify(&other_kid, NOW), Err(JwtError::Signature));
+        let wrong_alg = signer.token(json!({"alg": "ES384", "kid": "k1"}), claims(NOW + 10));
+        assert_eq!(provider.verify(&wrong_alg, NOW), Err(JwtError::Signature));
+        let hmac = signer.token(json!({"alg": "HS256"}), claims(NOW + 10));
+        assert_eq!(
+            provider.verify(&hmac, NOW),
+            Err(JwtError::UnsupportedAlgorithm)
+        );
+    }
+
+    #[test]
+    fn times_allow_the_clock_skew() {
+        let signer = Signer::new();
+        let provider = signer.provider("k1");
+        let header = json!({"alg": "ES256"});
+        let late = signer.token(header.clone(), claims(NOW - 30));
+        assert!(provider.verify(&late, NOW).is_ok());
+        let expired = signer.token(header.clone(), claims(NOW - 120));
+        assert_eq!(provider.verify(&expired, NOW), Err(JwtError::Expired));
+        let mut future = claims(NOW + 600);
+        future["nbf"] = json!(NOW + 120);
+        let early = signer.token(header, future);
+        assert_eq!(provider.verify(&early, NOW), Err(JwtError::NotYetValid));
+    }
+
+    #[test]
+    fn a_verified_token_sets_the_outputs_and_only_it_can() {
+        let signer = Signer::new();
+        let authn = JwtAuthn {
+            providers: vec![signer.provider("k1")],
+            allow_missing: false,
+        };
+        let token = signer.token(json!({"alg": "ES256"}), claims(u64::MAX / 2));
+        let mut parts = hyper::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-sub", "forged")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        authn.authenticate(&mut parts).unwrap();
+        assert_eq!(parts.headers["x-sub"], "s");
+        assert!(!parts.headers.contains_key("authorization"));
+        assert_eq!(identity(&parts).unwrap().principal, "iss/s");
+
+        let mut forged = hyper::Request::get("/")
+            .header("x-sub", "forged")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(authn.authenticate(&mut forged), Err(JwtError::Missing));
+        assert!(!forged.headers.contains_key("x-sub"));
+    }
+}

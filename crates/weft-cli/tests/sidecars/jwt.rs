@@ -400,3 +400,115 @@ fn an_unreachable_key_set_refuses_its_tokens() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(call(&mesh, "/public", "").0, 200);
 }
+
+/// At the ingress gateway: its own RequestAuthentication (selecting its labels) verifies
+/// tokens before routing, and VirtualService matches on `@request.auth.claims` route by a
+/// verified claim — `group: beta` and the nested `org.team: canary` go to `v2`, the rest
+/// to `v1`; a claim a client writes as a header routes nothing.
+#[test]
+fn the_gateway_routes_by_verified_claims() {
+    let tokens = Tokens::new();
+    let port = crate::common::free_port();
+    let extra = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: {INLINE_ISSUER}
+    jwks: '{jwks}'
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: test}}
+spec:
+  host: echo.test.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: test}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/ingress]
+  http:
+  - match:
+    - headers: {{'@request.auth.claims.group': {{exact: beta}}}}
+    - headers: {{'@request.auth.claims.org.team': {{exact: canary}}}}
+    route:
+    - destination: {{host: echo.test.svc.cluster.local, subset: v2, port: {{number: 8080}}}}
+  - route:
+    - destination: {{host: echo.test.svc.cluster.local, subset: v1, port: {{number: 8080}}}}
+",
+        jwks = tokens.jwks(&["ec-1"]),
+    );
+    let mesh = Mesh::with_versions(&extra, &["v1", "v2"]);
+    let config = crate::mesh::config_dir(mesh.dir.path());
+    let xds = mesh.control.as_ref().unwrap().xds.clone();
+    let mut gateway = crate::common::Gateway::start(&xds, &config);
+    let address = format!("127.0.0.1:{port}");
+    let get = |headers: &str| {
+        let answer = crate::clients::raw(
+            &address,
+            format!(
+                "GET / HTTP/1.1\r\nHost: shop.example.com\r\n{headers}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or(0);
+        let served_by = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("served-by: "))
+            .unwrap_or_default()
+            .to_string();
+        (status, served_by)
+    };
+    let token = |claims: Value| {
+        let mut all = json!({"iss": INLINE_ISSUER, "sub": "dave", "exp": at(600)});
+        if let (Some(all), Some(claims)) = (all.as_object_mut(), claims.as_object()) {
+            all.extend(claims.clone());
+        }
+        bearer(&tokens.one("ec-1", "ES256", all))
+    };
+    eventually("the gateway routes", Duration::from_secs(60), || {
+        if let Some(exit) = gateway.0.try_wait().unwrap() {
+            panic!("weft gateway exited: {exit}");
+        }
+        if std::net::TcpStream::connect(&address).is_err() {
+            return Err("not listening yet".to_string());
+        }
+        match get("") {
+            (200, served_by) if served_by == "v1" => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    });
+    assert_eq!(get(&token(json!({"group": "beta"}))), (200, "v2".into()));
+    assert_eq!(
+        get(&token(json!({"org": {"team": "canary"}}))),
+        (200, "v2".into())
+    );
+    assert_eq!(get(&token(json!({"group": "stable"}))), (200, "v1".into()));
+    assert_eq!(
+        get("group: beta\r\nx-jwt-claim-group: beta\r\n").1,
+        "v1",
+        "headers are not claims"
+    );
+    let expired = token(json!({"group": "beta", "exp": at(-3600)}));
+    assert_eq!(get(&expired).0, 401, "the gateway refuses a bad token");
+}

@@ -276,3 +276,109 @@ pub(super) fn auth_match(
         invert: matcher.invert,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "a test fails loudly when its own setup fails"
+    )]
+
+    use weft_xds::envoy::envoy::config::core::v3::DataSource;
+    use weft_xds::envoy::envoy::config::route::v3::RouteMatch;
+    use weft_xds::envoy::envoy::extensions::filters::http::jwt_authn::v3::{
+        JwtRequirementOrList, RemoteJwks, RequirementRule,
+    };
+
+    use super::*;
+
+    fn requires(types: Vec<RequiresType>) -> JwtRequirement {
+        JwtRequirement {
+            requires_type: Some(RequiresType::RequiresAny(JwtRequirementOrList {
+                requirements: types
+                    .into_iter()
+                    .map(|t| JwtRequirement {
+                        requires_type: Some(t),
+                    })
+                    .collect(),
+            })),
+        }
+    }
+
+    /// Istio's shape: one provider, one rule for every path, any provider or none.
+    fn istio(jwks: Option<JwksSourceSpecifier>, requirement: JwtRequirement) -> JwtAuthentication {
+        let provider = ProtoProvider {
+            issuer: "https://issuer.test".to_string(),
+            jwks_source_specifier: jwks,
+            ..ProtoProvider::default()
+        };
+        JwtAuthentication {
+            providers: [("origins-0".to_string(), provider)].into_iter().collect(),
+            rules: vec![RequirementRule {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..RouteMatch::default()
+                }),
+                requirement_type: Some(RequirementType::Requires(requirement)),
+            }],
+            ..JwtAuthentication::default()
+        }
+    }
+
+    fn inline(text: &str) -> Option<JwksSourceSpecifier> {
+        Some(JwksSourceSpecifier::LocalJwks(DataSource {
+            specifier: Some(Specifier::InlineString(text.to_string())),
+            ..DataSource::default()
+        }))
+    }
+
+    fn any_or_missing() -> JwtRequirement {
+        requires(vec![
+            RequiresType::ProviderName("origins-0".to_string()),
+            RequiresType::AllowMissing(Default::default()),
+        ])
+    }
+
+    #[test]
+    fn istios_shape_is_taken_with_envoys_default_locations() {
+        let jwt = authentication(&istio(inline(r#"{"keys":[]}"#), any_or_missing())).unwrap();
+        assert!(jwt.allow_missing);
+        let provider = &jwt.providers[0];
+        assert_eq!(
+            provider.locations.headers[0].0,
+            hyper::header::AUTHORIZATION
+        );
+        assert_eq!(provider.locations.params, ["access_token"]);
+        assert_eq!(provider.clock_skew, DEFAULT_CLOCK_SKEW);
+    }
+
+    #[test]
+    fn shapes_it_cannot_enforce_are_refused() {
+        let remote = Some(JwksSourceSpecifier::RemoteJwks(RemoteJwks::default()));
+        assert!(authentication(&istio(remote, any_or_missing())).is_err());
+        let lenient = requires(vec![
+            RequiresType::ProviderName("origins-0".to_string()),
+            RequiresType::AllowMissingOrFailed(Default::default()),
+        ]);
+        assert!(authentication(&istio(inline("{}"), lenient)).is_err());
+        let unknown = requires(vec![RequiresType::ProviderName("origins-9".to_string())]);
+        assert!(authentication(&istio(inline("{}"), unknown)).is_err());
+        let mut two_rules = istio(inline("{}"), any_or_missing());
+        two_rules.rules.push(two_rules.rules[0].clone());
+        assert!(authentication(&two_rules).is_err());
+        let mut no_rules = istio(inline("{}"), any_or_missing());
+        no_rules.rules.clear();
+        assert!(authentication(&no_rules).is_err());
+    }
+
+    #[test]
+    fn a_key_set_that_cannot_be_read_leaves_no_keys() {
+        let jwt = authentication(&istio(inline("not json"), any_or_missing())).unwrap();
+        assert!(jwt.providers[0].keys.is_empty());
+        let set = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"a","x":"AQ","y":"Ag"},
+            {"kty":"oct","k":"c2VjcmV0"},{"kty":"EC","crv":"P-521","x":"AQ","y":"Ag"}]}"#;
+        let keys = key_set(set).unwrap();
+        assert_eq!(keys.len(), 1, "symmetric and P-521 keys are left out");
+        assert!(matches!(&keys[0].key, PublicKey::Ec { point, .. } if point == &[4, 1, 2]));
+    }
+}
