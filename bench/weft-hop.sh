@@ -77,6 +77,46 @@ spec:
     connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
 YAML
     fi
+    if [[ -e $HOP_SHARED/authz ]]; then
+      # A adds the token to every request (a route header); B verifies it, then walks 99
+      # rules that read it and do not match (principal, claim) before the one that does.
+      {
+        cat <<YAML
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: $service, namespace: bench}
+spec:
+  selector: {matchLabels: {app: $service}}
+  jwtRules:
+  - issuer: https://bench.test
+    audiences: [b]
+    jwks: '$(cat "$HOP_SHARED/jwks.json")'
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: $service, namespace: bench}
+spec:
+  hosts: [$service.bench.svc.cluster.local]
+  http:
+  - headers: {request: {set: {authorization: "Bearer $(cat "$HOP_SHARED/jwt")"}}}
+    route: [{destination: {host: $service.bench.svc.cluster.local}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: $service, namespace: bench}
+spec:
+  selector: {matchLabels: {app: $service}}
+  rules:
+YAML
+        for i in $(seq 0 98); do
+          echo "  - from: [{source: {requestPrincipals: [https://bench.test/user-$i]}}]"
+          echo "    to: [{operation: {paths: ['/*']}}]"
+          echo "    when: [{key: 'request.auth.claims[group]', values: [group-$i]}]"
+        done
+        echo "  - to: [{operation: {paths: ['/*'], methods: [GET, HEAD]}}]"
+      } >> "$HOP_SHARED/config/$service.yaml"
+    fi
     wait_for_registry "$service"
     identity=(--token-file "$HOP_SHARED/token-b")
     if [[ $HOP_NAME == neg-* ]]; then

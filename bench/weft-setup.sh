@@ -22,6 +22,34 @@ spec:
 YAML
 # WEFT_HOP_H2=1: B's service gets h2UpgradePolicy UPGRADE (weft-hop.sh reads this marker).
 if [[ ${WEFT_HOP_H2:-0} == 1 ]]; then touch "$d/h2"; fi
+# WEFT_HOP_AUTHZ=1: B verifies a JWT (RS256) that A adds to every request, and evaluates
+# 100 authorization rules that read it (weft-hop.sh reads the marker, the key set and the
+# token written here with openssl).
+if [[ ${WEFT_HOP_AUTHZ:-0} == 1 ]]; then
+  openssl genrsa -out "$d/jwt-key.pem" 2048 2>/dev/null
+  python3 - "$d" <<'PY'
+import base64, json, subprocess, sys, time
+d = sys.argv[1]
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+modulus = subprocess.run(["openssl", "rsa", "-in", f"{d}/jwt-key.pem", "-noout", "-modulus"],
+                         capture_output=True, text=True, check=True).stdout
+n = bytes.fromhex(modulus.strip().split("=", 1)[1])
+jwks = {"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "n": b64(n),
+                  "e": b64((65537).to_bytes(3, "big"))}]}
+header = b64(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"iss": "https://bench.test", "sub": "client", "aud": "b",
+                         "group": "bench", "exp": int(time.time()) + 86400}).encode())
+signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{d}/jwt-key.pem"],
+                           input=f"{header}.{claims}".encode(), capture_output=True,
+                           check=True).stdout
+with open(f"{d}/jwks.json", "w") as f:
+    f.write(json.dumps(jwks))
+with open(f"{d}/jwt", "w") as f:
+    f.write(f"{header}.{claims}.{b64(signature)}")
+PY
+  touch "$d/authz"
+fi
 for account in a b hop; do
   "$WEFT" join-token --namespace bench --service-account "$account" \
     --config-dir "$d/config" --state-dir "$d/state" > "$d/token-$account"

@@ -120,6 +120,7 @@ pub struct ControlPlane {
     registry: Arc<Registry>,
     ledger: Ledger,
     state: watch::Receiver<Arc<ConfigState>>,
+    root_pem: String,
     _sources: Sources,
 }
 
@@ -179,9 +180,10 @@ impl ControlPlane {
         let registrations = Registrations::new(config.registration_grace);
         let saved_workloads = config.state_dir.join(SAVED_WORKLOADS);
         registrations.restore(registration::load(&saved_workloads));
+        let root_pem = authority.root_pem().to_string();
         let identity = MeshIdentity {
             trust_domain: config.trust_domain.clone(),
-            root_pem: Some(authority.root_pem().to_string()),
+            root_pem: Some(root_pem.clone()),
         };
         let generator = Arc::new(MeshGenerator::new(registrations.clone(), identity));
         generator.set(Arc::new(
@@ -291,12 +293,18 @@ impl ControlPlane {
             registry: Arc::new(registry),
             ledger,
             state,
+            root_pem,
             _sources: Sources {
                 _store: store,
                 _registry: platform_registry,
                 tasks,
             },
         })
+    }
+
+    /// The mesh's root certificate (PEM): what sidecars on other hosts trust the TLS port by.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
     }
 
     /// The address the debug pages are served on.
@@ -342,6 +350,7 @@ impl ControlPlane {
             registry,
             ledger,
             state,
+            root_pem: _,
             _sources,
         } = self;
         let (stop, stopped) = watch::channel(false);

@@ -39,8 +39,11 @@ pub struct Settings {
     /// The control plane's xDS address (`host:port`).
     pub control: String,
     /// The PEM root the control plane's TLS certificate must chain to; plaintext xDS
-    /// without one.
+    /// without one (nor a pin).
     pub control_root: Option<Vec<u8>>,
+    /// Instead of the root itself, the hash of its public key: the root is taken from the
+    /// control plane's chain when a certificate of it has this hash.
+    pub control_root_pin: Option<crate::tls::pinned_root::Pin>,
     /// Workload name.
     pub name: String,
     /// Namespace.
@@ -144,12 +147,19 @@ pub enum StartError {
     /// The control plane address is not usable.
     #[error("bad control plane address {0:?}: {1}")]
     Control(String, tonic::transport::Error),
+    /// The control plane did not present a root with the pinned hash.
+    #[error("control plane {0}: {1}")]
+    PinnedRoot(String, String),
 }
 
 /// Binds the listeners and starts everything; returns where it listens. The tasks run on
 /// the current runtime until the process ends.
-pub async fn start(settings: Settings) -> Result<Ports, StartError> {
+pub async fn start(mut settings: Settings) -> Result<Ports, StartError> {
     serve::set_limits(settings.limits);
+    crate::http::set_stream_idle_timeout(settings.limits.stream_idle_timeout);
+    if let (None, Some(pin)) = (&settings.control_root, settings.control_root_pin) {
+        settings.control_root = Some(pinned_root(&settings.control, pin).await?);
+    }
     let loopback = loopback_for(settings.bind);
     let bind = |ip: IpAddr, port: u16| async move {
         let addr = SocketAddr::new(ip, port);
@@ -297,6 +307,27 @@ fn listening(settings: &Settings, ports: &Ports) -> Listening {
         .map(|addr| addr.port())
         .collect();
     Listening { addresses, ports }
+}
+
+/// The control plane's root, by its pinned hash: tried for half a minute, while the control
+/// plane may still be starting.
+async fn pinned_root(
+    control: &str,
+    pin: crate::tls::pinned_root::Pin,
+) -> Result<Vec<u8>, StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::tls::pinned_root::fetch(control, pin, Duration::from_secs(5)).await {
+            Ok(root) => return Ok(root),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError::PinnedRoot(control.to_string(), error));
+            }
+            Err(error) => {
+                tracing::warn!(%control, %error, "cannot take the control plane's pinned root yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// The channel to the control plane, for xDS and the CA: plaintext, or TLS whose server

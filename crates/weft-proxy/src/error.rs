@@ -7,7 +7,7 @@
 //!
 //! As Envoy answers them: no route `404 NR`, no cluster `503 NC`, circuit breaker full
 //! `503 UO`, no healthy endpoint `503 UH`, connect failure `503 UF`, reset `503 UR`,
-//! timeout `504 UT`, retries used up `503 URX`, denied by policy `403 RBAC`, a token that
+//! timeout `504 UT`, a request body that stalled `408 SI`, retries used up `503 URX`, denied by policy `403 RBAC`, a token that
 //! does not verify `401` (with `www-authenticate`, Envoy's body), injected abort
 //! with its status and `FI`. Where Envoy raises no flag, the access log and the metrics
 //! carry a word saying why in its place: an upgrade other than WebSocket `403
@@ -62,6 +62,9 @@ pub enum ProxyError {
     /// The route's deadline passed, or the last attempt's.
     #[error("upstream request timeout")]
     Timeout,
+    /// The request's body sent nothing for the stream idle timeout.
+    #[error("stream timeout")]
+    StreamIdle,
     /// Every attempt was used and none gave an answer to pass on.
     #[error("retries exhausted")]
     RetriesExhausted,
@@ -104,6 +107,8 @@ pub enum ResponseFlag {
     Reset,
     /// `UT`: upstream request timeout.
     Timeout,
+    /// `SI`: stream idle timeout.
+    StreamIdle,
     /// `URX`: retry limit exceeded.
     RetriesExhausted,
     /// `RBAC`: denied by an authorization policy.
@@ -132,6 +137,7 @@ impl ResponseFlag {
             Self::ConnectFailure => "UF",
             Self::Reset => "UR",
             Self::Timeout => "UT",
+            Self::StreamIdle => "SI",
             Self::RetriesExhausted => "URX",
             Self::Denied => "RBAC",
             Self::Fault => "FI",
@@ -158,6 +164,7 @@ impl ProxyError {
             | Self::Upstream(_)
             | Self::RetriesExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::StreamIdle => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Denied | Self::UpgradeRefused | Self::TunnelDenied { .. } => {
                 StatusCode::FORBIDDEN
@@ -179,6 +186,7 @@ impl ProxyError {
             Self::Upstream(UpstreamError::Connect(_)) => Some(ResponseFlag::ConnectFailure),
             Self::Upstream(UpstreamError::Reset(_)) => Some(ResponseFlag::Reset),
             Self::Timeout => Some(ResponseFlag::Timeout),
+            Self::StreamIdle => Some(ResponseFlag::StreamIdle),
             Self::RetriesExhausted => Some(ResponseFlag::RetriesExhausted),
             Self::Denied => Some(ResponseFlag::Denied),
             Self::Unauthenticated(_) => Some(ResponseFlag::Unauthenticated),

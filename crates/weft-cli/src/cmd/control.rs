@@ -139,6 +139,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("serving debug pages on {}", control.debug_addr()?);
         if let Some(addr) = control.xds_tls_addr() {
             tracing::info!("serving xDS over TLS on {}", addr?);
+            if let Some(pin) = weft_proxy::tls::pinned_root::pin_of_pem(control.root_pem()) {
+                tracing::info!(
+                    "sidecars on other hosts trust it with --control-root-hash {pin} (or the root's file, --control-root-cert)"
+                );
+            }
         }
         tracing::info!("serving xDS on {}", control.xds_addr()?);
         control

@@ -21,8 +21,13 @@ pub struct Args {
     /// The root (PEM) the control plane's certificate must chain to: xDS and the CA are then
     /// spoken over TLS (the control plane's `--xds-tls-addr`, Istio's port 15012), with the
     /// join token on both. Without it, xDS is plaintext, for a control plane on this host.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "control_root_hash")]
     control_root_cert: Option<PathBuf>,
+    /// Instead of the root's file, its hash, `sha256:<hex>` of its public key (`weft control`
+    /// logs it at start): the root is taken from the control plane's TLS chain only when a
+    /// certificate of it has this hash, then verified as with `--control-root-cert`.
+    #[arg(long, value_parser = weft_proxy::tls::pinned_root::parse_pin)]
+    control_root_hash: Option<weft_proxy::tls::pinned_root::Pin>,
     /// Workload name (for `weft run`, the command's file name when not given).
     #[arg(long)]
     name: Option<String>,
@@ -112,6 +117,11 @@ pub struct Args {
     /// `idle_timeout`); an idle HTTP/2 connection or a stalled preface included.
     #[arg(long, default_value = "1h", value_parser = super::control::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// How long a request or response body may send nothing while the proxy reads it
+    /// before the stream is broken off (Envoy's `stream_idle_timeout`): a client trickling a
+    /// body cannot hold a stream forever.
+    #[arg(long, default_value = "5m", value_parser = super::control::parse_duration)]
+    stream_idle_timeout: std::time::Duration,
     /// Put the Envoy response flags of errors the proxy answers itself (`NR`, `UH`, `UF`,
     /// …) in a `weft-response-flags` response header, for debugging. They are always in the
     /// access log and the metrics.
@@ -193,6 +203,7 @@ impl Args {
         let settings = Settings {
             control: self.control,
             control_root,
+            control_root_pin: self.control_root_hash,
             name,
             namespace: self.namespace,
             service_account: self.service_account,
@@ -219,6 +230,7 @@ impl Args {
             limits: weft_proxy::ConnectionLimits {
                 max_per_listener: self.max_connections.max(1),
                 idle_timeout: self.idle_timeout,
+                stream_idle_timeout: self.stream_idle_timeout,
             },
             debug_headers: self.debug_headers,
             gateway: false,

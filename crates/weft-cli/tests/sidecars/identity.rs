@@ -167,3 +167,76 @@ fn plaintext_xds_off_loopback_registers_nothing() {
 fn control_log(control: &common::Control) -> String {
     control.log.lock().unwrap().join("\n")
 }
+
+/// `--control-root-hash`: a sidecar given only the hash of the root's key (which `weft
+/// control` logs) takes the root from the TLS port's chain and joins; one with another hash
+/// refuses the control plane, whatever root it presents.
+#[test]
+fn a_sidecar_trusts_the_control_plane_by_a_pinned_root_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("services.yaml"), SERVICES).unwrap();
+    let control = common::Control::start_with(
+        &config,
+        "127.0.0.1:0",
+        &["--xds-tls-addr", "127.0.0.1:0", "--tls-name", "127.0.0.1"],
+    );
+    let pin = eventually("the root's hash is logged", Duration::from_secs(10), || {
+        control_log(&control)
+            .split_whitespace()
+            .find(|word| word.starts_with("sha256:"))
+            .map(str::to_string)
+    });
+    let tls = control.xds_tls.clone().unwrap();
+    let token = common::join_token(&config, "test", "x");
+    let args = |pin: &str| {
+        [
+            "--control",
+            &tls,
+            "--control-root-hash",
+            pin,
+            "--name",
+            "web-1",
+            "--namespace",
+            "test",
+            "--service-account",
+            "x",
+            "--service",
+            "web:8080",
+            "--labels",
+            "app=web",
+            "--token",
+            &token,
+        ]
+        .map(str::to_string)
+    };
+    let pinned = common::Proxy::start(&args(&pin).iter().map(String::as_str).collect::<Vec<_>>());
+    pinned.until_ready();
+
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("proxy")
+        .args(args(&wrong))
+        .args([
+            "--inbound-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = refused.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|line| line.contains("pinned root"));
+    let _ = refused.kill();
+    let _ = refused.wait();
+    assert!(
+        line.is_some_and(|l| l.contains("no certificate of the chain has the pinned hash")),
+        "the sidecar with another hash refuses the control plane"
+    );
+}

@@ -290,6 +290,49 @@ fn listeners_bound_their_connections_and_close_idle_ones() {
     );
 }
 
+/// A request body that stops arriving breaks off after `--stream-idle-timeout` (Envoy's
+/// `stream_idle_timeout`), while the connection itself is far from its idle timeout: the
+/// client gets `408`, the stream does not hang on.
+#[test]
+fn a_stalled_request_body_is_broken_off() {
+    let mesh = Mesh::start("");
+    let proxy = client_with(&mesh, &["--stream-idle-timeout", "1s"]);
+    let mut stream = TcpStream::connect(&proxy.outbound).unwrap();
+    let host = "echo.test.svc.cluster.local:8080";
+    write!(
+        stream,
+        "POST http://{host}/upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("the stalled stream is still open after 15 s: {error}"),
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "broken off after {:?}",
+        started.elapsed()
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled upload gets 408 (Envoy's SI): {answer}"
+    );
+}
+
 /// Labels clients make up stay out of the metrics: a Host no route knows counts as
 /// `unknown`, and past a bound of services per proxy the rest count as `unknown` too.
 #[test]

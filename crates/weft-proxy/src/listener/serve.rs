@@ -37,6 +37,9 @@ pub struct ConnectionLimits {
     pub max_per_listener: usize,
     /// How long an HTTP connection may carry nothing (Envoy's `idle_timeout`).
     pub idle_timeout: Duration,
+    /// How long a request or response body may send nothing while it is read (Envoy's
+    /// `stream_idle_timeout`).
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -44,6 +47,7 @@ impl Default for ConnectionLimits {
         Self {
             max_per_listener: 16_384,
             idle_timeout: Duration::from_secs(3600),
+            stream_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -62,7 +62,7 @@ impl Proxy {
             // Boxed: upgrades are rare, and their future would make every request's larger.
             return Box::pin(self.forward_upgrade(&plan, parts, body)).await;
         }
-        let body = Replay::prepare(body, forward.retry.as_ref()).await?;
+        let body = Replay::prepare(boxed(body), forward.retry.as_ref()).await?;
         let policy = retry::Policy {
             retry: forward.retry.as_ref(),
             timeout: forward.timeout,

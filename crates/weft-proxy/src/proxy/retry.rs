@@ -71,7 +71,13 @@ impl Replay {
         }
         match body.collect().await {
             Ok(collected) => Ok(Self::Again(collected.to_bytes())),
-            Err(_) => Err(ProxyError::BadRequest("the request body broke off")),
+            Err(error) => {
+                if crate::http::is_stream_idle(&error.into()) {
+                    Err(ProxyError::StreamIdle)
+                } else {
+                    Err(ProxyError::BadRequest("the request body broke off"))
+                }
+            }
         }
     }
 }

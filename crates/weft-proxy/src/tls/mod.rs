@@ -13,6 +13,7 @@
 
 pub mod client_hello;
 pub mod identity;
+pub mod pinned_root;
 pub mod termination;
 
 pub use termination::{Termination, termination_config};
