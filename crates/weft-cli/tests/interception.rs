@@ -41,25 +41,7 @@ spec:
 fn app(bind: &str, name: &'static str) -> u16 {
     let listener = TcpListener::bind(bind).expect("the app binds");
     let port = listener.local_addr().expect("bound").port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut head = String::new();
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                while let Ok(n) = reader.read_line(&mut head) {
-                    if n == 0 || head.ends_with("\r\n\r\n") {
-                        break;
-                    }
-                }
-                let body = format!("{name}\n{head}");
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
+    std::thread::spawn(move || serve_app(listener, name));
     port
 }
 
@@ -205,4 +187,186 @@ fn redirected_connections_cross_the_mesh_or_pass_through() {
         assert!(response.ends_with("outside\n"), "{response}");
         drop((client, server, control));
     });
+}
+
+/// Two services on two ports of one workload, behind one sidecar.
+const TWO_PORTS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: test}
+spec:
+  hosts: [web.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: multi}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: admin, namespace: test}
+spec:
+  hosts: [admin.test.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9090, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: multi}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admin-secret, namespace: test}
+spec:
+  selector: {matchLabels: {app: multi}}
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ['9090'], paths: [/secret]}}]
+";
+
+/// One sidecar fronts two application ports, as a pod's does: connections to the
+/// workload's ports 8080 and 9090 are redirected to its inbound listener (Istio's inbound
+/// capture), which reads where each was going and serves it with that port's chain — its
+/// policies (a DENY on port 9090 only) and its application.
+#[test]
+fn one_sidecar_fronts_several_application_ports() {
+    let netns = NetNs::new("two-ports", &["240.240.0.1/32"]);
+    let name = netns.name().to_string();
+    netns.enter(move || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).expect("config dir");
+        std::fs::write(config.join("services.yaml"), TWO_PORTS).expect("config");
+        let control = common::Control::start(&config);
+        // The applications, on the workload's ports (on loopback, where the sidecar reaches
+        // them).
+        let web = TcpListener::bind("127.0.0.1:8080").expect("8080 is free in the namespace");
+        let admin = TcpListener::bind("127.0.0.1:9090").expect("9090 is free in the namespace");
+        for (listener, name) in [(web, "web"), (admin, "admin")] {
+            std::thread::spawn(move || serve_app(listener, name));
+        }
+        let server = common::Proxy::start(&[
+            "--control",
+            &control.xds,
+            "--name",
+            "multi-1",
+            "--namespace",
+            "test",
+            "--service",
+            "web:8080:8080",
+            "--service",
+            "admin:9090:9090",
+            "--labels",
+            "app=multi",
+            "--service-account",
+            "multi",
+            "--instance-ip",
+            "240.240.0.1",
+            "--inbound-port",
+            "15006",
+            "--token",
+            &common::join_token(&config, "test", "multi"),
+        ]);
+        // Inbound capture: what reaches the workload's ports goes to the inbound listener.
+        for port in ["8080", "9090"] {
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &name,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                "240.240.0.1",
+                "--dport",
+                port,
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "15006",
+            ]));
+        }
+        let client = common::Proxy::start(&[
+            "--control",
+            &control.xds,
+            "--name",
+            "client",
+            "--namespace",
+            "test",
+            "--service-account",
+            "client",
+            "--token",
+            &common::join_token(&config, "test", "client"),
+        ]);
+        server.until_ready();
+        client.until_ready();
+        let call = |url: &str| {
+            let mut stream = TcpStream::connect(&client.outbound).expect("connects");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let host = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            write!(
+                stream,
+                "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )
+            .expect("sends");
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response
+        };
+        common::eventually("web is served", Duration::from_secs(30), || {
+            let response = call("http://web.test.svc.cluster.local:8080/hello");
+            response.contains("\nweb\n").then_some(()).ok_or(response)
+        });
+        let response = call("http://admin.test.svc.cluster.local:9090/hello");
+        assert!(
+            response.contains("\nadmin\n"),
+            "port 9090 reaches its own application: {response}"
+        );
+        assert!(
+            response
+                .to_lowercase()
+                .contains("uri=spiffe://cluster.local/ns/test/sa/client"),
+            "over mTLS: {response}"
+        );
+        let response = call("http://admin.test.svc.cluster.local:9090/secret");
+        assert!(
+            response.starts_with("HTTP/1.1 403"),
+            "port 9090's policy: {response}"
+        );
+        let response = call("http://web.test.svc.cluster.local:8080/secret");
+        assert!(
+            response.contains("\nweb\n"),
+            "port 8080 has no such policy: {response}"
+        );
+        drop((client, server, control));
+    });
+}
+
+/// Answers each request on `listener` with `name` and the request head it received.
+fn serve_app(listener: TcpListener, name: &'static str) {
+    for mut stream in listener.incoming().map_while(Result::ok) {
+        std::thread::spawn(move || {
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            while let Ok(n) = reader.read_line(&mut head) {
+                if n == 0 || head.ends_with("\r\n\r\n") {
+                    break;
+                }
+            }
+            let body = format!("{name}\n{head}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+    }
 }

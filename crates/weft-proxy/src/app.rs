@@ -52,8 +52,9 @@ pub struct Settings {
     pub service_account: String,
     /// Workload labels.
     pub labels: BTreeMap<String, String>,
-    /// Services and ports the workload serves.
-    pub services: Vec<(String, u16)>,
+    /// Services and ports the workload serves, each with the workload port it leads to
+    /// (reached through interception); without one, the inbound port.
+    pub services: Vec<(String, u16, Option<u16>)>,
     /// Where the application listens on loopback.
     pub app_port: Option<u16>,
     /// Address the inbound listener, the metrics port and a gateway's ports bind; the
@@ -242,7 +243,6 @@ pub async fn start(mut settings: Settings) -> Result<Ports, StartError> {
         identity: identity.clone(),
         pool: pool.clone(),
         port: ports.inbound.port(),
-        cluster: format!("inbound|{}||", ports.inbound.port()),
         metrics: metrics.clone(),
         debug_headers: settings.debug_headers,
     });
@@ -404,7 +404,10 @@ fn node(settings: &Settings, inbound_port: u16) -> Node {
                 settings
                     .services
                     .iter()
-                    .map(|(service, port)| format!("{service}:{port}:{inbound_port}"))
+                    .map(|(service, port, target)| {
+                        let target = target.unwrap_or(inbound_port);
+                        format!("{service}:{port}:{target}")
+                    })
                     .collect(),
             ),
         ));

@@ -34,10 +34,14 @@ pub struct Args {
     /// Namespace.
     #[arg(long, default_value = "default")]
     namespace: String,
-    /// A service the workload serves, `NAME:PORT` (repeatable). A name without dots is
-    /// `NAME.<namespace>.svc.cluster.local`.
+    /// A service the workload serves, `NAME:PORT` (repeatable): reached on the inbound port,
+    /// with the application at `--app-port`. `NAME:PORT:TARGET_PORT` (Kubernetes'
+    /// `targetPort`) is served by the application on 127.0.0.1:TARGET_PORT instead, reached by
+    /// connections to the workload's TARGET_PORT that interception (`weft iptables -z`)
+    /// redirects to the inbound port: one sidecar then fronts several application ports. A
+    /// name without dots is `NAME.<namespace>.svc.cluster.local`.
     #[arg(long = "service", value_parser = parse_service)]
-    services: Vec<(String, u16)>,
+    services: Vec<(String, u16, Option<u16>)>,
     /// A per-upstream local port on loopback, `LOCAL_PORT=HOST:PORT` (repeatable): every
     /// connection to it goes to that service, for applications that cannot use an HTTP
     /// proxy. `0` picks a free port.
@@ -272,19 +276,29 @@ pub fn log_ports(ports: &weft_proxy::Ports) {
     );
 }
 
-fn parse_service(text: &str) -> Result<(String, u16), String> {
-    let (name, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?} is not NAME:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{port:?} is not a port"))?;
+fn parse_service(text: &str) -> Result<(String, u16, Option<u16>), String> {
+    let mut parts = text.split(':');
+    let (Some(name), Some(port), target, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "{text:?} is not NAME:PORT or NAME:PORT:TARGET_PORT"
+        ));
+    };
+    let number = |port: &str| {
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{port:?} is not a port"))
+    };
     if name.is_empty() {
         return Err(format!("{text:?} has no service name"));
     }
-    Ok((name.to_string(), port))
+    Ok((
+        name.to_string(),
+        number(port)?,
+        target.map(number).transpose()?,
+    ))
 }
 
 fn parse_upstream(text: &str) -> Result<(u16, String, u16), String> {
@@ -294,8 +308,10 @@ fn parse_upstream(text: &str) -> Result<(u16, String, u16), String> {
     let local: u16 = local
         .parse()
         .map_err(|_| format!("{local:?} is not a port"))?;
-    let (host, port) = parse_service(target)?;
-    Ok((local, host, port))
+    match parse_service(target)? {
+        (host, port, None) => Ok((local, host, port)),
+        (_, _, Some(_)) => Err(format!("{target:?} is not HOST:PORT")),
+    }
 }
 
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {

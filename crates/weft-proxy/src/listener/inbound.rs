@@ -45,10 +45,9 @@ pub struct Inbound {
     pub identity: CurrentIdentity,
     /// Connections to the application.
     pub pool: Pool,
-    /// The port this listener is on (its chains are keyed by it).
+    /// The port this listener is on: the chain of a connection that came here directly
+    /// (a redirected one takes the chain of the port it was going to).
     pub port: u16,
-    /// The cluster of the application behind it: `inbound|<port>||`.
-    pub cluster: String,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
     /// Whether responses carry the response-flags header.
@@ -69,6 +68,10 @@ struct Caller {
     /// The mTLS peer; none for plaintext.
     peer: Option<Peer>,
     source: IpAddr,
+    /// Where the caller was connecting: the workload's address and port before interception
+    /// redirected the connection here, else this listener's. Its port picks the chain,
+    /// the policies and the application (`inbound|<port>||`): one sidecar fronts every
+    /// port of its workload.
     local: SocketAddr,
 }
 
@@ -98,9 +101,9 @@ pub async fn serve(inbound: Arc<Inbound>, listener: TcpListener, drain: drain::W
 }
 
 impl Inbound {
-    fn mode(&self) -> Mode {
+    fn mode(&self, port: u16) -> Mode {
         // Before any configuration: mTLS only, the safe choice.
-        self.config.borrow().model.inbound.get(&self.port).map_or(
+        self.config.borrow().model.inbound.get(&port).map_or(
             Mode {
                 mtls: true,
                 plaintext: false,
@@ -121,24 +124,24 @@ impl Inbound {
     }
 
     /// How the port normalizes request paths.
-    fn paths(&self) -> PathNormalization {
+    fn paths(&self, port: u16) -> PathNormalization {
         self.config
             .borrow()
             .model
             .inbound
-            .get(&self.port)
+            .get(&port)
             .map(|port| port.paths)
             .unwrap_or_default()
     }
 
     /// Verifies the request's token, if the port authenticates them (RequestAuthentication).
-    fn authenticate(&self, parts: &mut Parts) -> Result<(), ProxyError> {
+    fn authenticate(&self, port: u16, parts: &mut Parts) -> Result<(), ProxyError> {
         let jwt = self
             .config
             .borrow()
             .model
             .inbound
-            .get(&self.port)
+            .get(&port)
             .and_then(|port| port.jwt.clone());
         match jwt {
             Some(jwt) => jwt.authenticate(parts).map_err(ProxyError::Unauthenticated),
@@ -167,7 +170,7 @@ impl Inbound {
         let config = self.config.borrow().clone();
         // No configuration for the port (its listener never arrived, or was rejected): the
         // policies that should apply are unknown, so nothing is allowed.
-        let Some(port) = config.model.inbound.get(&self.port) else {
+        let Some(port) = config.model.inbound.get(&caller.local.port()) else {
             return Err(Denial::Unconfigured);
         };
         let rbac = match (http, passthrough) {
@@ -186,7 +189,7 @@ impl Inbound {
             remote: http
                 .and_then(|parts| crate::authz::forwarded_client(&parts.headers, 0))
                 .unwrap_or(caller.source),
-            destination: (caller.local.ip(), self.port),
+            destination: (caller.local.ip(), caller.local.port()),
             http,
         };
         rbac.decide(&request)
@@ -200,11 +203,17 @@ impl Inbound {
         drain: drain::Watch,
     ) -> Result<(), ConnectionError> {
         let source = stream.peer_addr().map_err(ConnectionError::Io)?.ip();
-        let local = stream.local_addr().map_err(ConnectionError::Io)?;
+        let arrived = stream.local_addr().map_err(ConnectionError::Io)?;
+        // A connection iptables redirected here was going to one of the workload's ports;
+        // one that came here directly is for this listener's.
+        let local = match super::orig_dst::original_destination(&stream) {
+            Some(original) if original != arrived => original,
+            _ => SocketAddr::new(arrived.ip(), self.port),
+        };
         let Some(first) = first_byte(&stream).await? else {
             return Ok(());
         };
-        let mode = self.mode();
+        let mode = self.mode(local.port());
         if !is_tls(first) {
             if !mode.plaintext {
                 return Err(ConnectionError::PlaintextRefused);
@@ -240,7 +249,7 @@ impl Inbound {
                     local,
                 };
                 self.authorize_passthrough(&caller)?;
-                return self.to_application(stream).await;
+                return self.to_application(local.port(), stream).await;
             }
         }
         let config =
@@ -290,8 +299,8 @@ impl Inbound {
     }
 
     /// Copies the bytes of an authorized opaque connection to the application and back.
-    async fn to_application<T: Io>(&self, mut io: T) -> Result<(), ConnectionError> {
-        let address = self.application()?;
+    async fn to_application<T: Io>(&self, port: u16, mut io: T) -> Result<(), ConnectionError> {
+        let address = self.application(port)?;
         let mut app = TcpStream::connect(address)
             .await
             .map_err(|error| ConnectionError::Application { address, error })?;
@@ -302,13 +311,13 @@ impl Inbound {
         Ok(())
     }
 
-    /// The address of the application behind this port.
-    fn application(&self) -> Result<SocketAddr, ConnectionError> {
+    /// The address of the application behind the workload's `port`.
+    fn application(&self, port: u16) -> Result<SocketAddr, ConnectionError> {
         let config = self.config.borrow();
         let cluster = config
             .model
             .clusters
-            .get(&self.cluster)
+            .get(&inbound_cluster(port))
             .ok_or(ConnectionError::NoApplication)?;
         cluster
             .endpoints
@@ -336,10 +345,10 @@ impl Inbound {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         // Policies and the application read the normal form of the path.
-        self.paths()
+        self.paths(caller.local.port())
             .normalize_uri(&mut parts.uri)
             .map_err(|rejected| ProxyError::BadRequest(rejected.reason()))?;
-        self.authenticate(&mut parts)?;
+        self.authenticate(caller.local.port(), &mut parts)?;
         if let Err(denial) = self.authorize(caller, Some(&parts)) {
             tracing::debug!(%denial, "request refused by authorization policy");
             return Err(ProxyError::Denied);
@@ -358,7 +367,7 @@ impl Inbound {
         let cluster = config
             .model
             .clusters
-            .get(&self.cluster)
+            .get(&inbound_cluster(caller.local.port()))
             .ok_or(ProxyError::NoInboundCluster)?;
         let endpoint = cluster.endpoints.first().ok_or(ProxyError::NoApplication)?;
         if !parts.headers.contains_key(hyper::header::UPGRADE) {
@@ -413,8 +422,15 @@ impl Carrier for Accepted {
     async fn tcp<T: Io>(self, io: T) -> Result<(), ConnectionError> {
         let _open = self.drain;
         self.inbound.authorize(&self.caller, None)?;
-        self.inbound.to_application(io).await
+        self.inbound
+            .to_application(self.caller.local.port(), io)
+            .await
     }
+}
+
+/// The cluster of the application behind the workload's `port` (Envoy's name).
+fn inbound_cluster(port: u16) -> String {
+    format!("inbound|{port}||")
 }
 
 fn hex(bytes: &[u8]) -> String {
