@@ -16,39 +16,30 @@ use hyper::http::request::Parts;
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::{Map, Value};
 
-use crate::model::authn::{AuthAttribute, AuthMatch, JwtAuthn, JwtProvider, PublicKey};
-
-/// Who a verified token says the caller is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestIdentity {
-    /// `<iss>/<sub>`, Istio's request principal.
-    pub principal: String,
-    /// `aud`, as a list.
-    pub audiences: Vec<String>,
-    /// `azp`, the party the token was issued to.
-    pub presenter: Option<String>,
-    /// Every claim of the payload.
-    pub claims: Map<String, Value>,
-    /// Claims whose string value is a space-separated list.
-    pub space_delimited: Vec<String>,
-}
+pub use crate::model::authn::RequestIdentity;
+use crate::model::authn::{
+    AuthAttribute, AuthMatch, CachedToken, JwtAuthn, JwtProvider, PublicKey,
+};
 
 impl RequestIdentity {
-    /// The claim at `path` (`[a, b]` is claim `b` inside claim `a`), as strings: a string
-    /// claim is one, a list claim each of its strings; `None` when it is absent.
-    pub fn claim(&self, path: &[String]) -> Option<Vec<&str>> {
-        let (first, rest) = path.split_first()?;
-        let mut value = self.claims.get(first)?;
+    /// Whether an item of the claim at `path` (`[a, b]` is claim `b` inside claim `a`)
+    /// satisfies `test`: a string claim is one item (or, space-delimited, each word), a list
+    /// claim each of its strings; an absent claim none.
+    fn claim_any(&self, path: &[String], test: impl Fn(&str) -> bool) -> bool {
+        let Some((first, rest)) = path.split_first() else {
+            return false;
+        };
+        let mut value = self.claims.get(first);
         for key in rest {
-            value = value.as_object()?.get(key)?;
+            value = value.and_then(Value::as_object).and_then(|o| o.get(key));
         }
         match value {
-            Value::String(s) if rest.is_empty() && self.space_delimited.contains(first) => {
-                Some(s.split(' ').filter(|item| !item.is_empty()).collect())
+            Some(Value::String(s)) if rest.is_empty() && self.space_delimited.contains(first) => {
+                s.split(' ').filter(|item| !item.is_empty()).any(test)
             }
-            Value::String(s) => Some(vec![s.as_str()]),
-            Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect()),
-            _ => None,
+            Some(Value::String(s)) => test(s),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).any(test),
+            _ => false,
         }
     }
 }
@@ -59,13 +50,14 @@ impl AuthMatch {
         let Some(identity) = identity else {
             return self.invert;
         };
-        let values: Vec<&str> = match &self.attribute {
-            AuthAttribute::Principal => vec![identity.principal.as_str()],
-            AuthAttribute::Audiences => identity.audiences.iter().map(String::as_str).collect(),
-            AuthAttribute::Presenter => identity.presenter.iter().map(String::as_str).collect(),
-            AuthAttribute::Claim(path) => identity.claim(path).unwrap_or_default(),
+        let test = |value: &str| self.condition.matches(Some(value));
+        let found = match &self.attribute {
+            AuthAttribute::Principal => test(&identity.principal),
+            AuthAttribute::Audiences => identity.audiences.iter().any(|a| test(a)),
+            AuthAttribute::Presenter => identity.presenter.as_deref().is_some_and(test),
+            AuthAttribute::Claim(path) => identity.claim_any(path, test),
         };
-        values.into_iter().any(|v| self.condition.matches(Some(v))) != self.invert
+        found != self.invert
     }
 }
 
@@ -116,16 +108,19 @@ impl JwtAuthn {
         for header in self.providers.iter().flat_map(JwtProvider::output_headers) {
             parts.headers.remove(header);
         }
+        if self.bypass_cors_preflight && is_cors_preflight(parts) {
+            return Ok(());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut failure = None;
         for provider in &self.providers {
             for (token, header) in provider.tokens(parts) {
-                match provider.verify(&token, now) {
-                    Ok((identity, payload)) => {
-                        provider.apply(parts, &identity, payload, header.as_ref());
-                        parts.extensions.insert(Arc::new(identity));
+                match provider.verified(&token, now) {
+                    Ok(identity) => {
+                        provider.apply(parts, &identity, &token, header.as_ref());
+                        parts.extensions.insert(identity);
                         return Ok(());
                     }
                     Err(error) => failure = Some(error),
@@ -138,6 +133,16 @@ impl JwtAuthn {
             None => Err(JwtError::Missing),
         }
     }
+}
+
+/// Whether the request is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`.
+fn is_cors_preflight(parts: &Parts) -> bool {
+    parts.method == hyper::Method::OPTIONS
+        && parts.headers.contains_key(hyper::header::ORIGIN)
+        && parts
+            .headers
+            .contains_key(hyper::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 impl JwtProvider {
@@ -179,9 +184,50 @@ impl JwtProvider {
         tokens
     }
 
+    /// `token`'s identity at `now`: from the tokens this provider verified before (their
+    /// times checked again), else verified and kept. A client sending the same token again
+    /// costs a lookup, not a signature check (Envoy's JWT cache).
+    fn verified(&self, token: &str, now: u64) -> Result<Arc<RequestIdentity>, JwtError> {
+        if let Some(cached) = self.cache.get(token) {
+            self.check_times(cached.expires, cached.not_before, now)?;
+            return Ok(cached.identity);
+        }
+        let (identity, expires, not_before) = self.verify(token, now)?;
+        let identity = Arc::new(identity);
+        self.cache.insert(
+            token,
+            CachedToken {
+                identity: identity.clone(),
+                expires,
+                not_before,
+            },
+        );
+        Ok(identity)
+    }
+
+    /// Whether a token with these `exp` and `nbf` is valid at `now`, with the clock skew.
+    fn check_times(
+        &self,
+        expires: Option<u64>,
+        not_before: Option<u64>,
+        now: u64,
+    ) -> Result<(), JwtError> {
+        if expires.is_some_and(|exp| now > exp.saturating_add(self.clock_skew)) {
+            return Err(JwtError::Expired);
+        }
+        if not_before.is_some_and(|nbf| now.saturating_add(self.clock_skew) < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+
     /// Verifies `token` at `now` (seconds since the epoch): its issuer, signature, times
-    /// and audience. Gives the identity and the payload part, as sent.
-    fn verify<'t>(&self, token: &'t str, now: u64) -> Result<(RequestIdentity, &'t str), JwtError> {
+    /// and audience. Gives the identity, `exp` and `nbf`.
+    fn verify(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(RequestIdentity, Option<u64>, Option<u64>), JwtError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -221,12 +267,8 @@ impl JwtProvider {
                     .ok_or(JwtError::Malformed),
             }
         };
-        if time("exp")?.is_some_and(|exp| now > exp.saturating_add(self.clock_skew)) {
-            return Err(JwtError::Expired);
-        }
-        if time("nbf")?.is_some_and(|nbf| now.saturating_add(self.clock_skew) < nbf) {
-            return Err(JwtError::NotYetValid);
-        }
+        let (expires, not_before) = (time("exp")?, time("nbf")?);
+        self.check_times(expires, not_before, now)?;
         let audiences: Vec<String> = match claims.get("aud") {
             Some(Value::String(aud)) => vec![aud.clone()],
             Some(Value::Array(list)) => list
@@ -253,7 +295,7 @@ impl JwtProvider {
             claims,
             space_delimited: self.space_delimited.clone(),
         };
-        Ok((identity, payload))
+        Ok((identity, expires, not_before))
     }
 
     /// Whether one of the keys that may have signed it (its `kid`, a type fit for `alg`)
@@ -324,9 +366,10 @@ impl JwtProvider {
         &self,
         parts: &mut Parts,
         identity: &RequestIdentity,
-        payload: &str,
+        token: &str,
         header: Option<&hyper::header::HeaderName>,
     ) {
+        let payload = token.split('.').nth(1).unwrap_or_default();
         if !self.forward
             && let Some(header) = header
         {
@@ -414,6 +457,7 @@ mod tests {
                 claim_headers: vec![(HeaderName::from_static("x-sub"), "sub".to_string())],
                 space_delimited: vec!["scope".to_string()],
                 clock_skew: 60,
+                cache: Default::default(),
             }
         }
     }
@@ -430,13 +474,12 @@ mod tests {
         let provider = signer.provider("k1");
         let es256 = json!({"alg": "ES256", "kid": "k1"});
         let token = signer.token(es256, claims(NOW + 10));
-        let (identity, _) = provider.verify(&token, NOW).unwrap();
+        let (identity, _, _) = provider.verify(&token, NOW).unwrap();
         assert_eq!(identity.principal, "iss/s");
         assert_eq!(identity.audiences, ["x", "a"]);
-        assert_eq!(
-            identity.claim(&["scope".to_string()]).unwrap(),
-            ["read", "write"]
-        );
+        let scope = |word: &'static str| move |v: &str| v == word;
+        assert!(identity.claim_any(&["scope".to_string()], scope("write")));
+        assert!(!identity.claim_any(&["scope".to_string()], scope("read write")));
         let other_kid = signer.token(json!({"alg": "ES256", "kid": "k2"}), claims(NOW + 10));
         assert_eq!(provider.verify(&other_kid, NOW), Err(JwtError::Signature));
         let wrong_alg = signer.token(json!({"alg": "ES384", "kid": "k1"}), claims(NOW + 10));
@@ -445,6 +488,29 @@ mod tests {
         assert_eq!(
             provider.verify(&hmac, NOW),
             Err(JwtError::UnsupportedAlgorithm)
+        );
+    }
+
+    #[test]
+    fn a_verified_token_is_kept_and_its_times_checked_again() {
+        let signer = Signer::new();
+        let provider = signer.provider("k1");
+        let token = signer.token(json!({"alg": "ES256"}), claims(NOW + 10));
+        let first = provider.verified(&token, NOW).unwrap();
+        assert!(provider.cache.get(&token).is_some());
+        assert!(Arc::ptr_eq(
+            &first,
+            &provider.verified(&token, NOW).unwrap()
+        ));
+        assert_eq!(
+            provider.verified(&token, NOW + 3600).map(|_| ()),
+            Err(JwtError::Expired),
+            "a kept token expires"
+        );
+        let forged = format!("{token}x");
+        assert!(
+            provider.verified(&forged, NOW).is_err(),
+            "only the exact token is kept"
         );
     }
 
@@ -469,6 +535,7 @@ mod tests {
         let authn = JwtAuthn {
             providers: vec![signer.provider("k1")],
             allow_missing: false,
+            bypass_cors_preflight: true,
         };
         let token = signer.token(json!({"alg": "ES256"}), claims(u64::MAX / 2));
         let mut parts = hyper::Request::get("/")
@@ -491,5 +558,21 @@ mod tests {
             .0;
         assert_eq!(authn.authenticate(&mut forged), Err(JwtError::Missing));
         assert!(!forged.headers.contains_key("x-sub"));
+
+        let mut preflight = hyper::Request::options("/")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header("x-sub", "forged")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(
+            authn.authenticate(&mut preflight),
+            Ok(()),
+            "a preflight passes"
+        );
+        assert!(identity(&preflight).is_none());
+        assert!(!preflight.headers.contains_key("x-sub"));
     }
 }

@@ -312,6 +312,17 @@ fn request_authentication_verifies_tokens_and_policies_read_them() {
             .1
             .contains("Jwt is expired")
     );
+    // A CORS preflight passes the token check unverified, as in Istio.
+    let host = "echo.test.svc.cluster.local:8080";
+    let preflight = crate::clients::raw(
+        &mesh.client.outbound,
+        format!(
+            "OPTIONS http://{host}/public HTTP/1.1\r\nHost: {host}\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n{}Connection: close\r\n\r\n",
+            bearer(&bad[0].1)
+        )
+        .as_bytes(),
+    );
+    assert!(preflight.starts_with("HTTP/1.1 200"), "{preflight}");
 
     // Policies read the token: a claim, the request principal, the presenter.
     let blocked = tokens.one("rsa-1", "RS256", claims("bob", json!({"group": "blocked"})));

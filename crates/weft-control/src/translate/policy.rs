@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use weft_api::analyze::ROOT_NAMESPACE;
-use weft_api::meta::labels_match;
+use weft_api::meta::{WorkloadSelector, labels_match};
 use weft_api::networking::destination_rule::TrafficPolicy;
 use weft_api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 
@@ -88,6 +88,25 @@ pub(crate) fn effective_policy(
 pub(crate) struct Workload<'a> {
     pub namespace: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+}
+
+impl Workload<'_> {
+    /// Whether a security policy of `namespace` (AuthorizationPolicy, RequestAuthentication)
+    /// with this `selector` and targets applies to the workload, as Istio decides: one of
+    /// the workload's namespace or of the root namespace, selector-less or selecting its
+    /// labels; `targetRef(s)` attach to gateways and services, not to sidecars.
+    pub(crate) fn selected_by(
+        &self,
+        namespace: &str,
+        selector: Option<&WorkloadSelector>,
+        targeted: bool,
+    ) -> bool {
+        !targeted
+            && (namespace == self.namespace || namespace == ROOT_NAMESPACE)
+            && selector.is_none_or(|s| {
+                s.match_labels.is_empty() || labels_match(&s.match_labels, self.labels)
+            })
+    }
 }
 
 /// The effective mTLS mode of a workload port.

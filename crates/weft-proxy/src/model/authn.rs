@@ -3,8 +3,12 @@
 //! them and what a verified token adds to the request. Tokens are verified by the `authn`
 //! module.
 
+use std::sync::{Arc, Mutex};
+
+use foldhash::HashMap;
 use hyper::header::HeaderName;
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// The JWT authentication of one HTTP port.
 #[derive(Debug, Serialize)]
@@ -14,6 +18,10 @@ pub struct JwtAuthn {
     /// Whether a request without any token passes (with no request identity). Istio always
     /// lets it: requiring a token is an AuthorizationPolicy's job.
     pub allow_missing: bool,
+    /// Whether CORS preflight requests (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) pass unverified, as Istio asks: a browser sends them
+    /// without credentials. Authorization still applies to them.
+    pub bypass_cors_preflight: bool,
 }
 
 /// One accepted issuer.
@@ -36,13 +44,68 @@ pub struct JwtProvider {
     #[serde(serialize_with = "header_names")]
     pub payload_header: Option<HeaderName>,
     /// Headers that receive a claim's value.
-    #[serde(serialize_with = "claim_headers")]
+    #[serde(serialize_with = "header_pairs")]
     pub claim_headers: Vec<(HeaderName, String)>,
     /// Claims whose string value is a space-separated list (`scope`): policies and routes
     /// match each item.
     pub space_delimited: Vec<String>,
     /// Seconds of clock skew allowed when checking `exp` and `nbf`.
     pub clock_skew: u64,
+    /// The tokens it has verified; it goes with the provider, so a new key set starts
+    /// empty.
+    #[serde(skip)]
+    pub cache: TokenCache,
+}
+
+/// Who a verified token says the caller is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestIdentity {
+    /// `<iss>/<sub>`, Istio's request principal.
+    pub principal: String,
+    /// `aud`, as a list.
+    pub audiences: Vec<String>,
+    /// `azp`, the party the token was issued to.
+    pub presenter: Option<String>,
+    /// Every claim of the payload.
+    pub claims: Map<String, Value>,
+    /// Claims whose string value is a space-separated list.
+    pub space_delimited: Vec<String>,
+}
+
+/// Tokens a provider has verified, by the token: at most [`TokenCache::CAPACITY`], all
+/// forgotten when it is full.
+#[derive(Debug, Default)]
+pub struct TokenCache(Mutex<HashMap<String, CachedToken>>);
+
+/// A verified token: who it names, and when it is valid.
+#[derive(Debug, Clone)]
+pub struct CachedToken {
+    /// Its identity.
+    pub identity: Arc<RequestIdentity>,
+    /// `exp`.
+    pub expires: Option<u64>,
+    /// `nbf`.
+    pub not_before: Option<u64>,
+}
+
+impl TokenCache {
+    /// How many tokens it keeps.
+    pub const CAPACITY: usize = 256;
+
+    /// The token, if it was verified.
+    pub fn get(&self, token: &str) -> Option<CachedToken> {
+        self.0.lock().ok()?.get(token).cloned()
+    }
+
+    /// Keeps a verified token.
+    pub fn insert(&self, token: &str, cached: CachedToken) {
+        if let Ok(mut tokens) = self.0.lock() {
+            if tokens.len() >= Self::CAPACITY {
+                tokens.clear();
+            }
+            tokens.insert(token.to_string(), cached);
+        }
+    }
 }
 
 impl JwtProvider {
@@ -59,7 +122,7 @@ impl JwtProvider {
 #[derive(Debug, Default, Serialize)]
 pub struct TokenLocations {
     /// Headers, each with the prefix before the token (`Bearer `).
-    #[serde(serialize_with = "prefixed_headers")]
+    #[serde(serialize_with = "header_pairs")]
     pub headers: Vec<(HeaderName, String)>,
     /// Query parameters.
     pub params: Vec<String>,
@@ -108,22 +171,12 @@ fn header_names<S: serde::Serializer>(
     serializer.collect_seq(header.iter().map(HeaderName::as_str))
 }
 
-fn claim_headers<S: serde::Serializer>(
+/// Headers, each with a text (a claim, a prefix), for the config dump.
+fn header_pairs<S: serde::Serializer>(
     headers: &[(HeaderName, String)],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(
-        headers
-            .iter()
-            .map(|(header, claim)| (header.as_str(), claim)),
-    )
-}
-
-fn prefixed_headers<S: serde::Serializer>(
-    headers: &[(HeaderName, String)],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    claim_headers(headers, serializer)
+    serializer.collect_seq(headers.iter().map(|(header, text)| (header.as_str(), text)))
 }
 
 /// A condition on the request's verified token: `requestPrincipals` and `request.auth.*` in

@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 
-use weft_api::meta::labels_match;
 use weft_api::security::authorization_policy::{
     Action, AuthorizationPolicy, Condition, Operation, Rule, Source,
 };
@@ -50,7 +49,6 @@ use weft_xds::types::{pack, proto_map};
 use super::jwt::{auth_metadata, bracketed};
 use crate::model::MeshSnapshot;
 pub(crate) use crate::translate::policy::{Workload, mtls_mode};
-use weft_api::analyze::ROOT_NAMESPACE;
 
 /// The RBAC filter configurations of a workload: DENY first, then ALLOW, each with the
 /// dry-run policies of its action as shadow rules. `None` where no filter is needed.
@@ -132,15 +130,7 @@ pub(crate) fn inbound_rbac(
 ) -> InboundRbac {
     let applies = |resource: &weft_api::Resource, ap: &AuthorizationPolicy| {
         let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
-        if targeted {
-            return false; // targetRefs attach to gateways and services, not to sidecars.
-        }
-        let in_scope =
-            resource.namespace() == workload.namespace || resource.namespace() == ROOT_NAMESPACE;
-        in_scope
-            && ap.selector.as_ref().is_none_or(|s| {
-                s.match_labels.is_empty() || labels_match(&s.match_labels, workload.labels)
-            })
+        workload.selected_by(resource.namespace(), ap.selector.as_ref(), targeted)
     };
     let (mut deny, mut allow) = (Rules::default(), Rules::default());
     let (mut dry_run_deny, mut dry_run_allow) = (Rules::default(), Rules::default());

@@ -6,8 +6,6 @@
 //! identity; requiring one is an AuthorizationPolicy's job. What a verified token says is
 //! read by policies and routes as Istio's `istio_authn` metadata ([`auth_metadata`]).
 
-use weft_api::analyze::ROOT_NAMESPACE;
-use weft_api::meta::labels_match;
 use weft_api::security::request_authentication::JwtRule;
 use weft_xds::envoy::envoy::config::core::v3::{DataSource, data_source};
 use weft_xds::envoy::envoy::config::route::v3::{RouteMatch, route_match::PathSpecifier};
@@ -44,13 +42,7 @@ pub(crate) fn jwt_filter(snapshot: &MeshSnapshot, workload: &Workload<'_>) -> Op
         .iter()
         .filter(|(resource, ra)| {
             let targeted = ra.target_ref.is_some() || !ra.target_refs.is_empty();
-            let in_scope = resource.namespace() == workload.namespace
-                || resource.namespace() == ROOT_NAMESPACE;
-            !targeted
-                && in_scope
-                && ra.selector.as_ref().is_none_or(|s| {
-                    s.match_labels.is_empty() || labels_match(&s.match_labels, workload.labels)
-                })
+            workload.selected_by(resource.namespace(), ra.selector.as_ref(), targeted)
         })
         .flat_map(|(_, ra)| &ra.jwt_rules)
         .collect();
@@ -88,6 +80,8 @@ pub(crate) fn jwt_filter(snapshot: &MeshSnapshot, workload: &Workload<'_>) -> Op
                 },
             )),
         }],
+        // Browsers send CORS preflights without credentials (Istio sets this too).
+        bypass_cors_preflight: true,
         ..JwtAuthentication::default()
     };
     Some(HttpFilter {

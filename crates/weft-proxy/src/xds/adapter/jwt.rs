@@ -83,6 +83,7 @@ fn authentication(config: &JwtAuthentication) -> Result<JwtAuthn, String> {
     Ok(JwtAuthn {
         providers,
         allow_missing,
+        bypass_cors_preflight: config.bypass_cors_preflight,
     })
 }
 
@@ -173,6 +174,7 @@ fn provider_model(name: &str, provider: &ProtoProvider) -> Result<JwtProvider, S
             0 => DEFAULT_CLOCK_SKEW,
             seconds => u64::from(seconds),
         },
+        cache: Default::default(),
     })
 }
 
